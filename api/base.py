@@ -1,0 +1,63 @@
+"""Shared building blocks of every Cairn custom resource model."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+
+class CairnModel(BaseModel):
+    """Base for spec and status models: camelCase on the wire, snake_case in Python."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+    def to_wire(self) -> dict:
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+class ConditionStatus(StrEnum):
+    TRUE = "True"
+    FALSE = "False"
+    UNKNOWN = "Unknown"
+
+
+class Condition(CairnModel):
+    """The Kubernetes metav1.Condition shape, so kubectl and tooling read it natively."""
+
+    type: str = Field(description="CamelCase condition type, e.g. Ready.")
+    status: ConditionStatus
+    reason: str = Field(description="CamelCase machine-readable reason for the last transition.")
+    message: str = Field(default="", description="Human-readable details, saying what to do next.")
+    last_transition_time: datetime | None = None
+    observed_generation: int | None = None
+
+
+class PrinterColumn(BaseModel):
+    name: str
+    json_path: str
+    type: str = "string"
+    description: str = ""
+    priority: int = 0
+
+
+class Resource(BaseModel):
+    """A custom resource kind: its CRD names and its spec/status models.
+
+    Subclasses set the ClassVars; the CRD YAML in deploy/ is generated from them.
+    """
+
+    KIND: ClassVar[str]
+    PLURAL: ClassVar[str]
+    SHORT_NAMES: ClassVar[list[str]] = []
+    NAMESPACED: ClassVar[bool]
+    PRINTER_COLUMNS: ClassVar[list[PrinterColumn]] = []
+    DESCRIPTION: ClassVar[str] = ""
+    CATEGORIES: ClassVar[list[str]] = ["cairn"]
+
+
+def age_column() -> PrinterColumn:
+    return PrinterColumn(name="Age", json_path=".metadata.creationTimestamp", type="date")

@@ -1,0 +1,70 @@
+"""LocalVolume: one LVM logical volume on one node, the unit the CSI controller asks for."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import ClassVar
+
+from pydantic import Field
+
+from .base import CairnModel, Condition, PrinterColumn, Resource, age_column
+
+
+class PoolClass(StrEnum):
+    NVME = "nvme"
+    SSD = "ssd"
+    HDD = "hdd"
+
+
+class VolumeAccess(StrEnum):
+    MOUNT = "mount"
+    BLOCK = "block"
+
+
+class VolumePhase(StrEnum):
+    PENDING = "Pending"
+    READY = "Ready"
+    FAILED = "Failed"
+
+
+class LocalVolumeSpec(CairnModel):
+    volume_id: str = Field(description="The CSI volume name this LocalVolume was created for.")
+    node_name: str = Field(description="The node whose agent owns and carves this volume.")
+    pool: PoolClass = Field(default=PoolClass.NVME, description="Disk class of the pool to carve from.")
+    size_bytes: int = Field(ge=1, description="Requested size; the agent rounds up to the extent size.")
+    access: VolumeAccess = VolumeAccess.MOUNT
+    fs_type: str | None = Field(default=None, description="ext4 or xfs for mount volumes.")
+    checkpoint_policy: str | None = Field(
+        default=None, description="CheckpointPolicy named by the StorageClass, if any."
+    )
+    pvc_name: str | None = None
+    pvc_namespace: str | None = None
+
+
+class LocalVolumeStatus(CairnModel):
+    phase: VolumePhase = VolumePhase.PENDING
+    volume_group: str | None = None
+    logical_volume: str | None = None
+    capacity_bytes: int | None = None
+    reason: str | None = Field(default=None, description="CamelCase reason when Failed.")
+    message: str | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+
+
+class LocalVolume(Resource):
+    KIND: ClassVar[str] = "LocalVolume"
+    PLURAL: ClassVar[str] = "localvolumes"
+    SHORT_NAMES: ClassVar[list[str]] = ["lvol"]
+    NAMESPACED: ClassVar[bool] = False
+    DESCRIPTION: ClassVar[str] = "A logical volume carved from a node's pool for one CSI volume."
+    PRINTER_COLUMNS: ClassVar[list[PrinterColumn]] = [
+        PrinterColumn(name="Node", json_path=".spec.nodeName"),
+        PrinterColumn(name="Pool", json_path=".spec.pool"),
+        PrinterColumn(name="Size", json_path=".status.capacityBytes", type="integer"),
+        PrinterColumn(name="Phase", json_path=".status.phase"),
+        PrinterColumn(name="Reason", json_path=".status.reason"),
+        age_column(),
+    ]
+
+    spec: LocalVolumeSpec
+    status: LocalVolumeStatus = Field(default_factory=LocalVolumeStatus)

@@ -1,0 +1,1 @@
+"""The CSI plumbing: generated protobuf stubs and the gRPC server."""

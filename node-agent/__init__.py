@@ -1,0 +1,1 @@
+"""The per-node agent: disks, LVM, CSI Node service, datasets and checkpoints."""

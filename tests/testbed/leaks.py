@@ -1,0 +1,121 @@
+"""Leak detection for the test bed.
+
+Every process the bed starts carries `CAIRN_TESTBED_RUN=<run id>` in its environment, so
+a process that outlives its parent (reparented to init) is still found. Mounts, loop
+devices and network namespaces are compared against a snapshot taken before the run:
+anything new at the end that belongs to this run is a leak. Network links in the host namespace are
+compared the same way, so a leaked bridge or host-side veth is reported too.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+RUN_ENV = "CAIRN_TESTBED_RUN"
+
+
+def new_run_id() -> str:
+    return f"cairn-{uuid.uuid4().hex[:10]}"
+
+
+def process_env(run_id: str, base: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for a child process of the bed, tagged so the leak check can find it."""
+    env = dict(os.environ if base is None else base)
+    env[RUN_ENV] = run_id
+    return env
+
+
+def processes_of_run(run_id: str) -> list[tuple[int, str]]:
+    marker = f"{RUN_ENV}={run_id}".encode()
+    found: list[tuple[int, str]] = []
+    me = os.getpid()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+            if marker not in environ.split(b"\0"):
+                continue
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (entry / "stat").read_text().split(") ", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+        if state == "Z":  # a zombie holds no resources; its parent merely has not reaped it yet
+            continue
+        found.append((int(entry.name), cmdline.strip()))
+    return found
+
+
+# iproute2 bind-mounts the netns directory onto itself (shared propagation) the first time any
+# namespace is added, and deliberately never undoes it. It is machine setup, not a resource of a run.
+_PERSISTENT_MOUNTS = frozenset({"/run/netns", "/var/run/netns"})
+
+
+def mount_points() -> set[str]:
+    return {line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()}
+
+
+def loop_devices() -> dict[str, str]:
+    """Map of attached loop device to its backing file."""
+    out = subprocess.run(
+        ["losetup", "--list", "--noheadings", "--output", "NAME,BACK-FILE"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    devices: dict[str, str] = {}
+    for line in out.splitlines():
+        parts = line.split(None, 1)
+        if parts:
+            devices[parts[0]] = parts[1].strip() if len(parts) > 1 else ""
+    return devices
+
+
+def network_namespaces() -> set[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+    return {line.split()[0] for line in out.splitlines() if line.strip()}
+
+
+def network_links() -> set[str]:
+    """Link names in the host (this process's) network namespace."""
+    out = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True, check=True).stdout
+    names: set[str] = set()
+    for line in out.splitlines():
+        # "7: cv1a2b3c4d000@if2: <BROADCAST,...>": drop the index and the "@peer" suffix of veths.
+        parts = line.split(": ", 2)
+        if len(parts) >= 2:
+            names.add(parts[1].split("@", 1)[0])
+    return names
+
+
+@dataclass(frozen=True)
+class SystemSnapshot:
+    mounts: frozenset[str]
+    loops: frozenset[str]
+    netns: frozenset[str]
+    links: frozenset[str] = frozenset()
+
+    @classmethod
+    def take(cls) -> SystemSnapshot:
+        return cls(
+            frozenset(mount_points()),
+            frozenset(loop_devices()),
+            frozenset(network_namespaces()),
+            frozenset(network_links()),
+        )
+
+
+def find_leaks(run_id: str, before: SystemSnapshot) -> list[str]:
+    """Describe everything this run created and did not remove; empty when clean."""
+    after = SystemSnapshot.take()
+    leaks = [f"process {pid}: {cmd}" for pid, cmd in processes_of_run(run_id)]
+    leaks += [f"mount {m}" for m in sorted(after.mounts - before.mounts - _PERSISTENT_MOUNTS)]
+    backing = loop_devices()
+    leaks += [f"loop device {d} -> {backing.get(d, '?')}" for d in sorted(after.loops - before.loops)]
+    leaks += [f"network namespace {n}" for n in sorted(after.netns - before.netns)]
+    leaks += [f"network link {n}" for n in sorted(after.links - before.links)]
+    return leaks
