@@ -28,7 +28,7 @@ class VolumePhase(StrEnum):
 
 
 class LocalVolumeSpec(CairnModel):
-    volume_id: str = Field(description="The CSI volume name this LocalVolume was created for.")
+    csi_name: str = Field(description="The CSI CreateVolume name this LocalVolume was created for.")
     node_name: str = Field(description="The node whose agent owns and carves this volume.")
     pool: PoolClass = Field(default=PoolClass.NVME, description="Disk class of the pool to carve from.")
     size_bytes: int = Field(ge=1, description="Requested size; the agent rounds up to the extent size.")
@@ -39,6 +39,9 @@ class LocalVolumeSpec(CairnModel):
     )
     pvc_name: str | None = None
     pvc_namespace: str | None = None
+    source_volume: str | None = Field(
+        default=None, description="LocalVolume to clone: its bytes are copied in before the volume is Ready."
+    )
 
 
 class LocalVolumeStatus(CairnModel):
@@ -48,6 +51,9 @@ class LocalVolumeStatus(CairnModel):
     capacity_bytes: int | None = None
     reason: str | None = Field(default=None, description="CamelCase reason when Failed.")
     message: str | None = None
+    expansion_error: str | None = Field(
+        default=None, description="Why the last extension to spec.sizeBytes failed; the volume stays usable."
+    )
     conditions: list[Condition] = Field(default_factory=list)
 
 

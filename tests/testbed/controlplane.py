@@ -94,9 +94,9 @@ class ControlPlane:
         self.kubectl(*args)
 
     def api_client(self, identity: str = "admin"):  # -> kubernetes.client.ApiClient
-        from kubernetes import config
+        from cairn.kube import load_api_client
 
-        return config.new_client_from_config(config_file=str(self.kubeconfigs[identity]))
+        return load_api_client(str(self.kubeconfigs[identity]))
 
     # -- steps -----------------------------------------------------------------------------
 

@@ -106,6 +106,7 @@ class LoopDisks:
             raise DiskError(
                 f"refusing to detach /dev/{device}: backing file {backing} is outside {self.run_dir}"
             )
+        self._release_stacked(device, timeout)
         proc = subprocess.run(
             ["losetup", "--detach", f"/dev/{device}"], capture_output=True, text=True, timeout=30
         )
@@ -117,6 +118,22 @@ class LoopDisks:
             if time.monotonic() > deadline:
                 raise DiskError(f"/dev/{device} is still attached (held open?) after {timeout}s")
             time.sleep(0.05)
+
+    def _release_stacked(self, device: str, timeout: float) -> None:
+        """Unmount and detach loops stacked on this disk (LVs the node agent activated in loop mode).
+
+        Only at teardown: the simulated machine is going away, and its volumes with it.
+        """
+        for stacked, backing in sorted(attached_loops().items()):
+            if str(backing) != f"/dev/{device}":
+                continue
+            mounts = Path("/proc/self/mounts").read_text().splitlines()
+            for target in reversed([m.split()[1] for m in mounts if m.split()[0] == f"/dev/{stacked}"]):
+                subprocess.run(["umount", "--lazy", target], capture_output=True, timeout=30)
+            subprocess.run(["losetup", "--detach", f"/dev/{stacked}"], capture_output=True, timeout=30)
+            deadline = time.monotonic() + timeout
+            while loop_backing_file(stacked) is not None and time.monotonic() < deadline:
+                time.sleep(0.05)
 
     def cleanup(self) -> None:
         """Detach every loop device backed by a file in run_dir (tracked or not) and delete the files."""

@@ -78,13 +78,18 @@ class SimulatedNode:
     processes: list[subprocess.Popen[Any]] = field(default_factory=list, repr=False)
 
     def command(self, argv: Sequence[str | os.PathLike[str]]) -> list[str]:
-        """argv wrapped to run inside this node's network namespace."""
-        return ["ip", "netns", "exec", self.namespace, *map(str, argv)]
+        """argv wrapped to run inside this node's network namespace.
+
+        nsenter switches only the network namespace. `ip netns exec` would also give the command a
+        private mount namespace, hiding its mounts from the host, as a kubelet's mount propagation
+        never would: a node agent's NodeStage/NodePublish mounts must be visible to the bed.
+        """
+        return ["nsenter", f"--net=/run/netns/{self.namespace}", "--", *map(str, argv)]
 
     def popen(self, argv: Sequence[str | os.PathLike[str]], **kw: Any) -> subprocess.Popen[Any]:
         """Start argv inside the namespace, in its own session, with a run-tagged environment.
 
-        `ip netns exec` execs the command in place, so the returned pid is the command's own.
+        nsenter execs the command in place, so the returned pid is the command's own.
         """
         kw["env"] = leaks.process_env(self.run_id, kw.get("env"))
         kw["start_new_session"] = True

@@ -1,0 +1,240 @@
+"""The thin adapter between Cairn's pydantic resources and the Kubernetes API.
+
+Everything that talks to the apiserver about Cairn's own kinds goes through here, so the
+rest of the code handles typed models and never raw dicts.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+from kubernetes import client, config, watch
+from kubernetes.client.exceptions import ApiException
+
+from cairn import API_GROUP, API_VERSION
+from cairn.api.base import Resource
+
+log = logging.getLogger("cairn.kube")
+R = TypeVar("R", bound=Resource)
+MERGE_PATCH = "application/merge-patch+json"
+
+
+def load_api_client(kubeconfig: str | None) -> client.ApiClient:
+    """A kubeconfig when given, else the in-cluster ServiceAccount."""
+    configuration = client.Configuration()
+    if kubeconfig:
+        config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+    else:
+        config.load_incluster_config(client_configuration=configuration)
+    _send_bearer_tokens(configuration)
+    return client.ApiClient(configuration)
+
+
+def _send_bearer_tokens(configuration: client.Configuration) -> None:
+    """Work around the generated client ignoring tokens its own config loaders store.
+
+    The loaders put the token under api_key["authorization"], but auth_settings() only sends
+    api_key["BearerToken"]; without this every token-authenticated call is anonymous. Hooking
+    the refresh keeps rotated in-cluster tokens flowing too.
+    """
+    loader_hook = configuration.refresh_api_key_hook
+
+    def refresh(conf: client.Configuration) -> None:
+        if loader_hook is not None:
+            loader_hook(conf)
+        if "authorization" in conf.api_key:
+            conf.api_key["BearerToken"] = conf.api_key["authorization"]
+
+    configuration.refresh_api_key_hook = refresh
+    refresh(configuration)
+
+
+class Typed:
+    """A resource object as it came from the apiserver: the model plus its metadata."""
+
+    def __init__(self, model: R, metadata: dict[str, Any]) -> None:  # type: ignore[type-var]
+        self.model = model
+        self.metadata = metadata
+
+    @property
+    def name(self) -> str:
+        return self.metadata["name"]
+
+    @property
+    def resource_version(self) -> str:
+        return self.metadata.get("resourceVersion", "")
+
+
+class ResourceClient:
+    """CRUD and watch for one Cairn kind."""
+
+    def __init__(self, api_client: client.ApiClient, kind: type[R]) -> None:  # type: ignore[type-var]
+        self.api = client.CustomObjectsApi(api_client)
+        self.kind = kind
+
+    def _parse(self, obj: dict[str, Any]) -> Typed:
+        body = {"spec": obj.get("spec", {}), "status": obj.get("status") or {}}
+        return Typed(self.kind.model_validate(body), obj.get("metadata", {}))
+
+    def _scope(self, namespace: str | None) -> dict[str, Any]:
+        return {"namespace": namespace} if self.kind.NAMESPACED else {}
+
+    def get(self, name: str, namespace: str | None = None) -> Typed | None:
+        try:
+            if self.kind.NAMESPACED:
+                obj = self.api.get_namespaced_custom_object(
+                    API_GROUP, API_VERSION, namespace, self.kind.PLURAL, name
+                )
+            else:
+                obj = self.api.get_cluster_custom_object(API_GROUP, API_VERSION, self.kind.PLURAL, name)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        return self._parse(obj)
+
+    def create(
+        self,
+        name: str,
+        model: R,
+        *,
+        labels: dict[str, str] | None = None,  # type: ignore[type-var]
+        namespace: str | None = None,
+    ) -> Typed:
+        body = {
+            "apiVersion": f"{API_GROUP}/{API_VERSION}",
+            "kind": self.kind.KIND,
+            "metadata": {"name": name, "labels": labels or {}},
+            "spec": model.spec.to_wire(),  # type: ignore[attr-defined]
+        }
+        if self.kind.NAMESPACED:
+            obj = self.api.create_namespaced_custom_object(
+                API_GROUP, API_VERSION, namespace, self.kind.PLURAL, body
+            )
+        else:
+            obj = self.api.create_cluster_custom_object(API_GROUP, API_VERSION, self.kind.PLURAL, body)
+        return self._parse(obj)
+
+    def delete(self, name: str, namespace: str | None = None) -> bool:
+        """Delete; False when it was already gone (deletes are idempotent)."""
+        try:
+            if self.kind.NAMESPACED:
+                self.api.delete_namespaced_custom_object(
+                    API_GROUP, API_VERSION, namespace, self.kind.PLURAL, name
+                )
+            else:
+                self.api.delete_cluster_custom_object(API_GROUP, API_VERSION, self.kind.PLURAL, name)
+        except ApiException as error:
+            if error.status == 404:
+                return False
+            raise
+        return True
+
+    def list(self, *, label_selector: str = "", namespace: str | None = None) -> list[Typed]:
+        return self._list_raw(label_selector, namespace)[0]
+
+    def _list_raw(self, label_selector: str, namespace: str | None) -> tuple[list[Typed], str]:
+        if self.kind.NAMESPACED and namespace:
+            result = self.api.list_namespaced_custom_object(
+                API_GROUP, API_VERSION, namespace, self.kind.PLURAL, label_selector=label_selector
+            )
+        else:
+            result = self.api.list_cluster_custom_object(
+                API_GROUP, API_VERSION, self.kind.PLURAL, label_selector=label_selector
+            )
+        return [self._parse(o) for o in result["items"]], result["metadata"].get("resourceVersion", "")
+
+    def patch_spec(self, name: str, spec: dict[str, Any], namespace: str | None = None) -> Typed:
+        body = {"spec": spec}
+        if self.kind.NAMESPACED:
+            obj = self.api.patch_namespaced_custom_object(
+                API_GROUP, API_VERSION, namespace, self.kind.PLURAL, name, body, _content_type=MERGE_PATCH
+            )
+        else:
+            obj = self.api.patch_cluster_custom_object(
+                API_GROUP, API_VERSION, self.kind.PLURAL, name, body, _content_type=MERGE_PATCH
+            )
+        return self._parse(obj)
+
+    def patch_metadata(
+        self, name: str, metadata: dict[str, Any], *, resource_version: str = "", namespace: str | None = None
+    ) -> Typed:
+        """Merge-patch metadata; with a resource version the patch fails (409) if the object moved."""
+        body: dict[str, Any] = {"metadata": dict(metadata)}
+        if resource_version:
+            body["metadata"]["resourceVersion"] = resource_version
+        if self.kind.NAMESPACED:
+            obj = self.api.patch_namespaced_custom_object(
+                API_GROUP, API_VERSION, namespace, self.kind.PLURAL, name, body, _content_type=MERGE_PATCH
+            )
+        else:
+            obj = self.api.patch_cluster_custom_object(
+                API_GROUP, API_VERSION, self.kind.PLURAL, name, body, _content_type=MERGE_PATCH
+            )
+        return self._parse(obj)
+
+    def patch_status(self, name: str, status: dict[str, Any], namespace: str | None = None) -> Typed:
+        body = {"status": status}
+        if self.kind.NAMESPACED:
+            obj = self.api.patch_namespaced_custom_object_status(
+                API_GROUP, API_VERSION, namespace, self.kind.PLURAL, name, body, _content_type=MERGE_PATCH
+            )
+        else:
+            obj = self.api.patch_cluster_custom_object_status(
+                API_GROUP, API_VERSION, self.kind.PLURAL, name, body, _content_type=MERGE_PATCH
+            )
+        return self._parse(obj)
+
+    def watch(
+        self,
+        *,
+        label_selector: str = "",
+        field_selector: str = "",
+        resource_version: str = "",
+        timeout_seconds: int = 300,
+    ) -> Iterator[tuple[str, Typed]]:
+        """Events (ADDED/MODIFIED/DELETED) from a resource version; ends after timeout_seconds."""
+        w = watch.Watch()
+        kwargs: dict[str, Any] = {
+            "label_selector": label_selector,
+            "field_selector": field_selector,
+            "timeout_seconds": timeout_seconds,
+            "allow_watch_bookmarks": False,
+        }
+        if resource_version:
+            kwargs["resource_version"] = resource_version
+        for event in w.stream(
+            self.api.list_cluster_custom_object, API_GROUP, API_VERSION, self.kind.PLURAL, **kwargs
+        ):
+            if event["type"] == "ERROR":
+                raise ApiException(
+                    status=event["raw_object"].get("code", 500),
+                    reason=event["raw_object"].get("message", "watch error"),
+                )
+            yield event["type"], self._parse(event["object"])
+
+    def informer(
+        self,
+        on_event: Callable[[str, Typed], None],
+        *,
+        label_selector: str = "",
+        stop: Callable[[], bool] = lambda: False,
+    ) -> None:
+        """List then watch forever, re-listing after any watch failure; runs in the caller's thread."""
+        while not stop():
+            try:
+                items, version = self._list_raw(label_selector, None)
+                for item in items:
+                    on_event("ADDED", item)
+                for kind, item in self.watch(
+                    label_selector=label_selector, resource_version=version, timeout_seconds=60
+                ):
+                    on_event(kind, item)
+                    if stop():
+                        return
+            except Exception:
+                log.warning("watch on %s failed; re-listing", self.kind.PLURAL, exc_info=True)
+                time.sleep(1)

@@ -1,0 +1,218 @@
+"""Carves, extends and removes the LocalVolumes assigned to this node.
+
+The controller only writes LocalVolume specs; this reconciler is the one place that turns
+them into LVs. LVM work on a VG is serialised by the LVM adapter, so two volumes created at
+once can never over-commit a pool. A finalizer keeps each LocalVolume until its LV is gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Callable
+
+from cairn.api.volume import LocalVolumeSpec, VolumeAccess, VolumePhase
+
+from cairn.kube import ResourceClient, Typed
+
+from .device_copy import CopyError, copy_device
+from .lvm import Lvm
+from .lvm_errors import InsufficientSpace, LvmError, LvNotFound, NotContiguous, VgNotFound
+from .lvm_report import volume_tag
+from .node_service import StagedVolume
+
+log = logging.getLogger("cairn.node.volumes")
+FINALIZER = "cairn.dev/logical-volume"
+NODE_LABEL = "cairn.dev/node"
+
+
+def pool_vg(pool: str) -> str:
+    return f"cairn-{pool}"
+
+
+class VolumeReconciler:
+    def __init__(
+        self, node_name: str, lvm: Lvm, volumes: ResourceClient, on_change: Callable[[], None] = lambda: None
+    ) -> None:
+        self.node_name = node_name
+        self.lvm = lvm
+        self.volumes = volumes
+        self.on_change = on_change
+        self._index: dict[str, StagedVolume] = {}
+        self._index_lock = threading.Lock()
+        self._volume_locks: dict[str, threading.Lock] = {}
+
+    # -- what the node service asks --------------------------------------------------------
+
+    def lookup(self, volume_id: str) -> StagedVolume | None:
+        with self._index_lock:
+            return self._index.get(volume_id)
+
+    def health(self, volume_id: str) -> str | None:
+        """Why the volume is unhealthy, or None: the LV must exist and be active."""
+        volume = self.lookup(volume_id)
+        if volume is None:
+            return f"volume {volume_id} is not known on node {self.node_name}"
+        vg = pool_vg_of_device(volume)
+        try:
+            self.lvm.get_lv(vg, volume.name)
+        except LvmError as error:
+            return f"logical volume {vg}/{volume.name} is gone: {error}"
+        if self.lvm.device_path(vg, volume.name) is None:
+            return f"logical volume {vg}/{volume.name} is not active"
+        return None
+
+    def volume_count(self) -> int:
+        with self._index_lock:
+            return len(self._index)
+
+    # -- reconcile ---------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        self.volumes.informer(self.handle, label_selector=f"{NODE_LABEL}={self.node_name}", stop=stop.is_set)
+
+    def handle(self, event: str, item: Typed) -> None:
+        lock = self._volume_locks.setdefault(item.name, threading.Lock())
+        with lock:
+            try:
+                self._reconcile(event, item)
+            except Exception:
+                log.exception("reconciling volume %s failed; it will be retried on the next event", item.name)
+
+    def _reconcile(self, event: str, item: Typed) -> None:
+        spec: LocalVolumeSpec = item.model.spec
+        if spec.node_name != self.node_name:
+            return
+        vg = pool_vg(spec.pool.value)
+        if event == "DELETED":
+            self._forget(item.name)
+            return
+        if item.metadata.get("deletionTimestamp"):
+            self._remove(item, vg)
+            return
+        status = item.model.status
+        if status.phase == VolumePhase.FAILED:
+            return
+        if status.phase == VolumePhase.PENDING:
+            self._create(item, vg)
+            return
+        # Ready: make sure it is active and indexed (agent restart), then apply any extension.
+        device = self.lvm.activate(vg, item.name)
+        self._remember(item.name, device, spec)
+        if spec.size_bytes > (status.capacity_bytes or 0):
+            self._extend(item, vg)
+
+    def _create(self, item: Typed, vg: str) -> None:
+        spec: LocalVolumeSpec = item.model.spec
+        self._add_finalizer(item)
+        try:
+            try:
+                info = self.lvm.get_lv(vg, item.name)  # a retry after a crash between lvcreate and status
+            except LvNotFound:
+                info = self.lvm.lvcreate(vg, item.name, spec.size_bytes, tags=[volume_tag(item.name)])
+            device = self.lvm.activate(vg, item.name)
+            if spec.source_volume and not self._clone_into(item, device):
+                return
+        except (InsufficientSpace, NotContiguous) as error:
+            self._fail(item, type(error).__name__, str(error))
+            return
+        except VgNotFound:
+            self._fail(
+                item,
+                "PoolNotFound",
+                f"node {self.node_name} has no {spec.pool.value} pool (volume group {vg})",
+            )
+            return
+        self._remember(item.name, device, spec)
+        self.volumes.patch_status(
+            item.name,
+            {
+                "phase": VolumePhase.READY.value,
+                "volumeGroup": vg,
+                "logicalVolume": item.name,
+                "capacityBytes": info.size_bytes,
+                "reason": None,
+                "message": None,
+            },
+        )
+        log.info("volume %s ready: %s/%s %d bytes on %s", item.name, vg, item.name, info.size_bytes, device)
+        self.on_change()
+
+    def _clone_into(self, item: Typed, device: str) -> bool:
+        """Copy the source volume's bytes; False (and the volume Failed) when that is impossible."""
+        source = self.lookup(item.model.spec.source_volume or "")
+        if source is None:
+            self._fail(
+                item,
+                "CloneSourceMissing",
+                f"clone source {item.model.spec.source_volume} is not on node {self.node_name}",
+            )
+            return False
+        try:
+            copy_device(source.device, device)
+        except CopyError as error:
+            self._fail(item, "CloneFailed", str(error))
+            return False
+        return True
+
+    def _extend(self, item: Typed, vg: str) -> None:
+        spec: LocalVolumeSpec = item.model.spec
+        try:
+            info = self.lvm.lvextend(vg, item.name, spec.size_bytes)
+        except (InsufficientSpace, NotContiguous) as error:
+            self.volumes.patch_status(item.name, {"expansionError": str(error)})
+            return
+        self.volumes.patch_status(item.name, {"capacityBytes": info.size_bytes, "expansionError": None})
+        log.info("volume %s extended to %d bytes", item.name, info.size_bytes)
+        self.on_change()
+
+    def _remove(self, item: Typed, vg: str) -> None:
+        if FINALIZER not in item.metadata.get("finalizers", []):
+            return
+        # Already gone is fine: a retry after a crash, or a create that never happened.
+        with contextlib.suppress(LvNotFound, VgNotFound):
+            self.lvm.lvremove(vg, item.name)
+        self._forget(item.name)
+        remaining = [f for f in item.metadata.get("finalizers", []) if f != FINALIZER]
+        self.volumes.patch_metadata(
+            item.name, {"finalizers": remaining or None}, resource_version=item.resource_version
+        )
+        log.info("volume %s removed", item.name)
+        self.on_change()
+
+    def _add_finalizer(self, item: Typed) -> None:
+        finalizers = item.metadata.get("finalizers", [])
+        if FINALIZER not in finalizers:
+            self.volumes.patch_metadata(
+                item.name, {"finalizers": [*finalizers, FINALIZER]}, resource_version=item.resource_version
+            )
+
+    def _fail(self, item: Typed, reason: str, message: str) -> None:
+        log.warning("volume %s failed: %s", item.name, message)
+        self.volumes.patch_status(
+            item.name, {"phase": VolumePhase.FAILED.value, "reason": reason, "message": message}
+        )
+        # Nothing is on disk, so the finalizer has nothing left to guard.
+        current = self.volumes.get(item.name)
+        if current is not None:
+            remaining = [f for f in current.metadata.get("finalizers", []) if f != FINALIZER]
+            self.volumes.patch_metadata(item.name, {"finalizers": remaining or None})
+
+    def _remember(self, name: str, device: str, spec: LocalVolumeSpec) -> None:
+        with self._index_lock:
+            self._index[name] = StagedVolume(
+                name=name,
+                device=device,
+                access=VolumeAccess(spec.access),
+                fs_type=spec.fs_type,
+                pool=spec.pool.value,
+            )
+
+    def _forget(self, name: str) -> None:
+        with self._index_lock:
+            self._index.pop(name, None)
+
+
+def pool_vg_of_device(volume: StagedVolume) -> str:
+    return pool_vg(volume.pool)

@@ -1,0 +1,99 @@
+"""Cairn's own components started on the test bed, each with its ServiceAccount's kubeconfig."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import grpc
+from cairn.csi.proto import csi_pb2, csi_pb2_grpc
+
+from .nodes import SimulatedNode
+from .process import ManagedProcess
+
+
+def wait_for_csi(socket: Path, process: ManagedProcess, timeout: float = 60.0) -> None:
+    """Wait until the component's Identity service reports ready through its socket."""
+
+    def probe_ready() -> bool:
+        if not socket.exists():
+            return False
+        with grpc.insecure_channel(f"unix://{socket}") as channel:
+            response = csi_pb2_grpc.IdentityStub(channel).Probe(csi_pb2.ProbeRequest(), timeout=2)
+            return response.ready.value
+
+    process.wait_until(probe_ready, timeout, "ready on its CSI socket")
+
+
+def start_controller(
+    workdir: Path,
+    run_id: str,
+    kubeconfig: Path,
+    *,
+    name: str = "cairn-controller",
+    extra_args: tuple[str, ...] = (),
+) -> tuple[ManagedProcess, Path]:
+    socket = workdir / "sockets" / f"{name}.sock"
+    process = ManagedProcess(
+        name,
+        [
+            sys.executable,
+            "-m",
+            "cairn.controller.main",
+            "--endpoint",
+            f"unix://{socket}",
+            "--kubeconfig",
+            str(kubeconfig),
+            *extra_args,
+        ],
+        run_id=run_id,
+        log_dir=workdir / "logs",
+    )
+    wait_for_csi(socket, process)
+    return process, socket
+
+
+def start_node_agent(
+    workdir: Path,
+    run_id: str,
+    kubeconfig: Path,
+    node: SimulatedNode,
+    pools: dict[str, list[str]],
+    *,
+    extra_args: tuple[str, ...] = (),
+) -> tuple[ManagedProcess, Path]:
+    """Run cairn-node-agent inside the node's network namespace, as root, with its own LVM state."""
+    socket = workdir / "sockets" / f"{node.name}.sock"
+    lvm_dir = workdir / "lvm" / node.name
+    lvm_dir.mkdir(parents=True, exist_ok=True)
+    pool_args = [arg for pool, devices in pools.items() for arg in ("--pool", f"{pool}={','.join(devices)}")]
+    argv = node.command(
+        [
+            sys.executable,
+            "-m",
+            "cairn.node_agent.main",
+            "--node-name",
+            node.name,
+            "--endpoint",
+            f"unix://{socket}",
+            "--kubeconfig",
+            str(kubeconfig),
+            "--lvm-system-dir",
+            str(lvm_dir),
+            *pool_args,
+            *extra_args,
+        ]
+    )
+    process = ManagedProcess(f"node-agent-{node.name}", argv, run_id=run_id, log_dir=workdir / "logs")
+    wait_for_csi(socket, process)
+    return process, socket
+
+
+def wait_until(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
