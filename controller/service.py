@@ -172,7 +172,8 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         if not size_fits_range(spec.size_bytes, required, limit):
             raise AlreadyExists(
                 f"volume {csi_name!r} already exists with size {human_bytes(spec.size_bytes)}, "
-                f"which does not fit the requested range (required {human_bytes(required)}, limit {human_bytes(limit)})"
+                f"which does not fit the requested range (required {human_bytes(required)}, "
+                f"limit {human_bytes(limit)})"
             )
         if spec.access != access:
             raise AlreadyExists(f"volume {csi_name!r} already exists as a {spec.access.value} volume")

@@ -64,7 +64,7 @@ def test_schema_from_the_models_rejects_bad_objects(bed: TestBed) -> None:
         "apiVersion": "cairn.dev/v1alpha1",
         "kind": "LocalVolume",
         "metadata": {"name": "smoke-bad"},
-        "spec": {"volumeId": "v", "nodeName": "n", "pool": "floppy", "sizeBytes": 1},
+        "spec": {"csiName": "v", "nodeName": "n", "pool": "floppy", "sizeBytes": 1},
     }
     result = bed.control_plane.kubectl("apply", "-f", "-", input_text=json.dumps(bad), check=False)
     assert result.returncode != 0
