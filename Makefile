@@ -23,9 +23,13 @@ demo-down:
 system-deps:
 	@$(SHELL) tools/install_system_deps.sh
 
+# The stubs must exist before the package is installed (csi/proto is one of its packages), and
+# generating them needs grpcio-tools, so that goes in first.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet grpcio-tools==1.85.1
+	$(PY) tools/gen_csi_stubs.py
 	$(VENV)/bin/pip install --quiet -e '.[dev]'
 	touch $@
 
