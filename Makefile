@@ -11,7 +11,8 @@ export LVM_SUPPRESS_FD_WARNINGS := 1
 help:
 	@echo "make demo    the cluster-in-a-box (not ready yet)"
 	@echo "make test    everything CI runs: setup, lint, unit tests and the e2e suite"
-	@echo "make sanity  csi-sanity against the driver;  make e2e  the e2e suite only"
+	@echo "make sanity  csi-sanity (mount and block) against the driver on the test bed"
+	@echo "make e2e     the e2e suite only"
 	@echo "make bench   benchmarks;  make crds  regenerate deploy/crds;  make lint  ruff"
 
 demo:
@@ -59,10 +60,11 @@ e2e: system-deps proto tools
 	$(PYTEST) tests/e2e
 
 sanity: system-deps proto tools
-	@echo "csi-sanity lands with the CSI core issue."
+	$(PYTEST) tests/e2e/test_csi_sanity.py -s -q
 
+BENCHMARKS ?= publish_scaling create_latency
 bench: system-deps proto tools
-	@echo "benchmarks land with the CSI core issue."
+	@for b in $(BENCHMARKS); do echo "== bench/$$b.py"; $(PY) -m bench.$$b || exit 1; done
 
 test: system-deps proto tools lint
 	$(PYTEST) tests

@@ -235,6 +235,6 @@ class ResourceClient:
                     on_event(kind, item)
                     if stop():
                         return
-            except Exception:
+            except Exception:  # a dropped watch is routine: re-list and carry on
                 log.warning("watch on %s failed; re-listing", self.kind.PLURAL, exc_info=True)
                 time.sleep(1)

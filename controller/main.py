@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
             try:
                 storage_nodes.list()
                 ready.set()
-            except Exception:
+            except Exception:  # while the API is unreachable, "not ready" is the answer
                 log.warning("Kubernetes API not reachable yet", exc_info=True)
         return ready.is_set()
 

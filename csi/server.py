@@ -35,7 +35,11 @@ def _wrap(method_name: str, handler: Callable[[Any, grpc.ServicerContext], Any])
                 (time.monotonic() - started) * 1000,
             )
             context.abort(error.code, error.message)
+        except NotImplementedError:
+            # The generated base servicer raises this for every call Cairn does not implement.
+            context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method_name} is not implemented by Cairn")
         except Exception as error:
+            # The CO must get a status with the cause, never a dropped stream.
             log.exception("%s failed unexpectedly", method_name)
             context.abort(grpc.StatusCode.INTERNAL, f"{method_name}: {type(error).__name__}: {error}")
         log.debug("%s -> OK (%.1f ms)", method_name, (time.monotonic() - started) * 1000)

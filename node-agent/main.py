@@ -66,7 +66,7 @@ class Debounced:
                 self._dirty.clear()
                 try:
                     self._action()
-                except Exception:
+                except Exception:  # the next trigger retries
                     log.warning("background publish failed", exc_info=True)
                 self._stop.wait(self._interval)
 

@@ -80,5 +80,5 @@ class StorageNodePublisher:
     def mark_not_ready(self) -> None:
         try:
             self.client.patch_status(self.node_name, {"ready": False})
-        except Exception:
+        except Exception:  # best effort on the way out
             log.warning("could not mark StorageNode %s not ready", self.node_name, exc_info=True)

@@ -97,9 +97,10 @@ class VolumeReconciler:
         if status.phase == VolumePhase.PENDING:
             self._create(item, vg)
             return
-        # Ready: make sure it is active and indexed (agent restart), then apply any extension.
-        device = self.lvm.activate(vg, item.name)
-        self._remember(item.name, device, spec)
+        # Ready: after an agent restart, activate and index it again. An indexed volume is left
+        # alone, so a periodic re-list costs no lvm calls however many volumes there are.
+        if self.lookup(item.name) is None:
+            self._remember(item.name, self.lvm.activate(vg, item.name), spec)
         if spec.size_bytes > (status.capacity_bytes or 0):
             self._extend(item, vg)
 

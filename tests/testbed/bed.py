@@ -78,7 +78,7 @@ class TestBed:
         ):
             try:
                 step()
-            except Exception as exc:
+            except Exception as exc:  # keep tearing down; report every failure at the end
                 errors.append(f"{what}: {exc}")
         shutil.rmtree(self.workdir, ignore_errors=True)
         if errors:

@@ -65,7 +65,7 @@ class ManagedProcess:
             try:
                 if ready():
                     return
-            except Exception:
+            except Exception:  # not ready yet: any failure means "poll again"
                 pass
             time.sleep(0.1)
         raise TimeoutError(f"{self.name} not {what} after {timeout:.0f}s:\n{self.log_tail()}")

@@ -1,0 +1,115 @@
+"""CreateVolume-to-Ready latency through the controller, against a bare lvcreate of the same sizes.
+
+Both run in the same session on loop disks of the same simulated node. The Cairn path adds the
+kube-apiserver round trips (LocalVolume create, the agent's watch, status patch), activation
+and the wiping of a new LV's ends; the baseline is lvm alone, with the same device filter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import tempfile
+import time
+
+from cairn.csi.proto import csi_pb2
+
+from tests.testbed.components import start_controller, start_node_agent
+
+from .common import CsiClients, bench_bed, percentile, report, timed
+from .publish_scaling import mount_capability
+
+MiB = 1024 * 1024
+
+
+def bare_lvcreate_latencies(device: str, sizes: list[int]) -> list[float]:
+    """lvcreate alone, as the loop activation mode runs it, on its own VG."""
+    config = f'devices {{ global_filter = [ "a|^{device}$|", "r|.*|" ] use_devicesfile = 0 }}'
+    with tempfile.TemporaryDirectory() as system_dir:
+        env = {**os.environ, "LVM_SYSTEM_DIR": system_dir, "LVM_SUPPRESS_FD_WARNINGS": "1"}
+
+        def lvm(*args: str) -> None:
+            subprocess.run(
+                ["lvm", args[0], "--driverloaded", "n", "--config", config, *args[1:]],
+                check=True,
+                capture_output=True,
+                env=env,
+            )
+
+        lvm("pvcreate", device)
+        lvm("vgcreate", "benchbare", device)
+        try:
+            return [
+                timed(
+                    lambda i=i, size=size: lvm(
+                        "lvcreate",
+                        "-an",
+                        "-Zn",
+                        "--alloc",
+                        "contiguous",
+                        "-L",
+                        f"{size}b",
+                        "-n",
+                        f"lv{i}",
+                        "benchbare",
+                    )
+                )
+                for i, size in enumerate(sizes)
+            ]
+        finally:
+            lvm("vgremove", "-f", "benchbare")
+            lvm("pvremove", device)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--volumes", type=int, default=100)
+    args = parser.parse_args()
+    sizes = [(16 + 16 * (i % 4)) * MiB for i in range(args.volumes)]
+
+    with bench_bed() as bed:
+        workdir = bed.workdir / "bench-create"
+        disk_size = sum(sizes) + 512 * MiB
+        (node,) = bed.add_nodes(1, disks=2, disk_size=disk_size)
+        pool_disk, bare_disk = node.disks
+        baseline = bare_lvcreate_latencies(bare_disk.path, sizes)
+
+        cp = bed.control_plane
+        agent, node_socket = start_node_agent(
+            workdir, bed.run_id, cp.kubeconfigs["cairn-node-agent"], node, {"nvme": [pool_disk.path]}
+        )
+        controller, controller_socket = start_controller(
+            workdir, bed.run_id, cp.kubeconfigs["cairn-controller"]
+        )
+        clients = CsiClients(controller_socket, node_socket)
+        created: list[str] = []
+        cairn: list[float] = []
+        try:
+            for i, size in enumerate(sizes):
+                request = csi_pb2.CreateVolumeRequest(
+                    name=f"bench-create-{i}",
+                    capacity_range=csi_pb2.CapacityRange(required_bytes=size),
+                    volume_capabilities=[mount_capability()],
+                    parameters={"cairn.dev/pool": "nvme"},
+                )
+                started = time.perf_counter()
+                response = clients.controller.CreateVolume(request, timeout=120)
+                cairn.append(time.perf_counter() - started)
+                created.append(response.volume.volume_id)
+            for volume_id in created:
+                clients.controller.DeleteVolume(csi_pb2.DeleteVolumeRequest(volume_id=volume_id), timeout=120)
+        finally:
+            clients.close()
+            controller.stop()
+            agent.stop()
+
+    params = {"volumes": args.volumes, "sizes_mib": sorted({s // MiB for s in sizes})}
+    for q in (50, 99):
+        value, base = percentile(cairn, q), percentile(baseline, q)
+        print(f"CreateVolume-to-Ready p{q}: {value * 1000:.1f} ms; bare lvcreate p{q}: {base * 1000:.1f} ms")
+        report(f"create_latency_p{q}", value, base, "s", params)
+
+
+if __name__ == "__main__":
+    main()
