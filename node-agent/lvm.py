@@ -218,6 +218,10 @@ class Lvm:
         self._env = env
         self._locks: dict[str, threading.RLock] = {}
         self._locks_guard = threading.Lock()
+        # Fixed for the life of a PV or VG, and each lvm call costs ~50 ms of process start-up,
+        # so the create/activate path reads them once instead of on every call.
+        self._pe_start: dict[str, int] = {}
+        self._extent_size: dict[str, int] = {}
 
     # ---- command plumbing -------------------------------------------------------------------
 
@@ -282,6 +286,7 @@ class Lvm:
 
     def pvcreate(self, device: str) -> PvInfo:
         """Initialise a disk as a PV. Refuses (lvm prompts, stdin is closed) if it has a signature."""
+        self._pe_start.pop(device, None)
         self._lvm("pvcreate", device)
         return self.get_pv(device)
 
@@ -298,6 +303,7 @@ class Lvm:
         return pvs[0]
 
     def pvremove(self, device: str) -> None:
+        self._pe_start.pop(device, None)
         self._lvm("pvremove", device)
 
     # ---- volume groups (pools) --------------------------------------------------------------
@@ -315,6 +321,7 @@ class Lvm:
             raise ValueError(f"pool VG {vg} needs at least one device")
         tag_args = [arg for tag in (CAIRN_OWNED_TAG, *tags) for arg in ("--addtag", validate_tag(tag))]
         with self._vg_lock(vg):
+            self._extent_size.pop(vg, None)
             self._lvm("vgcreate", "--physicalextentsize", f"{extent_size_bytes}b", *tag_args, vg, *devices)
             return self.get_vg(vg)
 
@@ -334,6 +341,7 @@ class Lvm:
             if remaining:
                 names = ", ".join(lv.name for lv in remaining)
                 raise LvmError(f"pool VG {vg} still holds volumes ({names}); remove them before the pool")
+            self._extent_size.pop(vg, None)
             try:
                 self._lvm("vgremove", vg)
             except LvmError as exc:
@@ -386,11 +394,9 @@ class Lvm:
         validate_name(lv, "LV")
         tag_args = [arg for tag in (CAIRN_OWNED_TAG, *tags) for arg in ("--addtag", validate_tag(tag))]
         with self._vg_lock(vg):
-            pool = self.get_vg(vg)
-            extents = extents_for_size(size_bytes, pool.extent_size_bytes)
-            needed_bytes = extents * pool.extent_size_bytes
-            if extents > pool.free_extents:
-                raise self._insufficient(vg, needed_bytes, f"volume {lv}")
+            extent_size = self._vg_extent_size(vg)
+            extents = extents_for_size(size_bytes, extent_size)
+            needed_bytes = extents * extent_size
             if self.mode is ActivationMode.LOOP:
                 # -an: lvm cannot activate here; -Zn: it cannot zero either (done below instead).
                 mode_args = ["--activate", "n", "--zero", "n", "--alloc", "contiguous"]
@@ -403,6 +409,7 @@ class Lvm:
                 if kind is ErrorKind.INSUFFICIENT_SPACE:
                     raise self._insufficient(vg, needed_bytes, f"volume {lv}", exc) from exc
                 if kind is ErrorKind.NOT_CONTIGUOUS:
+                    pool = self.get_vg(vg)
                     raise NotContiguous(
                         f"pool VG {vg} has {format_bytes(pool.free_bytes)} free but no single contiguous "
                         f"free range of {format_bytes(needed_bytes)} for volume {lv}; in loop activation "
@@ -486,8 +493,11 @@ class Lvm:
 
     # ---- activation -------------------------------------------------------------------------
 
-    def activate(self, vg: str, lv: str) -> str:
-        """Make the volume a block device and return its path. Safe to repeat, also after restarts."""
+    def activate(self, vg: str, lv: str, info: LvInfo | None = None) -> str:
+        """Make the volume a block device and return its path. Safe to repeat, also after restarts.
+
+        `info` from a just-made lvcreate/lvextend saves a report round trip in loop mode.
+        """
         validate_name(vg, "VG")
         validate_name(lv, "LV")
         with self._vg_lock(vg):
@@ -499,7 +509,8 @@ class Lvm:
                 path = self.get_lv(vg, lv).path
                 self._wait_for_node(path)
                 return path
-            info = self.get_lv(vg, lv)
+            if info is None or (info.vg, info.name) != (vg, lv):
+                info = self.get_lv(vg, lv)
             extent = self._loop_extent(info)
             existing = self._loops_for(extent)
             if existing:
@@ -549,8 +560,14 @@ class Lvm:
 
     def _loop_extent(self, info: LvInfo) -> LoopExtent:
         pe_range = contiguous_pe_range(info)
-        pv = self.get_pv(pe_range.pv)
-        return loop_extent(pe_range, pv.pe_start_bytes, info.extent_size_bytes)
+        if pe_range.pv not in self._pe_start:
+            self._pe_start[pe_range.pv] = self.get_pv(pe_range.pv).pe_start_bytes
+        return loop_extent(pe_range, self._pe_start[pe_range.pv], info.extent_size_bytes)
+
+    def _vg_extent_size(self, vg: str) -> int:
+        if vg not in self._extent_size:
+            self._extent_size[vg] = self.get_vg(vg).extent_size_bytes
+        return self._extent_size[vg]
 
     def _list_loops(self) -> list[LoopDevice]:
         return parse_losetup_list(

@@ -18,8 +18,8 @@ from cairn.kube import ResourceClient, Typed
 
 from .device_copy import CopyError, copy_device
 from .lvm import Lvm
-from .lvm_errors import InsufficientSpace, LvmError, LvNotFound, NotContiguous, VgNotFound
-from .lvm_report import volume_tag
+from .lvm_errors import InsufficientSpace, LvAlreadyExists, LvmError, LvNotFound, NotContiguous, VgNotFound
+from .lvm_report import LvInfo, volume_tag
 from .node_service import StagedVolume
 
 log = logging.getLogger("cairn.node.volumes")
@@ -95,7 +95,10 @@ class VolumeReconciler:
         if status.phase == VolumePhase.FAILED:
             return
         if status.phase == VolumePhase.PENDING:
-            self._create(item, vg)
+            # Events can be stale: the update that added our finalizer arrives after the volume
+            # is already carved. The index says what this agent has made.
+            if self.lookup(item.name) is None:
+                self._create(item, vg)
             return
         # Ready: after an agent restart, activate and index it again. An indexed volume is left
         # alone, so a periodic re-list costs no lvm calls however many volumes there are.
@@ -109,10 +112,12 @@ class VolumeReconciler:
         self._add_finalizer(item)
         try:
             try:
-                info = self.lvm.get_lv(vg, item.name)  # a retry after a crash between lvcreate and status
-            except LvNotFound:
                 info = self.lvm.lvcreate(vg, item.name, spec.size_bytes, tags=[volume_tag(item.name)])
-            device = self.lvm.activate(vg, item.name)
+            except LvAlreadyExists:
+                info = self._recreate(item, vg)
+                if info is None:
+                    return
+            device = self.lvm.activate(vg, item.name, info)
             if spec.source_volume and not self._clone_into(item, device):
                 return
         except (InsufficientSpace, NotContiguous) as error:
@@ -139,6 +144,26 @@ class VolumeReconciler:
         )
         log.info("volume %s ready: %s/%s %d bytes on %s", item.name, vg, item.name, info.size_bytes, device)
         self.on_change()
+
+    def _recreate(self, item: Typed, vg: str) -> LvInfo | None:
+        """An LV for a still-Pending volume: a crash came between lvcreate and the status patch.
+
+        It was never handed to anyone, but it may not have been wiped yet, so it is made again
+        from scratch; only after its tag proves it is this volume's own.
+        """
+        current = self.volumes.get(item.name)
+        if current is None or current.model.status.phase != VolumePhase.PENDING:
+            raise RuntimeError(f"volume {item.name} changed while being created; skipping a stale event")
+        existing = self.lvm.get_lv(vg, item.name)
+        if existing.volume_id != item.name:
+            self._fail(
+                item,
+                "NameConflict",
+                f"an LV named {vg}/{item.name} exists but is not tagged as this volume's; left untouched",
+            )
+            return None
+        self.lvm.lvremove(vg, item.name)
+        return self.lvm.lvcreate(vg, item.name, item.model.spec.size_bytes, tags=[volume_tag(item.name)])
 
     def _clone_into(self, item: Typed, device: str) -> bool:
         """Copy the source volume's bytes; False (and the volume Failed) when that is impossible."""

@@ -10,13 +10,12 @@ import re
 import subprocess
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from tests.testbed.bed import TestBed
-from tests.testbed.components import start_controller, start_node_agent
+from tests.testbed.components import Driver, running_driver
 from tests.testbed.tools import tool_path
 
 GiB = 1024**3
@@ -25,35 +24,10 @@ SUMMARY_RE = re.compile(
 )
 
 
-@dataclass
-class Driver:
-    controller_socket: Path
-    node_socket: Path
-    workdir: Path
-
-
 @pytest.fixture(scope="module")
 def driver(bed: TestBed) -> Iterator[Driver]:
-    workdir = bed.workdir / "sanity"
-    (node,) = bed.add_nodes(1, disks=2, disk_size=8 * GiB)
-    cp = bed.control_plane
-    agent, node_socket = start_node_agent(
-        workdir,
-        bed.run_id,
-        cp.kubeconfigs["cairn-node-agent"],
-        node,
-        {"nvme": [d.path for d in node.disks]},
-    )
-    controller, controller_socket = start_controller(workdir, bed.run_id, cp.kubeconfigs["cairn-controller"])
-    try:
-        yield Driver(controller_socket, node_socket, workdir)
-    finally:
-        controller.stop()
-        agent.stop()
-        print(
-            f"\ncontroller log tail:\n{controller.log_tail(15)}\nnode agent log tail:\n{agent.log_tail(15)}"
-        )
-        bed.remove_nodes([node])
+    with running_driver(bed, "sanity", disks=2, disk_size=8 * GiB) as running:
+        yield running
 
 
 def run_sanity(driver: Driver, access_type: str) -> tuple[str, Path]:

@@ -62,6 +62,10 @@ class TestBed:
         core = self.core_v1()
         for node in nodes:
             unregister_node_object(core, node.name)
+            # What its agent reported goes with the machine, so later tests never place volumes there.
+            self.control_plane.kubectl(
+                "delete", "storagenode", node.name, "--ignore-not-found", "--wait=false"
+            )
             self.cluster.remove_node(node)
 
     def core_v1(self, identity: str = "admin"):  # -> kubernetes.client.CoreV1Api

@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 from cairn.csi.proto import csi_pb2, csi_pb2_grpc
 
 from .nodes import SimulatedNode
 from .process import ManagedProcess
+
+if TYPE_CHECKING:
+    from .bed import TestBed
 
 
 def wait_for_csi(socket: Path, process: ManagedProcess, timeout: float = 60.0) -> None:
@@ -97,3 +104,44 @@ def wait_until(predicate, timeout: float, what: str) -> None:
             return
         time.sleep(0.1)
     raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+@dataclass
+class Driver:
+    """A running Cairn driver on the bed: one node with its agent, and the controller."""
+
+    node: SimulatedNode
+    agent: ManagedProcess
+    controller: ManagedProcess
+    node_socket: Path
+    controller_socket: Path
+    workdir: Path
+
+    def controller_stub(self) -> csi_pb2_grpc.ControllerStub:
+        return csi_pb2_grpc.ControllerStub(grpc.insecure_channel(f"unix://{self.controller_socket}"))
+
+    def node_stub(self) -> csi_pb2_grpc.NodeStub:
+        return csi_pb2_grpc.NodeStub(grpc.insecure_channel(f"unix://{self.node_socket}"))
+
+
+@contextmanager
+def running_driver(bed: TestBed, name: str, *, disks: int, disk_size: int) -> Iterator[Driver]:
+    """A fresh node with `disks` loop disks in its nvme pool, its agent, and a controller."""
+    workdir = bed.workdir / name
+    (node,) = bed.add_nodes(1, disks=disks, disk_size=disk_size)
+    kubeconfigs = bed.control_plane.kubeconfigs
+    agent = controller = None
+    try:
+        agent, node_socket = start_node_agent(
+            workdir, bed.run_id, kubeconfigs["cairn-node-agent"], node, {"nvme": [d.path for d in node.disks]}
+        )
+        controller, controller_socket = start_controller(
+            workdir, bed.run_id, kubeconfigs["cairn-controller"], name=f"controller-{name}"
+        )
+        yield Driver(node, agent, controller, node_socket, controller_socket, workdir)
+    finally:
+        for process in (controller, agent):
+            if process is not None:
+                process.stop()
+                print(f"\n{process.name} log tail:\n{process.log_tail(10)}")
+        bed.remove_nodes([node])
