@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -22,7 +23,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def percentile(values: list[float], q: float) -> float:
     """Nearest-rank percentile; q in [0, 100]."""
     ordered = sorted(values)
-    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
+    rank = max(1, min(len(ordered), math.ceil(q / 100 * len(ordered))))
     return ordered[rank - 1]
 
 
