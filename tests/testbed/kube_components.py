@@ -1,0 +1,76 @@
+"""Upstream Kubernetes components the bed runs in front of Cairn: the real CO side of CSI.
+
+kube-controller-manager binds PVCs to the PVs external-provisioner creates; csi-provisioner
+turns PVCs into CreateVolume calls. The one stand-in is `register_csi_node`, which publishes
+the CSINode that a kubelet would publish after node-driver-registrar registers the driver.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from cairn import DRIVER_NAME, TOPOLOGY_KEY
+
+from .process import ManagedProcess
+from .tools import tool_path
+
+
+def start_controller_manager(workdir: Path, run_id: str, kubeconfig: Path) -> ManagedProcess:
+    process = ManagedProcess(
+        "kube-controller-manager",
+        [
+            str(tool_path("kube-controller-manager")),
+            f"--kubeconfig={kubeconfig}",
+            "--controllers=persistentvolume-binder,persistentvolume-expander,pvc-protection,pv-protection",
+            "--leader-elect=false",
+            "--secure-port=0",
+            "--v=1",
+        ],
+        run_id=run_id,
+        log_dir=workdir / "logs",
+    )
+    process.wait_until(
+        lambda: (
+            "Starting persistent volume controller" in process.log_tail(200)
+            or "Started controller" in process.log_tail(200)
+        ),
+        60,
+        "started",
+    )
+    return process
+
+
+def start_csi_provisioner(
+    workdir: Path, run_id: str, kubeconfig: Path, controller_socket: Path
+) -> ManagedProcess:
+    process = ManagedProcess(
+        "csi-provisioner",
+        [
+            str(tool_path("csi-provisioner")),
+            f"--csi-address={controller_socket}",
+            f"--kubeconfig={kubeconfig}",
+            "--leader-election=false",
+            "--extra-create-metadata",
+            "--strict-topology",
+            "--timeout=120s",
+            "--retry-interval-start=1s",
+            "--retry-interval-max=10s",
+            "--v=3",
+        ],
+        run_id=run_id,
+        log_dir=workdir / "logs",
+    )
+    process.wait_until(lambda: "Started provisioner controller" in process.log_tail(400), 60, "started")
+    return process
+
+
+def register_csi_node(storage_v1_api: Any, node_name: str) -> None:
+    """What kubelet does once node-driver-registrar has registered Cairn's node plugin."""
+    body = {
+        "apiVersion": "storage.k8s.io/v1",
+        "kind": "CSINode",
+        "metadata": {"name": node_name},
+        "spec": {"drivers": [{"name": DRIVER_NAME, "nodeID": node_name, "topologyKeys": [TOPOLOGY_KEY]}]},
+    }
+    storage_v1_api.create_csi_node(body)
