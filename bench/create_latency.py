@@ -95,13 +95,11 @@ def main() -> None:
         workdir = bed.workdir / "bench-create"
         disk_size = sum(sizes) + 512 * MiB
         (node,) = bed.add_nodes(1, disks=2, disk_size=disk_size)
-        pool_disk, bare_disk = node.disks
+        _pool_disk, bare_disk = node.disks
         baseline = bare_lvcreate_latencies(bare_disk.path, sizes)
 
         cp = bed.control_plane
-        agent, node_socket = start_node_agent(
-            workdir, bed.run_id, cp.kubeconfigs["cairn-node-agent"], node, {"nvme": [pool_disk.path]}
-        )
+        agent, node_socket = start_node_agent(workdir, bed.run_id, cp.kubeconfigs["cairn-node-agent"], node)
         controller, controller_socket = start_controller(
             workdir, bed.run_id, cp.kubeconfigs["cairn-controller"]
         )

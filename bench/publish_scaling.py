@@ -109,9 +109,7 @@ def main() -> None:
         disk_size = max(4096 * MiB, (args.volumes + 8) * (args.volume_size + 4 * MiB))
         (node,) = bed.add_nodes(1, disks=1, disk_size=disk_size)
         cp = bed.control_plane
-        agent, node_socket = start_node_agent(
-            workdir, bed.run_id, cp.kubeconfigs["cairn-node-agent"], node, {"nvme": [node.disks[0].path]}
-        )
+        agent, node_socket = start_node_agent(workdir, bed.run_id, cp.kubeconfigs["cairn-node-agent"], node)
         controller, controller_socket = start_controller(
             workdir, bed.run_id, cp.kubeconfigs["cairn-controller"]
         )

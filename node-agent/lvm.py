@@ -223,6 +223,10 @@ class Lvm:
         self._pe_start: dict[str, int] = {}
         self._extent_size: dict[str, int] = {}
 
+    def set_devices(self, devices: Sequence[str]) -> None:
+        """Replace the allow-list, as disks come and go; lvm then sees only these devices."""
+        self._filter = device_filter_config(devices)
+
     # ---- command plumbing -------------------------------------------------------------------
 
     def _lvm(self, subcommand: str, *args: str) -> str:

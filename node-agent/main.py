@@ -1,4 +1,4 @@
-"""`cairn-node-agent`: one per node. Owns the node's pools and serves the CSI Node service."""
+"""`cairn-node-agent`: one per node. Finds and claims disks, carves volumes, serves CSI Node."""
 
 from __future__ import annotations
 
@@ -7,18 +7,24 @@ import logging
 import signal
 import threading
 
-from cairn.api.disk import AgentEndpoints, StorageNode
-from cairn.api.volume import LocalVolume
+from cairn.api.disk import AgentEndpoints, LocalDisk, StorageNode
+from cairn.api.volume import LocalVolume, PoolClass
 from cairn.csi.identity import IdentityService
 from cairn.csi.proto import csi_pb2_grpc
 from cairn.csi.server import serve
 
+from cairn.background import Coalescing
+from cairn.events import EventRecorder
 from cairn.kube import ResourceClient, load_api_client
 from cairn.logs import setup_logging
 
+from . import metrics
+from .disk_classify import parse_class_overrides
+from .disk_manager import DiskManager, DiskPolicy
+from .disk_probe import ProbeScope
+from .disk_watch import watch_block_events
 from .lvm import Lvm
 from .node_service import NodeService
-from .pools import ensure_pools, parse_pool_spec
 from .storage_node import StorageNodePublisher
 from .volume_reconciler import VolumeReconciler
 
@@ -31,12 +37,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--endpoint", default="unix:///csi/csi.sock", help="CSI socket (unix:///path)")
     parser.add_argument("--kubeconfig", default=None, help="kubeconfig file; in-cluster config if unset")
     parser.add_argument(
-        "--pool",
+        "--claim-classes",
+        default="nvme",
+        help="disk classes whose clean disks join pools, e.g. nvme,ssd (default nvme)",
+    )
+    parser.add_argument(
+        "--class-override",
         action="append",
         default=[],
-        metavar="CLASS=DEV[,DEV...]",
-        help="devices of a pool, e.g. nvme=/dev/nvme1n1,/dev/nvme2n1 (repeatable)",
+        metavar="WHAT=CLASS",
+        help="force a class: default=ssd for the whole node, /dev/sdb=hdd or a disk id "
+        "or glob for one disk (repeatable)",
     )
+    parser.add_argument("--min-disk-bytes", type=int, default=1024**3, help="smaller disks are never claimed")
+    parser.add_argument(
+        "--rescan-interval",
+        type=float,
+        default=8.0,
+        help="seconds between full disk rescans, the safety net behind hot-plug events",
+    )
+    parser.add_argument(
+        "--allow-loop-devices", action="store_true", help="TEST SETTING: treat loop devices as disks"
+    )
+    parser.add_argument(
+        "--loop-backing-prefix",
+        default=None,
+        help="TEST SETTING: only loop devices whose backing file starts with this",
+    )
+    parser.add_argument("--metrics-address", default=None, help="host:port to serve /metrics on")
+    parser.add_argument("--p2p-address", default=None, help="host:port of the BitTorrent listener")
     parser.add_argument(
         "--lvm-system-dir",
         default=None,
@@ -47,57 +76,59 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-class Debounced:
-    """Runs `action` in the background at most every `interval` seconds after `trigger()`."""
-
-    def __init__(self, action, interval: float, stop: threading.Event) -> None:
-        self._action = action
-        self._interval = interval
-        self._stop = stop
-        self._dirty = threading.Event()
-        threading.Thread(target=self._loop, name="debounced", daemon=True).start()
-
-    def trigger(self) -> None:
-        self._dirty.set()
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            if self._dirty.wait(timeout=1.0):
-                self._dirty.clear()
-                try:
-                    self._action()
-                except Exception:  # the next trigger retries
-                    log.warning("background publish failed", exc_info=True)
-                self._stop.wait(self._interval)
+def disk_policy(args: argparse.Namespace) -> DiskPolicy:
+    try:
+        classes = frozenset(PoolClass(c.strip()) for c in args.claim_classes.split(",") if c.strip())
+        overrides = parse_class_overrides(args.class_override)
+    except ValueError as error:
+        raise SystemExit(f"cairn-node-agent: {error}") from None
+    return DiskPolicy(
+        claim_classes=classes,
+        overrides=overrides,
+        min_bytes=args.min_disk_bytes,
+        scope=ProbeScope(allow_loop=args.allow_loop_devices, loop_backing_prefix=args.loop_backing_prefix),
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     setup_logging(args.log_level)
-    try:
-        pools = parse_pool_spec(args.pool)
-    except ValueError as error:
-        raise SystemExit(str(error)) from None
-    devices = [d for listed in pools.values() for d in listed]
-    # lvm sees only this agent's pool devices: it never scans, or trips over, other disks.
-    lvm = Lvm(devices=devices, system_dir=args.lvm_system_dir)
+    policy = disk_policy(args)
+    if args.metrics_address:
+        metrics.serve(args.metrics_address)
+    # The disk manager sets lvm's device allow-list on every scan; until then lvm sees nothing.
+    lvm = Lvm(devices=[], system_dir=args.lvm_system_dir)
     log.info("LVM activation mode: %s", lvm.mode.value)
-    ensure_pools(lvm, pools)
 
     api_client = load_api_client(args.kubeconfig)
     stop = threading.Event()
+    endpoints = AgentEndpoints(
+        csi_socket=args.endpoint, metrics_address=args.metrics_address, p2p_address=args.p2p_address
+    )
+    reconciler = VolumeReconciler(args.node_name, lvm, ResourceClient(api_client, LocalVolume))
     publisher = StorageNodePublisher(
         args.node_name,
         lvm,
         ResourceClient(api_client, StorageNode),
-        list(pools),
-        AgentEndpoints(csi_socket=args.endpoint),
+        sorted(policy.claim_classes),
+        endpoints,
+        reconciler.volume_count,
     )
-    publish_soon = Debounced(publisher.publish, 0.5, stop)
-    reconciler = VolumeReconciler(
-        args.node_name, lvm, ResourceClient(api_client, LocalVolume), on_change=publish_soon.trigger
+    publish_soon = Coalescing("publish", publisher.publish, stop, min_interval=0.5, period=30).start()
+    reconciler.on_change = publish_soon.trigger
+    disks = DiskManager(
+        args.node_name,
+        lvm,
+        ResourceClient(api_client, LocalDisk),
+        EventRecorder(api_client, "cairn-node-agent"),
+        policy,
+        on_change=publish_soon.trigger,
     )
+    # The first scan runs before anything else: it also decides which devices lvm may see.
+    disks.scan()
     publisher.publish()
+    rescan = Coalescing("disk-scan", disks.scan, stop, min_interval=0.5, period=args.rescan_interval).start()
+    watch_block_events(rescan.trigger, stop)
     ready = threading.Event()
 
     def reconcile_forever() -> None:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
 
 from cairn.api.disk import AgentEndpoints, FreeByClass, PoolStatus, StorageNode, StorageNodeSpec
 from cairn.api.volume import PoolClass
@@ -12,8 +15,9 @@ from kubernetes.client.exceptions import ApiException
 from cairn.kube import ResourceClient
 from cairn.units import human_bytes
 
+from . import metrics
 from .lvm import Lvm
-from .lvm_errors import VgNotFound
+from .lvm_errors import LvmError, VgNotFound
 from .volume_reconciler import pool_vg
 
 log = logging.getLogger("cairn.node.storagenode")
@@ -27,22 +31,36 @@ class StorageNodePublisher:
         client: ResourceClient,
         pools: list[PoolClass],
         endpoints: AgentEndpoints,
+        volume_count: Callable[[str], int] = lambda vg: 0,
     ) -> None:
         self.node_name = node_name
         self.lvm = lvm
         self.client = client
         self.pools = pools
         self.endpoints = endpoints
+        self.volume_count = volume_count
         self._lock = threading.Lock()
 
-    def pool_statuses(self) -> list[PoolStatus]:
-        statuses = []
+    def pool_statuses(self) -> tuple[list[PoolStatus], list[str]]:
+        """Pools as LVM sees them, and a problem line for each degraded one."""
+        statuses, problems = [], []
         for pool in self.pools:
             vg = pool_vg(pool.value)
             try:
                 info = self.lvm.get_vg(vg)
+                disks = [pv.name for pv in self.lvm.pvs(vg=vg) if pv.name]
             except VgNotFound:
                 continue
+            except LvmError as error:
+                problems.append(f"pool {pool.value} (VG {vg}) cannot be read: {error}")
+                continue
+            if info.missing_pv_count:
+                # Reported, never repaired automatically: only an operator knows whether the disk returns.
+                problems.append(
+                    f"pool {pool.value} (VG {vg}) is missing {info.missing_pv_count} disk(s); "
+                    "volumes on them are unavailable. Reattach the disk, or remove it with "
+                    f"`vgreduce --removemissing {vg}` once its data is written off"
+                )
             statuses.append(
                 PoolStatus(
                     pool_class=pool,
@@ -50,24 +68,35 @@ class StorageNodePublisher:
                     total_bytes=info.size_bytes,
                     free_bytes=info.free_bytes,
                     extent_size_bytes=info.extent_size_bytes,
-                    volume_count=sum(1 for lv in self.lvm.list_lvs(vg) if lv.owned_by_cairn),
-                    disks=[pv.name for pv in self.lvm.pvs(vg=vg)],
+                    volume_count=self.volume_count(vg),
+                    disks=disks,
                 )
             )
-        return statuses
+            metrics.record_pool(self.node_name, pool.value, info.size_bytes, info.free_bytes)
+        return statuses, problems
 
     def publish(self) -> None:
         with self._lock:
-            pools = self.pool_statuses()
+            pools, problems = self.pool_statuses()
             free = FreeByClass(**{p.pool_class.value: human_bytes(p.free_bytes) for p in pools})
+            now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            degraded: dict[str, Any] = {
+                "type": "PoolsHealthy",
+                "status": "False" if problems else "True",
+                "reason": "MissingPhysicalVolume" if problems else "AllDisksPresent",
+                "message": "; ".join(problems) or "every pool has all its disks",
+                "lastTransitionTime": now,
+            }
             status = {
                 "pools": [p.to_wire() for p in pools],
                 "free": free.to_wire(),
                 "diskCount": sum(len(p.disks) for p in pools),
                 "ready": True,
                 "endpoints": self.endpoints.to_wire(),
+                "conditions": [degraded],
             }
-            if self.client.get(self.node_name) is None:
+            existing = self.client.get(self.node_name)
+            if existing is None:
                 try:
                     self.client.create(
                         self.node_name, StorageNode(spec=StorageNodeSpec(node_name=self.node_name))
@@ -75,6 +104,16 @@ class StorageNodePublisher:
                 except ApiException as error:
                     if error.status != 409:
                         raise
+            else:
+                for previous in existing.model.status.conditions:
+                    if (
+                        previous.type == "PoolsHealthy"
+                        and previous.status.value == degraded["status"]
+                        and previous.last_transition_time
+                    ):
+                        degraded["lastTransitionTime"] = previous.last_transition_time.strftime(
+                            "%Y-%m-%dT%H:%M:%SZ"
+                        )
             self.client.patch_status(self.node_name, status)
 
     def mark_not_ready(self) -> None:

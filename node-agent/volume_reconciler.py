@@ -63,9 +63,9 @@ class VolumeReconciler:
             return f"logical volume {vg}/{volume.name} is not active"
         return None
 
-    def volume_count(self) -> int:
+    def volume_count(self, vg: str) -> int:
         with self._index_lock:
-            return len(self._index)
+            return sum(1 for volume in self._index.values() if pool_vg(volume.pool) == vg)
 
     # -- reconcile ---------------------------------------------------------------------------
 

@@ -61,20 +61,38 @@ def start_controller(
     return process, socket
 
 
+def node_agent_args(
+    node: SimulatedNode,
+    *,
+    claim_classes: str = "nvme",
+    class_overrides: tuple[str, ...] = ("/dev/loop*=nvme",),
+) -> list[str]:
+    """Discovery settings for a simulated node: its own loop disks are its disks."""
+    prefix = f"{node.cluster.disks.run_dir / node.name}-"
+    args = [
+        "--allow-loop-devices",
+        f"--loop-backing-prefix={prefix}",
+        f"--claim-classes={claim_classes}",
+        f"--min-disk-bytes={16 * 1024 * 1024}",
+        "--rescan-interval=3",
+    ]
+    return args + [f"--class-override={o}" for o in class_overrides]
+
+
 def start_node_agent(
     workdir: Path,
     run_id: str,
     kubeconfig: Path,
     node: SimulatedNode,
-    pools: dict[str, list[str]],
     *,
     extra_args: tuple[str, ...] = (),
+    discovery: list[str] | None = None,
+    name: str | None = None,
 ) -> tuple[ManagedProcess, Path]:
     """Run cairn-node-agent inside the node's network namespace, as root, with its own LVM state."""
     socket = workdir / "sockets" / f"{node.name}.sock"
     lvm_dir = workdir / "lvm" / node.name
     lvm_dir.mkdir(parents=True, exist_ok=True)
-    pool_args = [arg for pool, devices in pools.items() for arg in ("--pool", f"{pool}={','.join(devices)}")]
     argv = node.command(
         [
             sys.executable,
@@ -88,11 +106,11 @@ def start_node_agent(
             str(kubeconfig),
             "--lvm-system-dir",
             str(lvm_dir),
-            *pool_args,
+            *(discovery if discovery is not None else node_agent_args(node)),
             *extra_args,
         ]
     )
-    process = ManagedProcess(f"node-agent-{node.name}", argv, run_id=run_id, log_dir=workdir / "logs")
+    process = ManagedProcess(name or f"node-agent-{node.name}", argv, run_id=run_id, log_dir=workdir / "logs")
     wait_for_csi(socket, process)
     return process, socket
 
@@ -132,9 +150,7 @@ def running_driver(bed: TestBed, name: str, *, disks: int, disk_size: int) -> It
     kubeconfigs = bed.control_plane.kubeconfigs
     agent = controller = None
     try:
-        agent, node_socket = start_node_agent(
-            workdir, bed.run_id, kubeconfigs["cairn-node-agent"], node, {"nvme": [d.path for d in node.disks]}
-        )
+        agent, node_socket = start_node_agent(workdir, bed.run_id, kubeconfigs["cairn-node-agent"], node)
         controller, controller_socket = start_controller(
             workdir, bed.run_id, kubeconfigs["cairn-controller"], name=f"controller-{name}"
         )

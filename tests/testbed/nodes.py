@@ -7,6 +7,7 @@ cluster bridge, block devices, and a Kubernetes Node object (see `register_node_
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import shutil
 import signal
@@ -134,8 +135,14 @@ class SimulatedNode:
         return disk
 
     def _next_disk_no(self) -> int:
+        # A pulled disk keeps its file (a pulled disk still exists), so its name stays taken.
         used = {d.name for d in self.cluster.disks.disks}
-        return next(i for i in range(len(used) + 1) if f"{self.name}-disk{i}" not in used)
+        run_dir = self.cluster.disks.run_dir
+        return next(
+            i
+            for i in itertools.count()
+            if f"{self.name}-disk{i}" not in used and not (run_dir / f"{self.name}-disk{i}.img").exists()
+        )
 
     def remove_disk(self, disk: LoopDisk, *, delete_file: bool = False) -> None:
         """Hot-remove: detach the loop device; anything using it sees the disk vanish."""

@@ -1,0 +1,31 @@
+"""The node agent's Prometheus metrics."""
+
+from __future__ import annotations
+
+from cairn.api.disk import DiskState
+from prometheus_client import Gauge, start_http_server
+
+DISK_CAPACITY = Gauge(
+    "cairn_disk_capacity_bytes", "Size of a disk the agent found.", ["node", "disk", "class"]
+)
+DISK_STATE = Gauge(
+    "cairn_disk_state", "1 for the disk's current state, 0 for the others.", ["node", "disk", "state"]
+)
+POOL_SIZE = Gauge("cairn_pool_size_bytes", "Total size of a pool's volume group.", ["node", "pool"])
+POOL_FREE = Gauge("cairn_pool_free_bytes", "Unallocated space in a pool's volume group.", ["node", "pool"])
+
+
+def record_disk(node: str, disk: str, disk_class: str, capacity: int, state: DiskState) -> None:
+    DISK_CAPACITY.labels(node=node, disk=disk, **{"class": disk_class}).set(capacity)
+    for candidate in DiskState:
+        DISK_STATE.labels(node=node, disk=disk, state=candidate.value).set(1 if candidate == state else 0)
+
+
+def record_pool(node: str, pool: str, size: int, free: int) -> None:
+    POOL_SIZE.labels(node=node, pool=pool).set(size)
+    POOL_FREE.labels(node=node, pool=pool).set(free)
+
+
+def serve(address: str) -> None:
+    host, _, port = address.rpartition(":")
+    start_http_server(int(port), addr=host or "0.0.0.0")
