@@ -219,12 +219,8 @@ def test_hot_added_disk_appears_and_removed_disk_goes_missing(disk_bed: DiskBed)
         ),
     )
     print(f"\nhot-added disk claimed after {took:.1f}s")
+    removed_name = disk_bed.localdisks(node.name)[zoo.device_of("ext4")]["metadata"]["name"]
     node.remove_disk(zoo.disks["ext4"])
-    removed_name = next(
-        d["metadata"]["name"]
-        for device, d in disk_bed.localdisks(node.name).items()
-        if device == zoo.device_of("ext4")
-    )
 
     def missing() -> bool:
         disk = json.loads(
