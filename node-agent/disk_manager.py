@@ -163,8 +163,9 @@ class DiskManager:
             if gone.model.status.state != DiskState.MISSING:
                 last = gone.model.status.device or "its device"
                 # The kernel hands the device name to the next disk, so it is no longer this disk's.
-                self.disks.patch_status(name, {"state": DiskState.MISSING.value, "reason": "NotPresent",
-                                               "device": None})
+                self.disks.patch_status(
+                    name, {"state": DiskState.MISSING.value, "reason": "NotPresent", "device": None}
+                )
                 self._event(
                     gone,
                     "DiskMissing",
