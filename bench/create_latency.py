@@ -37,39 +37,15 @@ def bare_lvcreate_latencies(device: str, sizes: list[int]) -> list[float]:
                 env=env,
             )
 
+        def lvcreate(name: str, size: int) -> None:
+            lvm("lvcreate", "-an", "-Zn", "--alloc", "contiguous", "-L", f"{size}b", "-n", name, "benchbare")
+
         lvm("pvcreate", device)
         lvm("vgcreate", "benchbare", device)
         try:
-            lvm(
-                "lvcreate",
-                "-an",
-                "-Zn",
-                "--alloc",
-                "contiguous",
-                "-L",
-                f"{sizes[0]}b",
-                "-n",
-                "warmup",
-                "benchbare",
-            )
+            lvcreate("warmup", sizes[0])
             lvm("lvremove", "-f", "benchbare/warmup")
-            return [
-                timed(
-                    lambda i=i, size=size: lvm(
-                        "lvcreate",
-                        "-an",
-                        "-Zn",
-                        "--alloc",
-                        "contiguous",
-                        "-L",
-                        f"{size}b",
-                        "-n",
-                        f"lv{i}",
-                        "benchbare",
-                    )
-                )
-                for i, size in enumerate(sizes)
-            ]
+            return [timed(lambda i=i, size=size: lvcreate(f"lv{i}", size)) for i, size in enumerate(sizes)]
         finally:
             lvm("vgremove", "-f", "benchbare")
             lvm("pvremove", device)

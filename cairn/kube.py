@@ -148,16 +148,7 @@ class ResourceClient:
         return [self._parse(o) for o in result["items"]], result["metadata"].get("resourceVersion", "")
 
     def patch_spec(self, name: str, spec: dict[str, Any], namespace: str | None = None) -> Typed:
-        body = {"spec": spec}
-        if self.kind.NAMESPACED:
-            obj = self.api.patch_namespaced_custom_object(
-                API_GROUP, API_VERSION, namespace, self.kind.PLURAL, name, body, _content_type=MERGE_PATCH
-            )
-        else:
-            obj = self.api.patch_cluster_custom_object(
-                API_GROUP, API_VERSION, self.kind.PLURAL, name, body, _content_type=MERGE_PATCH
-            )
-        return self._parse(obj)
+        return self._merge_patch(name, {"spec": spec}, namespace)
 
     def patch_metadata(
         self, name: str, metadata: dict[str, Any], *, resource_version: str = "", namespace: str | None = None
@@ -166,26 +157,24 @@ class ResourceClient:
         body: dict[str, Any] = {"metadata": dict(metadata)}
         if resource_version:
             body["metadata"]["resourceVersion"] = resource_version
-        if self.kind.NAMESPACED:
-            obj = self.api.patch_namespaced_custom_object(
-                API_GROUP, API_VERSION, namespace, self.kind.PLURAL, name, body, _content_type=MERGE_PATCH
-            )
-        else:
-            obj = self.api.patch_cluster_custom_object(
-                API_GROUP, API_VERSION, self.kind.PLURAL, name, body, _content_type=MERGE_PATCH
-            )
-        return self._parse(obj)
+        return self._merge_patch(name, body, namespace)
 
     def patch_status(self, name: str, status: dict[str, Any], namespace: str | None = None) -> Typed:
-        body = {"status": status}
+        return self._merge_patch(name, {"status": status}, namespace, subresource="status")
+
+    def _merge_patch(
+        self, name: str, body: dict[str, Any], namespace: str | None, subresource: str = ""
+    ) -> Typed:
+        # The generated client would label a dict body json-patch; name the content type explicitly.
+        suffix = f"_{subresource}" if subresource else ""
         if self.kind.NAMESPACED:
-            obj = self.api.patch_namespaced_custom_object_status(
+            patch = getattr(self.api, f"patch_namespaced_custom_object{suffix}")
+            obj = patch(
                 API_GROUP, API_VERSION, namespace, self.kind.PLURAL, name, body, _content_type=MERGE_PATCH
             )
         else:
-            obj = self.api.patch_cluster_custom_object_status(
-                API_GROUP, API_VERSION, self.kind.PLURAL, name, body, _content_type=MERGE_PATCH
-            )
+            patch = getattr(self.api, f"patch_cluster_custom_object{suffix}")
+            obj = patch(API_GROUP, API_VERSION, self.kind.PLURAL, name, body, _content_type=MERGE_PATCH)
         return self._parse(obj)
 
     def watch(

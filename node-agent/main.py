@@ -116,6 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     publish_soon = Coalescing("publish", publisher.publish, stop, min_interval=0.5, period=30).start()
     reconciler.on_change = publish_soon.trigger
+    reconciler.publish_now = publisher.publish
     disks = DiskManager(
         args.node_name,
         lvm,

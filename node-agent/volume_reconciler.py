@@ -39,6 +39,7 @@ class VolumeReconciler:
         self.lvm = lvm
         self.volumes = volumes
         self.on_change = on_change
+        self.publish_now: Callable[[], None] = lambda: None
         self._index: dict[str, StagedVolume] = {}
         self._index_lock = threading.Lock()
         self._volume_locks: dict[str, threading.Lock] = {}
@@ -200,6 +201,12 @@ class VolumeReconciler:
         with contextlib.suppress(LvNotFound, VgNotFound):
             self.lvm.lvremove(vg, item.name)
         self._forget(item.name)
+        # Report the freed space before letting go: DeleteVolume returns when the finalizer is gone,
+        # and a CreateVolume right after it must not be refused on a stale free-space figure.
+        try:
+            self.publish_now()
+        except Exception:  # the periodic publish corrects it soon; the LV is gone either way
+            log.warning("could not publish freed space after removing %s", item.name, exc_info=True)
         remaining = [f for f in item.metadata.get("finalizers", []) if f != FINALIZER]
         self.volumes.patch_metadata(
             item.name, {"finalizers": remaining or None}, resource_version=item.resource_version
