@@ -178,7 +178,7 @@ def test_only_the_clean_disk_is_claimed_and_every_other_shows_its_reason(disk_be
         assert disks[zoo.device_of("clean")]["status"]["volumeGroup"] == "cairn-nvme"
 
     table = disk_bed.bed.control_plane.kubectl("get", "localdisks").stdout
-    print("\n" + table)
+    print("\n" + disk_bed.bed.control_plane.kubectl("get", "localdisks,storagenodes").stdout)
     assert table.splitlines()[0].split() == [
         "NAME",
         "NODE",
@@ -282,13 +282,19 @@ def test_wiping_needs_the_disks_own_identity_and_is_recorded(disk_bed: DiskBed) 
 
     disk_bed.wait_for("the wrong wipe to be refused", lambda: bool(events("WipeRefused")))
     assert sha256_of(zoo.disks["wipe-me"].backing_file) == before
+    # Opted out first: once wiped the disk is clean, yet it must stay out of the pool.
+    cp.kubectl("label", "localdisk", name, "cairn.dev/opt-out=true")
     confirmation = disk["status"].get("serial") or disk["spec"]["diskId"]
     cp.kubectl("annotate", "localdisk", name, f"cairn.dev/wipe={confirmation}", "--overwrite")
-    disk_bed.wait_for(
-        "the wiped disk to be claimed",
-        lambda: disk_bed.localdisks(zoo.node.name)[zoo.device_of("wipe-me")]["status"]["state"] == "Claimed",
-    )
+
+    def status() -> dict:
+        return disk_bed.localdisks(zoo.node.name)[zoo.device_of("wipe-me")]["status"]
+
+    disk_bed.wait_for("the wiped disk to be held out", lambda: status().get("reason") == "OptedOut")
     assert events("Wiping") and events("Wiped")
+    assert status()["state"] == "Unavailable"
+    cp.kubectl("label", "localdisk", name, "cairn.dev/opt-out-")
+    disk_bed.wait_for("the wiped disk to be claimed once opted in", lambda: status()["state"] == "Claimed")
 
 
 def test_no_dirty_disk_was_modified(disk_bed: DiskBed) -> None:
