@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Debian packages the test bed needs; installs only what is missing so a warm run is instant.
 set -euo pipefail
-needed=(lvm2 xfsprogs e2fsprogs fdisk util-linux iproute2 mdadm openssl kmod)
+needed=(lvm2 xfsprogs e2fsprogs fdisk util-linux mount iproute2 openssl)
 missing=()
 for pkg in "${needed[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
