@@ -64,7 +64,21 @@ def _structural(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
         if key not in _KEPT_KEYWORDS:
             continue
         if key == "properties":
-            out[key] = {name: _structural(sub, defs) for name, sub in value.items()}
+            required = set(schema.get("required", []))
+            out[key] = {}
+            for name, sub in value.items():
+                child = _structural(sub, defs)
+                # pydantic omits defaults made by a factory. An optional object whose fields all have
+                # defaults gets `{}`, so the API server fills in its nested defaults for every reader.
+                if (
+                    name not in required
+                    and child.get("type") == "object"
+                    and "properties" in child
+                    and not child.get("required")
+                    and "default" not in child
+                ):
+                    child["default"] = {}
+                out[key][name] = child
         elif key == "items" or (key == "additionalProperties" and isinstance(value, dict)):
             out[key] = _structural(value, defs)
         elif key == "default" and value is None:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from .base import Resource
+from .checkpoint import Checkpoint, CheckpointPolicy
 from .disk import LocalDisk, StorageNode
 from .volume import LocalVolume
 
-RESOURCES: list[type[Resource]] = [LocalDisk, StorageNode, LocalVolume]
+RESOURCES: list[type[Resource]] = [LocalDisk, StorageNode, LocalVolume, CheckpointPolicy, Checkpoint]

@@ -1,0 +1,169 @@
+"""CheckpointPolicy and Checkpoint: how a volume's checkpoints are noticed, tiered and kept."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import ClassVar
+
+from pydantic import Field
+
+from .base import CairnModel, Condition, PrinterColumn, Resource, age_column
+
+
+class CommitRule(StrEnum):
+    DCP = "dcp"
+    """A directory holding PyTorch Distributed Checkpoint's `.metadata`, which DCP writes last."""
+    MARKER = "marker"
+    """A directory holding the marker file (`COMMITTED` unless renamed)."""
+    ORBAX = "orbax"
+    """An Orbax step directory after its rename from `<step>.orbax-checkpoint-tmp-<n>`."""
+
+
+class HashAlgorithm(StrEnum):
+    BLAKE3 = "blake3"
+    SHA256 = "sha256"
+
+
+class SecretKeyRef(CairnModel):
+    """A Secret in the policy's namespace; Cairn stores references, never credentials."""
+
+    name: str
+    access_key_id_key: str = "accessKeyId"
+    secret_access_key_key: str = "secretAccessKey"
+
+
+class S3Target(CairnModel):
+    endpoint: str = Field(description="S3 endpoint URL, e.g. https://s3.us-east-1.amazonaws.com.")
+    bucket: str
+    prefix: str = Field(
+        default="", description="Key prefix; checkpoints go under <prefix>/<namespace>/<pvc>/."
+    )
+    region: str = "us-east-1"
+    credentials_secret_ref: SecretKeyRef
+
+
+class CommitSpec(CairnModel):
+    rules: list[CommitRule] = Field(
+        default=[CommitRule.DCP, CommitRule.MARKER, CommitRule.ORBAX], min_length=1
+    )
+    marker_name: str = "COMMITTED"
+    step_pattern: str = Field(
+        default=r"(\d+)$", description="Regex with one group, applied to the checkpoint directory's name."
+    )
+    settle_seconds: float = Field(
+        default=5.0, ge=0, description="A committed checkpoint is recorded once unchanged for this long."
+    )
+
+
+class RetentionSpec(CairnModel):
+    keep_local: int = Field(default=2, ge=0, description="Newest checkpoints kept on the node's volume.")
+    keep_remote_last: int = Field(default=3, ge=0, description="Newest checkpoints kept in S3.")
+    keep_remote_every: int = Field(
+        default=0, ge=0, description="Also keep every K-th step in S3; 0 keeps none."
+    )
+
+
+class UploadSpec(CairnModel):
+    concurrency: int = Field(default=4, ge=1, le=64, description="Parts uploaded at once.")
+    part_size_bytes: int = Field(default=64 * 1024 * 1024, ge=5 * 1024 * 1024)
+    bandwidth_limit_bytes_per_second: int = Field(default=0, ge=0, description="0 means unlimited.")
+
+
+class CheckpointPolicySpec(CairnModel):
+    commit: CommitSpec = Field(default_factory=CommitSpec)
+    target: S3Target | None = Field(
+        default=None, description="Where to tier; without one the policy is local-only."
+    )
+    retention: RetentionSpec = Field(default_factory=RetentionSpec)
+    upload: UploadSpec = Field(default_factory=UploadSpec)
+    peer_replicas: int = Field(default=0, ge=0, le=1, description="Copies kept on another node's agent.")
+    hash_algorithm: HashAlgorithm = HashAlgorithm.BLAKE3
+
+
+class CheckpointPolicyStatus(CairnModel):
+    conditions: list[Condition] = Field(default_factory=list)
+
+
+class CheckpointPolicy(Resource):
+    KIND: ClassVar[str] = "CheckpointPolicy"
+    PLURAL: ClassVar[str] = "checkpointpolicies"
+    SHORT_NAMES: ClassVar[list[str]] = ["ckptpolicy"]
+    NAMESPACED: ClassVar[bool] = True
+    DESCRIPTION: ClassVar[str] = (
+        "How checkpoints on volumes of a StorageClass are detected, tiered to S3 and kept."
+    )
+    PRINTER_COLUMNS: ClassVar[list[PrinterColumn]] = [
+        PrinterColumn(name="Bucket", json_path=".spec.target.bucket"),
+        PrinterColumn(name="Keep-Local", json_path=".spec.retention.keepLocal", type="integer"),
+        PrinterColumn(name="Keep-Remote", json_path=".spec.retention.keepRemoteLast", type="integer"),
+        age_column(),
+    ]
+
+    spec: CheckpointPolicySpec
+    status: CheckpointPolicyStatus = Field(default_factory=CheckpointPolicyStatus)
+
+
+class CheckpointPhase(StrEnum):
+    COMMITTED = "Committed"
+    UPLOADING = "Uploading"
+    TIERED = "Tiered"
+    FAILED = "Failed"
+
+
+class LocalCopy(CairnModel):
+    node_name: str
+    volume: str = Field(description="LocalVolume holding the checkpoint.")
+    path: str = Field(description="Directory inside the volume.")
+    present: bool = True
+
+
+class RemoteCopy(CairnModel):
+    url: str
+    verified_at: datetime | None = None
+
+
+class CheckpointSpec(CairnModel):
+    policy: str
+    pvc_name: str
+    node_name: str
+    volume: str
+    path: str = Field(description="Checkpoint directory, relative to the volume's root.")
+    step: int
+    size_bytes: int
+    size: str = Field(description="Human-readable size, for the printer column.")
+    file_count: int
+    hash_algorithm: HashAlgorithm
+    manifest_digest: str = Field(description="Digest over the manifest's sorted per-file entries.")
+
+
+class CheckpointStatus(CairnModel):
+    phase: CheckpointPhase = CheckpointPhase.COMMITTED
+    reason: str | None = None
+    message: str | None = None
+    tiers: str = Field(default="local", description="Where copies exist, e.g. local,peer,s3.")
+    local: LocalCopy | None = None
+    peer: LocalCopy | None = None
+    remote: RemoteCopy | None = None
+    bytes_uploaded: int = 0
+    conditions: list[Condition] = Field(default_factory=list)
+
+
+class Checkpoint(Resource):
+    KIND: ClassVar[str] = "Checkpoint"
+    PLURAL: ClassVar[str] = "checkpoints"
+    SHORT_NAMES: ClassVar[list[str]] = ["ckpt"]
+    NAMESPACED: ClassVar[bool] = True
+    DESCRIPTION: ClassVar[str] = "One committed training checkpoint and where its verified copies are."
+    PRINTER_COLUMNS: ClassVar[list[PrinterColumn]] = [
+        PrinterColumn(name="PVC", json_path=".spec.pvcName"),
+        PrinterColumn(name="Step", json_path=".spec.step", type="integer"),
+        PrinterColumn(name="Size", json_path=".spec.size"),
+        PrinterColumn(name="Node", json_path=".spec.nodeName"),
+        PrinterColumn(name="Phase", json_path=".status.phase"),
+        PrinterColumn(name="Tiers", json_path=".status.tiers"),
+        age_column(),
+    ]
+
+    spec: CheckpointSpec
+    status: CheckpointStatus = Field(default_factory=CheckpointStatus)
