@@ -204,6 +204,9 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         status = current.model.status
         if status.phase == VolumePhase.FAILED:
             message = f"node {current.model.spec.node_name}: {status.message or status.reason}"
+            # Nothing is on disk for a failed volume; dropping the object lets the CO's retry place
+            # it afresh, and leaves no stale objects behind if the claim goes away instead.
+            self.volumes.delete(name)
             if status.reason in NO_ROOM_REASONS:
                 raise ResourceExhausted(message)
             raise CsiError(message)

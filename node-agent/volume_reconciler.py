@@ -119,7 +119,7 @@ class VolumeReconciler:
                 if info is None:
                     return
             device = self.lvm.activate(vg, item.name, info)
-            if spec.source_volume and not self._clone_into(item, device):
+            if spec.source_volume and not self._clone_into(item, vg, device):
                 return
         except (InsufficientSpace, NotContiguous) as error:
             self._fail(item, type(error).__name__, str(error))
@@ -166,22 +166,27 @@ class VolumeReconciler:
         self.lvm.lvremove(vg, item.name)
         return self.lvm.lvcreate(vg, item.name, item.model.spec.size_bytes, tags=[volume_tag(item.name)])
 
-    def _clone_into(self, item: Typed, device: str) -> bool:
+    def _clone_into(self, item: Typed, vg: str, device: str) -> bool:
         """Copy the source volume's bytes; False (and the volume Failed) when that is impossible."""
         source = self.lookup(item.model.spec.source_volume or "")
+        problem: tuple[str, str] | None = None
         if source is None:
-            self._fail(
-                item,
+            problem = (
                 "CloneSourceMissing",
                 f"clone source {item.model.spec.source_volume} is not on node {self.node_name}",
             )
-            return False
-        try:
-            copy_device(source.device, device)
-        except CopyError as error:
-            self._fail(item, "CloneFailed", str(error))
-            return False
-        return True
+        else:
+            try:
+                copy_device(source.device, device)
+            except CopyError as error:
+                problem = ("CloneFailed", str(error))
+        if problem is None:
+            return True
+        # The new LV was never handed out and is tagged as this volume's: remove it before the
+        # finalizer goes, or a deleted Failed volume would leave an orphaned LV behind.
+        self.lvm.lvremove(vg, item.name)
+        self._fail(item, *problem)
+        return False
 
     def _extend(self, item: Typed, vg: str) -> None:
         spec: LocalVolumeSpec = item.model.spec
