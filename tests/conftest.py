@@ -28,13 +28,13 @@ def run_id() -> str:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def leak_check(run_id: str) -> Iterator[None]:
+def leak_check(run_id: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Fail the run if anything it created (process, mount, loop, netns, link) outlives it."""
     if os.geteuid() != 0:
         yield
         return
     before = SystemSnapshot.take()
     yield
-    leaks = find_leaks(run_id, before)
+    leaks = find_leaks(run_id, before, owned_dirs=[tmp_path_factory.getbasetemp()])
     if leaks:
         pytest.fail("the test run leaked:\n  " + "\n  ".join(leaks), pytrace=False)

@@ -23,8 +23,13 @@ from .s3 import S3Server
 class TestBed:
     __test__ = False  # a fixture, not a test class
     run_id: str
-    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="cairn-bed-", dir="/var/tmp")))
+    workdir: Path | None = None
     timings: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # The run id in the path lets the leak check tell this run's loops and mounts from others'.
+        if self.workdir is None:
+            self.workdir = Path(tempfile.mkdtemp(prefix=f"{self.run_id}-bed-", dir="/var/tmp"))
 
     def start(self, *, with_s3: bool = True) -> TestBed:
         self.cluster = SimulatedCluster(self.run_id, run_dir=self.workdir / "nodes", subnet=free_subnet())

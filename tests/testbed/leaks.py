@@ -9,9 +9,11 @@ compared the same way, so a leaked bridge or host-side veth is reported too.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,13 +111,33 @@ class SystemSnapshot:
         )
 
 
-def find_leaks(run_id: str, before: SystemSnapshot) -> list[str]:
-    """Describe everything this run created and did not remove; empty when clean."""
+def run_tag(run_id: str) -> str:
+    """Short tag for names capped at 15 bytes (network links), derived from the run id."""
+    return hashlib.sha1(run_id.encode()).hexdigest()[:8]
+
+
+def find_leaks(run_id: str, before: SystemSnapshot, owned_dirs: Sequence[Path] = ()) -> list[str]:
+    """Describe everything this run created and did not remove; empty when clean.
+
+    Only what can be traced to this run counts: processes tagged with its id, links and
+    namespaces named after it, loops and mounts under its directories (paths containing the run
+    id, or `owned_dirs`). Another job on the machine creating its own is not this run's leak.
+    """
     after = SystemSnapshot.take()
-    leaks = [f"process {pid}: {cmd}" for pid, cmd in processes_of_run(run_id)]
-    leaks += [f"mount {m}" for m in sorted(after.mounts - before.mounts - _PERSISTENT_MOUNTS)]
+    tag = run_tag(run_id)
+
+    def owned(path: str) -> bool:
+        return run_id in path or any(Path(path).is_relative_to(d) for d in owned_dirs)
+
     backing = loop_devices()
-    leaks += [f"loop device {d} -> {backing.get(d, '?')}" for d in sorted(after.loops - before.loops)]
-    leaks += [f"network namespace {n}" for n in sorted(after.netns - before.netns)]
-    leaks += [f"network link {n}" for n in sorted(after.links - before.links)]
+    new_loops = sorted(after.loops - before.loops)
+    ours = {d for d in new_loops if owned(backing.get(d, ""))}
+    # Loops stacked on our loops (LVs activated in loop mode) are ours too.
+    while stacked := {d for d in new_loops if d not in ours and backing.get(d, "") in ours}:
+        ours |= stacked
+    leaks = [f"process {pid}: {cmd}" for pid, cmd in processes_of_run(run_id)]
+    leaks += [f"mount {m}" for m in sorted(after.mounts - before.mounts - _PERSISTENT_MOUNTS) if owned(m)]
+    leaks += [f"loop device {d} -> {backing.get(d, '?')}" for d in sorted(ours)]
+    leaks += [f"network namespace {n}" for n in sorted(after.netns - before.netns) if run_id in n]
+    leaks += [f"network link {n}" for n in sorted(after.links - before.links) if tag in n]
     return leaks

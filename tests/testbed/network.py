@@ -19,7 +19,6 @@ because not every kernel has it (the 6.18 test VM has tbf/htb but no netem).
 from __future__ import annotations
 
 import functools
-import hashlib
 import ipaddress
 import json
 import os
@@ -29,6 +28,8 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tests.testbed.leaks import run_tag
 
 DEFAULT_SUBNET = "10.213.0.0/24"
 FIRST_NODE_HOST = 10  # node i gets <subnet>.(10 + i); .1 is the gateway, .2-.9 stay free for the bed
@@ -199,7 +200,7 @@ class ClusterNetwork:
     def __post_init__(self) -> None:
         self.network = ipaddress.IPv4Network(self.subnet)
         # Interface names are capped at 15 bytes, so derive a short tag from the run id.
-        self.tag = hashlib.sha1(self.run_id.encode()).hexdigest()[:8]
+        self.tag = run_tag(self.run_id)
         self.bridge = f"cairnbr{self.tag}"
         self.veth_prefix = f"cv{self.tag}"
 
