@@ -62,11 +62,11 @@ def report(
 
 
 @contextmanager
-def bench_bed() -> Iterator[TestBed]:
+def bench_bed(*, with_s3: bool = False) -> Iterator[TestBed]:
     """A test bed that is torn down, and checked for leaks, however the benchmark ends."""
     run_id = new_run_id()
     before = SystemSnapshot.take()
-    bed = TestBed(run_id).start(with_s3=False)
+    bed = TestBed(run_id).start(with_s3=with_s3)
     try:
         yield bed
     finally:
