@@ -243,7 +243,7 @@ def ensure(names: list[str]) -> None:
     if missing:
         log(
             f"building {', '.join(t.name for t in missing)} from source; a cold cache takes"
-            " 15-30 minutes on 2 cores, a warm one seconds"
+            " about 9 minutes on 2 cores (measured: 8m21s, 9 GB of Go caches), a warm one under a second"
         )
     for index, tool in enumerate(missing, 1):
         log(f"[{index}/{len(missing)}] {tool.name} {tool.version}")
