@@ -52,7 +52,6 @@ class DiskPolicy:
 class ScanResult:
     disks: dict[str, dict[str, Any]] = field(default_factory=dict)
     """LocalDisk name -> status written."""
-    claimed_devices: dict[PoolClass, list[str]] = field(default_factory=dict)
 
 
 class DiskManager:
@@ -72,7 +71,6 @@ class DiskManager:
         self.policy = policy
         self.on_change = on_change
         self._lock = threading.Lock()
-        self.last_scan = ScanResult()
 
     # -- one scan ----------------------------------------------------------------------------
 
@@ -84,7 +82,6 @@ class DiskManager:
             facts = probe_disks(self.policy.scope, self._pv_lookup)
             existing = {d.name: d for d in self.disks.list(label_selector=f"{NODE_LABEL}={self.node_name}")}
             result = self._reconcile(facts, existing)
-            self.last_scan = result
         self.on_change()
         return result
 
@@ -135,10 +132,6 @@ class DiskManager:
             if disk.device in claimed:
                 state, reason, volume_group = DiskState.CLAIMED, None, pool_vg(disk_class.value)
                 message = f"claimed into pool {disk_class.value} (volume group {volume_group})"
-            elif state == DiskState.CLAIMED:
-                result.claimed_devices.setdefault(disk_class, []).append(disk.device)
-            if disk.device in claimed:
-                result.claimed_devices.setdefault(disk_class, []).append(disk.device)
             status = {
                 "device": disk.device,
                 "class": disk_class.value,
