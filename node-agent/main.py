@@ -7,6 +7,7 @@ import logging
 import signal
 import threading
 
+from cairn.api.checkpoint import Checkpoint, CheckpointPolicy
 from cairn.api.disk import AgentEndpoints, LocalDisk, StorageNode
 from cairn.api.volume import LocalVolume, PoolClass
 from cairn.csi.identity import IdentityService
@@ -19,6 +20,7 @@ from cairn.kube import ResourceClient, load_api_client
 from cairn.logs import setup_logging
 
 from . import metrics
+from .checkpoint_watcher import CheckpointWatcher
 from .disk_classify import parse_class_overrides
 from .disk_manager import DiskManager, DiskPolicy
 from .disk_probe import ProbeScope
@@ -72,6 +74,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="LVM_SYSTEM_DIR for lvm commands (default: the host's /etc/lvm)",
     )
     parser.add_argument("--max-volumes", type=int, default=1000, help="volumes this node may carry")
+    parser.add_argument(
+        "--checkpoint-poll-interval",
+        type=float,
+        default=2.0,
+        help="seconds between looks for new checkpoints on staged volumes",
+    )
     parser.add_argument("--log-level", default="INFO")
     return parser.parse_args(argv)
 
@@ -137,7 +145,27 @@ def main(argv: list[str] | None = None) -> None:
         reconciler.run(stop)
 
     threading.Thread(target=reconcile_forever, name="volumes", daemon=True).start()
-    node = NodeService(args.node_name, reconciler.lookup, reconciler.health, max_volumes=args.max_volumes)
+    watcher = CheckpointWatcher(
+        args.node_name,
+        ResourceClient(api_client, CheckpointPolicy),
+        ResourceClient(api_client, Checkpoint),
+        period=args.checkpoint_poll_interval,
+    )
+    threading.Thread(target=watcher.run, args=(stop,), name="checkpoints", daemon=True).start()
+
+    def staged(volume: str, path: str) -> None:
+        spec = reconciler.spec_of(volume)
+        if spec is not None:
+            watcher.register(volume, path, spec)
+
+    node = NodeService(
+        args.node_name,
+        reconciler.lookup,
+        reconciler.health,
+        max_volumes=args.max_volumes,
+        on_staged=staged,
+        on_unstaged=watcher.unregister,
+    )
 
     def register(server) -> None:
         csi_pb2_grpc.add_IdentityServicer_to_server(IdentityService(ready.is_set), server)

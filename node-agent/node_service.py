@@ -49,7 +49,11 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         volume_health: Callable[[str], str | None],
         *,
         max_volumes: int = 0,
+        on_staged: Callable[[str, str], None] = lambda volume, path: None,
+        on_unstaged: Callable[[str], None] = lambda volume: None,
     ) -> None:
+        self.on_staged = on_staged
+        self.on_unstaged = on_unstaged
         self.node_name = node_name
         self.lookup = lookup
         self.volume_health = volume_health
@@ -89,6 +93,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         with self._lock(volume.name):
             if mounter.is_mount_point(target):
                 if mounter.is_mounted_from(target, volume.device):
+                    self.on_staged(volume.name, target)
                     return csi_pb2.NodeStageVolumeResponse()
                 raise CsiError(
                     f"staging path {target} already holds another filesystem", grpc.StatusCode.ALREADY_EXISTS
@@ -105,12 +110,14 @@ class NodeService(csi_pb2_grpc.NodeServicer):
                 )
             mounter.ensure_directory(target)
             mounter.mount(volume.device, target, fs_type, list(capability.mount.mount_flags))
+        self.on_staged(volume.name, target)
         return csi_pb2.NodeStageVolumeResponse()
 
     def NodeUnstageVolume(self, request, context: grpc.ServicerContext):
         require(request.volume_id, "NodeUnstageVolume needs a volume_id")
         require(request.staging_target_path, "NodeUnstageVolume needs a staging_target_path")
         with self._lock(request.volume_id):
+            self.on_unstaged(request.volume_id)
             if mounter.is_mount_point(request.staging_target_path):
                 mounter.unmount(request.staging_target_path)
         return csi_pb2.NodeUnstageVolumeResponse()

@@ -41,6 +41,7 @@ class VolumeReconciler:
         self.on_change = on_change
         self.publish_now: Callable[[], None] = lambda: None
         self._index: dict[str, StagedVolume] = {}
+        self._specs: dict[str, LocalVolumeSpec] = {}
         self._index_lock = threading.Lock()
         self._volume_locks: dict[str, threading.Lock] = {}
 
@@ -63,6 +64,10 @@ class VolumeReconciler:
         if self.lvm.device_path(vg, volume.name) is None:
             return f"logical volume {vg}/{volume.name} is not active"
         return None
+
+    def spec_of(self, volume_id: str) -> LocalVolumeSpec | None:
+        with self._index_lock:
+            return self._specs.get(volume_id)
 
     def volume_count(self, vg: str) -> int:
         with self._index_lock:
@@ -239,6 +244,7 @@ class VolumeReconciler:
 
     def _remember(self, name: str, device: str, spec: LocalVolumeSpec) -> None:
         with self._index_lock:
+            self._specs[name] = spec
             self._index[name] = StagedVolume(
                 name=name,
                 device=device,
@@ -249,6 +255,7 @@ class VolumeReconciler:
 
     def _forget(self, name: str) -> None:
         with self._index_lock:
+            self._specs.pop(name, None)
             self._index.pop(name, None)
 
 

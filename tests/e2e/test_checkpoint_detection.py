@@ -1,0 +1,128 @@
+"""A training job's checkpoints on a Cairn volume become Checkpoint objects, and only finished ones."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cairn.csi.proto import csi_pb2
+
+from tests.testbed.bed import TestBed
+from tests.testbed.components import Driver, running_driver
+
+MiB = 1024 * 1024
+NAMESPACE = "default"
+_Mode = csi_pb2.VolumeCapability.AccessMode
+CAPABILITY = csi_pb2.VolumeCapability(
+    mount=csi_pb2.VolumeCapability.MountVolume(fs_type="ext4"),
+    access_mode=_Mode(mode=_Mode.SINGLE_NODE_WRITER),
+)
+
+
+@pytest.fixture(scope="module")
+def staged(bed: TestBed) -> Iterator[tuple[Driver, Path]]:
+    policy = {
+        "apiVersion": "cairn.dev/v1alpha1",
+        "kind": "CheckpointPolicy",
+        "metadata": {"name": "train-policy", "namespace": NAMESPACE},
+        "spec": {"commit": {"settleSeconds": 2}},
+    }
+    bed.control_plane.kubectl("apply", "-f", "-", input_text=json.dumps(policy))
+    with running_driver(bed, "checkpoints", disks=1, disk_size=256 * MiB) as driver:
+        # The parameters external-provisioner passes with --extra-create-metadata, plus the class's policy.
+        volume = (
+            driver.controller_stub()
+            .CreateVolume(
+                csi_pb2.CreateVolumeRequest(
+                    name="trainer-ckpt",
+                    capacity_range=csi_pb2.CapacityRange(required_bytes=64 * MiB),
+                    volume_capabilities=[CAPABILITY],
+                    parameters={
+                        "cairn.dev/checkpoint-policy": "train-policy",
+                        "csi.storage.k8s.io/pvc/name": "trainer",
+                        "csi.storage.k8s.io/pvc/namespace": NAMESPACE,
+                    },
+                ),
+                timeout=60,
+            )
+            .volume.volume_id
+        )
+        staging = driver.workdir / "staging" / volume
+        staging.mkdir(parents=True)
+        node = driver.node_stub()
+        node.NodeStageVolume(
+            csi_pb2.NodeStageVolumeRequest(
+                volume_id=volume, staging_target_path=str(staging), volume_capability=CAPABILITY
+            ),
+            timeout=60,
+        )
+        try:
+            yield driver, staging
+        finally:
+            print("\n" + bed.control_plane.kubectl("get", "checkpoints", "-n", NAMESPACE).stdout)
+            node.NodeUnstageVolume(
+                csi_pb2.NodeUnstageVolumeRequest(volume_id=volume, staging_target_path=str(staging)),
+                timeout=60,
+            )
+            driver.controller_stub().DeleteVolume(csi_pb2.DeleteVolumeRequest(volume_id=volume), timeout=60)
+            bed.control_plane.kubectl("delete", "checkpoints", "--all", "-n", NAMESPACE)
+            bed.control_plane.kubectl("delete", "ckptpolicy", "train-policy", "-n", NAMESPACE)
+
+
+def checkpoints(bed: TestBed) -> dict[int, dict]:
+    items = json.loads(bed.control_plane.kubectl("get", "checkpoints", "-n", NAMESPACE, "-o", "json").stdout)
+    return {item["spec"]["step"]: item for item in items["items"]}
+
+
+def wait_for(predicate, timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.3)
+    return False
+
+
+def test_a_dcp_checkpoint_is_recorded_once_its_metadata_lands_and_it_settles(
+    bed: TestBed, staged: tuple[Driver, Path]
+) -> None:
+    _driver, staging = staged
+    step = staging / "checkpoints" / "step_100"
+    step.mkdir(parents=True)
+    for rank in range(2):
+        (step / f"__{rank}_0.distcp").write_bytes(os.urandom(3 * MiB))
+    # Shards but no .metadata: half written, never recorded however long it waits.
+    time.sleep(6)
+    assert 100 not in checkpoints(bed)
+    (step / ".metadata").write_bytes(os.urandom(8192))
+    assert wait_for(lambda: 100 in checkpoints(bed))
+    record = checkpoints(bed)[100]
+    assert record["spec"]["pvcName"] == "trainer" and record["spec"]["path"] == "checkpoints/step_100"
+    assert record["spec"]["sizeBytes"] == 2 * 3 * MiB + 8192 and record["spec"]["fileCount"] == 3
+    assert record["status"]["phase"] == "Committed" and record["status"]["tiers"] == "local"
+    assert "ownerReferences" not in record["metadata"]
+    assert (step / ".cairn-manifest.json").exists()
+
+
+def test_a_marker_written_before_its_files_finish_does_not_record_early(
+    bed: TestBed, staged: tuple[Driver, Path]
+) -> None:
+    _driver, staging = staged
+    step = staging / "checkpoints" / "step_200"
+    step.mkdir(parents=True)
+    (step / ".metadata").write_bytes(os.urandom(4096))
+    shard = step / "__0_0.distcp"
+    with shard.open("wb") as growing:
+        for _ in range(8):  # still being written for ~4 s after the marker appeared
+            growing.write(os.urandom(MiB))
+            growing.flush()
+            time.sleep(0.5)
+            assert 200 not in checkpoints(bed)
+    assert wait_for(lambda: 200 in checkpoints(bed))
+    assert checkpoints(bed)[200]["spec"]["sizeBytes"] == 8 * MiB + 4096
+    table = bed.control_plane.kubectl("get", "checkpoints", "-n", NAMESPACE).stdout
+    assert table.splitlines()[0].split() == ["NAME", "PVC", "STEP", "SIZE", "NODE", "PHASE", "TIERS", "AGE"]
