@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import ClassVar
 
@@ -34,6 +34,26 @@ class Condition(CairnModel):
     message: str = Field(default="", description="Human-readable details, saying what to do next.")
     last_transition_time: datetime | None = None
     observed_generation: int | None = None
+
+
+def condition(
+    kind: str, holds: bool, reason: str, message: str, previous: list[Condition] | tuple[Condition, ...] = ()
+) -> dict:
+    """A condition in wire form; its lastTransitionTime moves only when its status does."""
+    status = ConditionStatus.TRUE if holds else ConditionStatus.FALSE
+    before = next((c for c in previous if c.type == kind), None)
+    since = (
+        before.last_transition_time
+        if before and before.status == status and before.last_transition_time
+        else datetime.now(UTC)
+    )
+    return {
+        "type": kind,
+        "status": status.value,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": since.strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
 
 
 class PrinterColumn(BaseModel):

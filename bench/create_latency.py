@@ -14,18 +14,19 @@ import tempfile
 import time
 
 from cairn.csi.proto import csi_pb2
+from cairn.node_agent.lvm_report import device_filter_config
 
-from tests.testbed.components import start_controller, start_node_agent
+from tests.testbed.components import mount_capability, start_controller, start_node_agent
 
 from .common import CsiClients, bench_bed, percentile, report, timed
-from .publish_scaling import mount_capability
 
 MiB = 1024 * 1024
 
 
 def bare_lvcreate_latencies(device: str, sizes: list[int]) -> list[float]:
     """lvcreate alone, as the loop activation mode runs it, on its own VG."""
-    config = f'devices {{ global_filter = [ "a|^{device}$|", "r|.*|" ] use_devicesfile = 0 }}'
+    # The same device filter the agent gives lvm, so both sides scan exactly one disk.
+    config = device_filter_config([device])
     with tempfile.TemporaryDirectory() as system_dir:
         env = {**os.environ, "LVM_SYSTEM_DIR": system_dir, "LVM_SUPPRESS_FD_WARNINGS": "1"}
 

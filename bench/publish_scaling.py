@@ -13,20 +13,11 @@ from pathlib import Path
 
 from cairn.csi.proto import csi_pb2
 
-from tests.testbed.components import start_controller, start_node_agent
+from tests.testbed.components import mount_capability, start_controller, start_node_agent
 
 from .common import CsiClients, bench_bed, median, report, timed
 
 MiB = 1024 * 1024
-
-
-def mount_capability() -> csi_pb2.VolumeCapability:
-    return csi_pb2.VolumeCapability(
-        mount=csi_pb2.VolumeCapability.MountVolume(fs_type="ext4"),
-        access_mode=csi_pb2.VolumeCapability.AccessMode(
-            mode=csi_pb2.VolumeCapability.AccessMode.SINGLE_NODE_WRITER
-        ),
-    )
 
 
 class Node:

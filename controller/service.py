@@ -46,6 +46,8 @@ VOLUME_CONTEXT_POOL = "cairn.dev/pool"
 VOLUME_CONTEXT_NODE = "cairn.dev/node"
 # Failure reasons an agent reports that mean "no room", which the CO should see as such.
 NO_ROOM_REASONS = {"InsufficientSpace", "NotContiguous"}
+# LVM's default extent size, for a pool whose report is not there to say otherwise.
+DEFAULT_EXTENT_BYTES = 4 * 1024 * 1024
 
 
 class ControllerService(csi_pb2_grpc.ControllerServicer):
@@ -349,12 +351,12 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
             time.sleep(0.05)
 
     def _extent_bytes(self, node_name: str, pool: PoolClass) -> int:
-        for item in self.storage_nodes.list():
-            if item.model.spec.node_name == node_name:
-                for status in item.model.status.pools:
-                    if status.pool_class == pool:
-                        return status.extent_size_bytes
-        return 4 * 1024 * 1024
+        # An agent publishes its StorageNode under its node's name.
+        node = self.storage_nodes.get(node_name)
+        for status in node.model.status.pools if node else []:
+            if status.pool_class == pool:
+                return status.extent_size_bytes
+        return DEFAULT_EXTENT_BYTES
 
     def ControllerGetCapabilities(self, request, context: grpc.ServicerContext):
         rpcs = [

@@ -12,10 +12,9 @@ import subprocess
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
-from cairn.api.base import ConditionStatus
+from cairn.api.base import condition
 from cairn.api.disk import DiskState, LocalDisk, LocalDiskSpec
 from cairn.api.volume import PoolClass
 from kubernetes.client.exceptions import ApiException
@@ -221,42 +220,22 @@ class DiskManager:
     def _conditions(
         self, current: Typed | None, duplicated: bool, message: str, state: DiskState
     ) -> list[dict[str, Any]]:
-        previous = {c.type: c for c in (current.model.status.conditions if current else [])}
-        wanted = [
-            (
-                "Usable",
-                state in (DiskState.AVAILABLE, DiskState.CLAIMED),
-                "Claimed" if state == DiskState.CLAIMED else state.value,
-                message,
+        previous = current.model.status.conditions if current else []
+        usable_reason = "Claimed" if state == DiskState.CLAIMED else state.value
+        conditions = [
+            condition(
+                "Usable", state in (DiskState.AVAILABLE, DiskState.CLAIMED), usable_reason, message, previous
             )
         ]
         if duplicated:
-            wanted.append(
-                (
+            conditions.append(
+                condition(
                     "DuplicateIdentity",
                     True,
                     "SharedSerial",
                     "another disk on this node reports the same identity; told apart by its path",
+                    previous,
                 )
-            )
-        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        conditions = []
-        for kind, holds, reason, text in wanted:
-            status = ConditionStatus.TRUE if holds else ConditionStatus.FALSE
-            before = previous.get(kind)
-            since = (
-                before.last_transition_time.strftime("%Y-%m-%dT%H:%M:%SZ")
-                if before and before.status == status and before.last_transition_time
-                else now
-            )
-            conditions.append(
-                {
-                    "type": kind,
-                    "status": status.value,
-                    "reason": reason,
-                    "message": text,
-                    "lastTransitionTime": since,
-                }
             )
         return conditions
 

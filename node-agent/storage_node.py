@@ -5,9 +5,8 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from datetime import UTC, datetime
-from typing import Any
 
+from cairn.api.base import condition
 from cairn.api.disk import AgentEndpoints, FreeByClass, PoolStatus, StorageNode, StorageNodeSpec
 from cairn.api.volume import PoolClass
 from kubernetes.client.exceptions import ApiException
@@ -79,23 +78,22 @@ class StorageNodePublisher:
         with self._lock:
             pools, problems = self.pool_statuses()
             free = FreeByClass(**{p.pool_class.value: human_bytes(p.free_bytes) for p in pools})
-            now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-            degraded: dict[str, Any] = {
-                "type": "PoolsHealthy",
-                "status": "False" if problems else "True",
-                "reason": "MissingPhysicalVolume" if problems else "AllDisksPresent",
-                "message": "; ".join(problems) or "every pool has all its disks",
-                "lastTransitionTime": now,
-            }
+            existing = self.client.get(self.node_name)
+            healthy = condition(
+                "PoolsHealthy",
+                not problems,
+                "MissingPhysicalVolume" if problems else "AllDisksPresent",
+                "; ".join(problems) or "every pool has all its disks",
+                existing.model.status.conditions if existing else (),
+            )
             status = {
                 "pools": [p.to_wire() for p in pools],
                 "free": free.to_wire(),
                 "diskCount": sum(len(p.disks) for p in pools),
                 "ready": True,
                 "endpoints": self.endpoints.to_wire(),
-                "conditions": [degraded],
+                "conditions": [healthy],
             }
-            existing = self.client.get(self.node_name)
             if existing is None:
                 try:
                     self.client.create(
@@ -104,16 +102,6 @@ class StorageNodePublisher:
                 except ApiException as error:
                     if error.status != 409:
                         raise
-            else:
-                for previous in existing.model.status.conditions:
-                    if (
-                        previous.type == "PoolsHealthy"
-                        and previous.status.value == degraded["status"]
-                        and previous.last_transition_time
-                    ):
-                        degraded["lastTransitionTime"] = previous.last_transition_time.strftime(
-                            "%Y-%m-%dT%H:%M:%SZ"
-                        )
             self.client.patch_status(self.node_name, status)
 
     def mark_not_ready(self) -> None:

@@ -12,15 +12,12 @@ import pytest
 from cairn.csi.proto import csi_pb2
 
 from tests.testbed.bed import TestBed
-from tests.testbed.components import Driver, running_driver
+from tests.testbed.components import Driver, mount_capability, running_driver
+from tests.testbed.waiting import wait_until
 
 MiB = 1024 * 1024
 NAMESPACE = "default"
-_Mode = csi_pb2.VolumeCapability.AccessMode
-CAPABILITY = csi_pb2.VolumeCapability(
-    mount=csi_pb2.VolumeCapability.MountVolume(fs_type="ext4"),
-    access_mode=_Mode(mode=_Mode.SINGLE_NODE_WRITER),
-)
+CAPABILITY = mount_capability()
 
 
 @pytest.fixture(scope="module")
@@ -78,15 +75,6 @@ def checkpoints(bed: TestBed) -> dict[int, dict]:
     return {item["spec"]["step"]: item for item in items["items"]}
 
 
-def wait_for(predicate, timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.3)
-    return False
-
-
 def test_a_dcp_checkpoint_is_recorded_once_its_metadata_lands_and_it_settles(
     bed: TestBed, staged: tuple[Driver, Path]
 ) -> None:
@@ -99,7 +87,7 @@ def test_a_dcp_checkpoint_is_recorded_once_its_metadata_lands_and_it_settles(
     time.sleep(6)
     assert 100 not in checkpoints(bed)
     (step / ".metadata").write_bytes(os.urandom(8192))
-    assert wait_for(lambda: 100 in checkpoints(bed))
+    wait_until(lambda: 100 in checkpoints(bed), 30, "step 100 to be recorded")
     record = checkpoints(bed)[100]
     assert record["spec"]["pvcName"] == "trainer" and record["spec"]["path"] == "checkpoints/step_100"
     assert record["spec"]["sizeBytes"] == 2 * 3 * MiB + 8192 and record["spec"]["fileCount"] == 3
@@ -122,7 +110,7 @@ def test_a_marker_written_before_its_files_finish_does_not_record_early(
             growing.flush()
             time.sleep(0.5)
             assert 200 not in checkpoints(bed)
-    assert wait_for(lambda: 200 in checkpoints(bed))
+    wait_until(lambda: 200 in checkpoints(bed), 30, "step 200 to be recorded")
     assert checkpoints(bed)[200]["spec"]["sizeBytes"] == 8 * MiB + 4096
     table = bed.control_plane.kubectl("get", "checkpoints", "-n", NAMESPACE).stdout
     assert table.splitlines()[0].split() == ["NAME", "PVC", "STEP", "SIZE", "NODE", "PHASE", "TIERS", "AGE"]

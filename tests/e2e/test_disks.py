@@ -11,19 +11,20 @@ import json
 import os
 import subprocess
 import tempfile
-import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from cairn.node_agent.lvm_report import device_filter_config
 
 from tests.testbed.bed import TestBed
 from tests.testbed.components import node_agent_args, start_node_agent
 from tests.testbed.disks import LoopDisk
 from tests.testbed.nodes import SimulatedNode
 from tests.testbed.process import ManagedProcess
+from tests.testbed.waiting import wait_until
 
 MiB = 1024 * 1024
 DISK_SIZE = 64 * MiB
@@ -40,7 +41,7 @@ def sha256_of(path: Path) -> str:
 
 def foreign_lvm(device: str, vg: str) -> None:
     """A PV of someone else's VG, made with lvm scoped to that one device."""
-    config = f'devices {{ global_filter = [ "a|^{device}$|", "r|.*|" ] use_devicesfile = 0 }}'
+    config = device_filter_config([device])
     with tempfile.TemporaryDirectory() as system_dir:
         env = {**os.environ, "LVM_SYSTEM_DIR": system_dir, "LVM_SUPPRESS_FD_WARNINGS": "1"}
         for args in (["pvcreate", device], ["vgcreate", vg, device]):
@@ -102,13 +103,9 @@ class DiskBed:
         return {item["status"].get("device"): item for item in items}
 
     def wait_for(self, what: str, predicate, timeout: float = 10.0) -> float:
-        started = time.monotonic()
-        while time.monotonic() - started < timeout:
-            if predicate():
-                return time.monotonic() - started
-            time.sleep(0.2)
-        logs = "\n".join(a.log_tail(15) for a in self.agents.values())
-        raise AssertionError(f"not within {timeout:.0f}s: {what}\n{logs}")
+        return wait_until(
+            predicate, timeout, what, context=lambda: "\n".join(a.log_tail(15) for a in self.agents.values())
+        )
 
     def start_agent(self, node: SimulatedNode) -> ManagedProcess:
         agent, _ = start_node_agent(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -14,6 +13,7 @@ from tests.testbed.bed import TestBed
 from tests.testbed.components import Driver, running_driver
 from tests.testbed.kube_components import register_csi_node, start_controller_manager, start_csi_provisioner
 from tests.testbed.process import ManagedProcess
+from tests.testbed.waiting import wait_until
 
 MiB = 1024 * 1024
 NAMESPACE = "team-a"
@@ -35,12 +35,13 @@ class Cluster:
         return json.loads(self.kubectl("get", *args, "-o", "json").stdout)
 
     def wait_for(self, what: str, predicate, timeout: float = 90) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate():
-                return
-            time.sleep(0.3)
-        raise AssertionError(f"timed out waiting for {what}\nprovisioner:\n{self.provisioner.log_tail(20)}")
+        wait_until(
+            predicate,
+            timeout,
+            what,
+            interval=0.3,
+            context=lambda: f"provisioner:\n{self.provisioner.log_tail(20)}",
+        )
 
 
 @pytest.fixture(scope="module")

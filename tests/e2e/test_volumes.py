@@ -16,17 +16,10 @@ import pytest
 from cairn.csi.proto import csi_pb2
 
 from tests.testbed.bed import TestBed
-from tests.testbed.components import Driver, running_driver
+from tests.testbed.components import Driver, mount_capability, running_driver
+from tests.testbed.waiting import wait_until
 
 MiB = 1024 * 1024
-_Mode = csi_pb2.VolumeCapability.AccessMode
-
-
-def mount_capability(fs_type: str = "ext4") -> csi_pb2.VolumeCapability:
-    return csi_pb2.VolumeCapability(
-        mount=csi_pb2.VolumeCapability.MountVolume(fs_type=fs_type),
-        access_mode=_Mode(mode=_Mode.SINGLE_NODE_WRITER),
-    )
 
 
 @pytest.fixture(scope="module")
@@ -165,10 +158,12 @@ def test_deleted_volume_frees_its_space_and_delete_is_idempotent(bed: TestBed, d
         return node["status"]["pools"][0]["freeBytes"]
 
     def wait_for_free(expected: int) -> None:
-        deadline = time.monotonic() + 10
-        while free_bytes() != expected and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert free_bytes() == expected
+        wait_until(
+            lambda: free_bytes() == expected,
+            10,
+            f"{expected} bytes free in the pool",
+            context=lambda: f"free now: {free_bytes()}",
+        )
 
     # The agent publishes pool changes shortly after they happen; let earlier tests' changes land.
     before = free_bytes()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,6 +17,15 @@ from .process import ManagedProcess
 
 if TYPE_CHECKING:
     from .bed import TestBed
+
+
+def mount_capability(fs_type: str = "ext4") -> csi_pb2.VolumeCapability:
+    """The capability kubelet sends for a ReadWriteOnce filesystem volume."""
+    mode = csi_pb2.VolumeCapability.AccessMode
+    return csi_pb2.VolumeCapability(
+        mount=csi_pb2.VolumeCapability.MountVolume(fs_type=fs_type),
+        access_mode=mode(mode=mode.SINGLE_NODE_WRITER),
+    )
 
 
 def wait_for_csi(socket: Path, process: ManagedProcess, timeout: float = 60.0) -> None:
@@ -113,15 +121,6 @@ def start_node_agent(
     process = ManagedProcess(name or f"node-agent-{node.name}", argv, run_id=run_id, log_dir=workdir / "logs")
     wait_for_csi(socket, process)
     return process, socket
-
-
-def wait_until(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 @dataclass

@@ -145,7 +145,7 @@ class ControlPlane:
             log_dir=self.log_dir,
         )
         self.processes.append(etcd)
-        etcd.wait_until(lambda: _http_ok(f"{self.etcd_url}/health"), 30, "healthy")
+        etcd.wait_until(lambda: http_ok(f"{self.etcd_url}/health"), 30, "healthy")
 
     def _start_apiserver(self) -> None:
         port = free_port(self.address)
@@ -180,7 +180,7 @@ class ControlPlane:
         self.processes.append(apiserver)
         context = ssl.create_default_context(cafile=str(self.pki.ca.cert))
         context.load_cert_chain(str(self.admin.cert), str(self.admin.key))
-        apiserver.wait_until(lambda: _http_ok(f"{self.server_url}/readyz", context), 120, "ready")
+        apiserver.wait_until(lambda: http_ok(f"{self.server_url}/readyz", context), 120, "ready")
 
     def _write_kubeconfig(self, identity: str, user: dict[str, str]) -> Path:
         path = self.workdir / "kubeconfigs" / f"{identity}.kubeconfig"
@@ -242,7 +242,7 @@ class ControlPlane:
             self._write_kubeconfig(account, {"token": token})
 
 
-def _http_ok(url: str, context: ssl.SSLContext | None = None) -> bool:
+def http_ok(url: str, context: ssl.SSLContext | None = None) -> bool:
     with urllib.request.urlopen(url, timeout=2, context=context) as response:
         return response.status == 200
 

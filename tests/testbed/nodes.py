@@ -6,14 +6,11 @@ cluster bridge, block devices, and a Kubernetes Node object (see `register_node_
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -23,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from tests.testbed import leaks
 from tests.testbed.disks import LoopDisk, LoopDisks
 from tests.testbed.network import DEFAULT_SUBNET, ClusterNetwork, NodeLink, Shaping
+from tests.testbed.process import stop_process
 
 if TYPE_CHECKING:
     from kubernetes.client import CoreV1Api, V1Node
@@ -31,39 +29,6 @@ MiB = 1024 * 1024
 TOPOLOGY_LABEL = "topology.cairn.dev/node"
 # Addresses and conditions are lists keyed by "type"; a strategic merge updates entries in place.
 STRATEGIC_MERGE = "application/strategic-merge-patch+json"
-
-
-def _group_alive(pgid: int, run_id: str) -> bool:
-    """Whether a process of this run is still in group `pgid`."""
-    for pid, _ in leaks.processes_of_run(run_id):
-        with contextlib.suppress(ProcessLookupError):
-            if os.getpgid(pid) == pgid:
-                return True
-    return False
-
-
-def stop_process(proc: subprocess.Popen[Any], run_id: str, grace: float = 5.0) -> None:
-    """SIGTERM the process's whole group, then SIGKILL it if anything is left after `grace`.
-
-    Every process is started with start_new_session=True, so its pid is also its group id and the
-    group holds everything it forked (unless a child made its own session; the leak check finds those).
-    """
-    # Once the leader has been reaped its pid may belong to a stranger, so only signal the group if
-    # one of our own tagged processes still holds that group id (which keeps the id from being reused).
-    if proc.poll() is None or _group_alive(proc.pid, run_id):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        # Give the leader and everything it forked the grace period to exit cleanly.
-        deadline = time.monotonic() + grace
-        while (proc.poll() is None or _group_alive(proc.pid, run_id)) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=5)
-    for pipe in (proc.stdin, proc.stdout, proc.stderr):
-        if pipe is not None:
-            pipe.close()
 
 
 @dataclass(eq=False)  # identity semantics: a node is a live resource, usable as a dict key

@@ -9,8 +9,42 @@ import subprocess
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
-from .leaks import process_env
+from .leaks import process_env, processes_of_run
+
+
+def _group_alive(pgid: int, run_id: str) -> bool:
+    """Whether a process of this run is still in group `pgid`."""
+    for pid, _ in processes_of_run(run_id):
+        with contextlib.suppress(ProcessLookupError):
+            if os.getpgid(pid) == pgid:
+                return True
+    return False
+
+
+def stop_process(proc: subprocess.Popen[Any], run_id: str, grace: float = 5.0) -> None:
+    """SIGTERM the process's whole group, then SIGKILL it if anything is left after `grace`.
+
+    Every process is started with start_new_session=True, so its pid is also its group id and the
+    group holds everything it forked (unless a child made its own session; the leak check finds those).
+    """
+    # Once the leader has been reaped its pid may belong to a stranger, so only signal the group if
+    # one of our own tagged processes still holds that group id (which keeps the id from being reused).
+    if proc.poll() is None or _group_alive(proc.pid, run_id):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        # Give the leader and everything it forked the grace period to exit cleanly.
+        deadline = time.monotonic() + grace
+        while (proc.poll() is None or _group_alive(proc.pid, run_id)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=5)
+    for pipe in (proc.stdin, proc.stdout, proc.stderr):
+        if pipe is not None:
+            pipe.close()
 
 
 class ManagedProcess:
@@ -27,6 +61,7 @@ class ManagedProcess:
         cwd: Path | None = None,
     ) -> None:
         self.name = name
+        self.run_id = run_id
         self.argv = list(argv)
         self.log_path = log_dir / f"{name}.log"
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -71,22 +106,5 @@ class ManagedProcess:
         raise TimeoutError(f"{self.name} not {what} after {timeout:.0f}s:\n{self.log_tail()}")
 
     def stop(self, grace: float = 10.0) -> None:
-        if self.proc.poll() is None:
-            self._signal_group(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                self._signal_group(signal.SIGKILL)
-                self.proc.wait(timeout=10)
-        # Children that ignored the group signal (or were left behind after a crash) go too.
-        self._signal_group(signal.SIGKILL)
+        stop_process(self.proc, self.run_id, grace)
         self._log.close()
-
-    def kill(self) -> None:
-        """Hard kill, as a crash would: no chance to clean up."""
-        self._signal_group(signal.SIGKILL)
-        self.proc.wait(timeout=10)
-
-    def _signal_group(self, sig: signal.Signals) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, sig)

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import secrets
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .controlplane import free_port
+from .controlplane import free_port, http_ok
 from .process import ManagedProcess
 from .tools import tool_path
 
@@ -48,7 +47,9 @@ class S3Server:
                 "HOME": str(self.workdir),
             },
         )
-        self.process.wait_until(lambda: _ok(f"{self.endpoint}/minio/health/ready"), 60, "ready to serve S3")
+        self.process.wait_until(
+            lambda: http_ok(f"{self.endpoint}/minio/health/ready"), 60, "ready to serve S3"
+        )
         return self
 
     def stop(self) -> None:
@@ -77,8 +78,3 @@ def _base_env() -> dict[str, str]:
     import os
 
     return {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MINIO_"))}
-
-
-def _ok(url: str) -> bool:
-    with urllib.request.urlopen(url, timeout=2) as response:
-        return response.status == 200
