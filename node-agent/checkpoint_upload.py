@@ -55,6 +55,23 @@ class S3Location:
     def url(self) -> str:
         return f"s3://{self.bucket}/{self.prefix}/"
 
+    @classmethod
+    def for_checkpoint(
+        cls, bucket: str, target_prefix: str, namespace: str, pvc: str, path: str
+    ) -> S3Location:
+        """`<prefix>/<namespace>/<pvc>/<checkpoint path>`: browsable, and it mirrors the volume."""
+        parts = [target_prefix.strip("/"), namespace, pvc, str(safe_relative_path(path))]
+        return cls(bucket, "/".join(p for p in parts if p))
+
+    @classmethod
+    def from_url(cls, url: str) -> S3Location:
+        if not url.startswith("s3://"):
+            raise ValueError(f"{url!r} is not an s3:// URL")
+        bucket, _, prefix = url[len("s3://") :].partition("/")
+        if not bucket:
+            raise ValueError(f"{url!r} names no bucket")
+        return cls(bucket, prefix.strip("/"))
+
 
 @dataclass
 class UploadReport:

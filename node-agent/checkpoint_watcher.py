@@ -13,6 +13,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,7 +59,6 @@ def checkpoint_name(pvc: str, step: int, volume: str, path: str) -> str:
 class WatchedVolume:
     volume: str
     staging_path: Path
-    spec: LocalVolumeSpec
     tracker: CommitTracker | None = None
     policy_version: str = ""
 
@@ -68,16 +68,23 @@ class CheckpointWatcher:
     node_name: str
     policies: ResourceClient
     checkpoints: ResourceClient
+    spec_of: Callable[[str], LocalVolumeSpec | None]
+    """The volume's LocalVolume spec; None until the reconciler has listed it (just after a restart)."""
     period: float = 2.0
+    on_recorded: Callable[[str, str], None] = lambda namespace, name: None
+    """Called with each newly recorded Checkpoint's namespace and name: the tiering queue."""
     _volumes: dict[str, WatchedVolume] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def register(self, volume: str, staging_path: str, spec: LocalVolumeSpec) -> None:
-        """Called after NodeStage: a staged volume whose class names a policy is watched."""
-        if not (spec.checkpoint_policy and spec.pvc_name and spec.pvc_namespace):
-            return
+    def register(self, volume: str, staging_path: str) -> None:
+        """Called after NodeStage; only volumes whose class names a policy are looked at."""
         with self._lock:
-            self._volumes.setdefault(volume, WatchedVolume(volume, Path(staging_path), spec))
+            self._volumes.setdefault(volume, WatchedVolume(volume, Path(staging_path)))
+
+    def staging_path_of(self, volume: str) -> Path | None:
+        with self._lock:
+            watched = self._volumes.get(volume)
+        return watched.staging_path if watched else None
 
     def unregister(self, volume: str) -> None:
         with self._lock:
@@ -94,7 +101,9 @@ class CheckpointWatcher:
                     log.warning("watching %s for checkpoints failed", volume.volume, exc_info=True)
 
     def poll(self, volume: WatchedVolume, now: float | None = None) -> list[CandidateCheckpoint]:
-        spec = volume.spec
+        spec = self.spec_of(volume.volume)
+        if spec is None or not (spec.checkpoint_policy and spec.pvc_name and spec.pvc_namespace):
+            return []
         policy = self.policies.get(spec.checkpoint_policy or "", namespace=spec.pvc_namespace)
         if policy is None:
             log.warning(
@@ -116,13 +125,16 @@ class CheckpointWatcher:
         snapshot = snapshot_tree(volume.staging_path, skip=volume.tracker.reported)
         ready = volume.tracker.observe(snapshot, time.monotonic() if now is None else now)
         for candidate in ready:
-            self._record(volume, policy_spec, candidate)
+            self._record(volume, spec, policy_spec, candidate)
         return ready
 
     def _record(
-        self, volume: WatchedVolume, policy: CheckpointPolicySpec, candidate: CandidateCheckpoint
+        self,
+        volume: WatchedVolume,
+        spec: LocalVolumeSpec,
+        policy: CheckpointPolicySpec,
+        candidate: CandidateCheckpoint,
     ) -> None:
-        spec = volume.spec
         assert spec.pvc_name and spec.pvc_namespace and spec.checkpoint_policy
         name = checkpoint_name(spec.pvc_name, candidate.step, volume.volume, candidate.path)
         if self.checkpoints.get(name, namespace=spec.pvc_namespace) is not None:
@@ -162,6 +174,7 @@ class CheckpointWatcher:
             },
             namespace=spec.pvc_namespace,
         )
+        self.on_recorded(spec.pvc_namespace, name)
         log.info(
             "checkpoint %s/%s recorded: step %d, %s in %d files",
             spec.pvc_namespace,

@@ -6,6 +6,7 @@ import argparse
 import logging
 import signal
 import threading
+from pathlib import Path
 
 from cairn.api.checkpoint import Checkpoint, CheckpointPolicy
 from cairn.api.disk import AgentEndpoints, LocalDisk, StorageNode
@@ -13,6 +14,7 @@ from cairn.api.volume import LocalVolume, PoolClass
 from cairn.csi.identity import IdentityService
 from cairn.csi.proto import csi_pb2_grpc
 from cairn.csi.server import serve
+from kubernetes import client
 
 from cairn.background import Coalescing
 from cairn.events import EventRecorder
@@ -20,6 +22,7 @@ from cairn.kube import ResourceClient, load_api_client
 from cairn.logs import setup_logging
 
 from . import metrics
+from .checkpoint_tiering import CheckpointTierer
 from .checkpoint_watcher import CheckpointWatcher
 from .disk_classify import parse_class_overrides
 from .disk_manager import DiskManager, DiskPolicy
@@ -27,6 +30,7 @@ from .disk_probe import ProbeScope
 from .disk_watch import watch_block_events
 from .lvm import Lvm
 from .node_service import NodeService
+from .staged_volumes import StagedVolumes
 from .storage_node import StorageNodePublisher
 from .volume_reconciler import VolumeReconciler
 
@@ -80,6 +84,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=2.0,
         help="seconds between looks for new checkpoints on staged volumes",
     )
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path("/var/lib/cairn"),
+        help="where the agent keeps what must survive a restart: staged volumes, upload progress",
+    )
+    parser.add_argument(
+        "--peer-restore-address",
+        default=None,
+        help="host:port on the cluster network serving this node's checkpoint copies to peers",
+    )
     parser.add_argument("--log-level", default="INFO")
     return parser.parse_args(argv)
 
@@ -111,7 +126,10 @@ def main(argv: list[str] | None = None) -> None:
     api_client = load_api_client(args.kubeconfig)
     stop = threading.Event()
     endpoints = AgentEndpoints(
-        csi_socket=args.endpoint, metrics_address=args.metrics_address, p2p_address=args.p2p_address
+        csi_socket=args.endpoint,
+        metrics_address=args.metrics_address,
+        p2p_address=args.p2p_address,
+        peer_restore_address=args.peer_restore_address,
     )
     reconciler = VolumeReconciler(args.node_name, lvm, ResourceClient(api_client, LocalVolume))
     publisher = StorageNodePublisher(
@@ -145,18 +163,39 @@ def main(argv: list[str] | None = None) -> None:
         reconciler.run(stop)
 
     threading.Thread(target=reconcile_forever, name="volumes", daemon=True).start()
+    staged_volumes = StagedVolumes(args.state_dir)
     watcher = CheckpointWatcher(
         args.node_name,
         ResourceClient(api_client, CheckpointPolicy),
         ResourceClient(api_client, Checkpoint),
+        reconciler.spec_of,
         period=args.checkpoint_poll_interval,
     )
+    tierer = CheckpointTierer(
+        args.node_name,
+        ResourceClient(api_client, Checkpoint),
+        ResourceClient(api_client, CheckpointPolicy),
+        client.CoreV1Api(api_client),
+        args.state_dir,
+        watcher.staging_path_of,
+        EventRecorder(api_client, "cairn-node-agent"),
+    )
+    # A pass also runs every few seconds: it resumes uploads interrupted by a restart and retries failures.
+    tiering = Coalescing("tiering", tierer.run_pass, stop, min_interval=1.0, period=10.0).start()
+    watcher.on_recorded = lambda namespace, name: tiering.trigger()
+    # Mounts outlive the agent, and kubelet will not stage them again: pick them back up.
+    for volume, path in staged_volumes.recover().items():
+        log.info("volume %s is still staged at %s; watching it again", volume, path)
+        watcher.register(volume, str(path))
     threading.Thread(target=watcher.run, args=(stop,), name="checkpoints", daemon=True).start()
 
     def staged(volume: str, path: str) -> None:
-        spec = reconciler.spec_of(volume)
-        if spec is not None:
-            watcher.register(volume, path, spec)
+        staged_volumes.add(volume, path)
+        watcher.register(volume, path)
+
+    def unstaged(volume: str) -> None:
+        watcher.unregister(volume)
+        staged_volumes.remove(volume)
 
     node = NodeService(
         args.node_name,
@@ -164,7 +203,7 @@ def main(argv: list[str] | None = None) -> None:
         reconciler.health,
         max_volumes=args.max_volumes,
         on_staged=staged,
-        on_unstaged=watcher.unregister,
+        on_unstaged=unstaged,
     )
 
     def register(server) -> None:

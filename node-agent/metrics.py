@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from cairn.api.disk import DiskState
-from prometheus_client import Gauge, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 DISK_CAPACITY = Gauge(
     "cairn_disk_capacity_bytes", "Size of a disk the agent found.", ["node", "disk", "class"]
@@ -13,6 +13,24 @@ DISK_STATE = Gauge(
 )
 POOL_SIZE = Gauge("cairn_pool_size_bytes", "Total size of a pool's volume group.", ["node", "pool"])
 POOL_FREE = Gauge("cairn_pool_free_bytes", "Unallocated space in a pool's volume group.", ["node", "pool"])
+
+CHECKPOINT_BYTES = Counter(
+    "cairn_checkpoint_bytes_total",
+    "Checkpoint bytes moved: operation=upload to S3, or restore from tier local|peer|s3.",
+    ["node", "operation", "tier"],
+)
+CHECKPOINT_UPLOAD_SECONDS = Histogram(
+    "cairn_checkpoint_upload_seconds",
+    "Time to upload and verify one checkpoint.",
+    ["node"],
+    buckets=(1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 3600),
+)
+CHECKPOINT_TIER_LAG = Gauge(
+    "cairn_checkpoint_tier_lag_seconds",
+    "Age of the oldest checkpoint of a PVC not yet verified in S3; 0 when all are.",
+    ["node", "namespace", "pvc"],
+)
+CHECKPOINTS = Gauge("cairn_checkpoints", "Checkpoints recorded by this node, by phase.", ["node", "phase"])
 
 
 def record_disk(node: str, disk: str, disk_class: str, capacity: int, state: DiskState) -> None:

@@ -85,6 +85,15 @@ def test_component_identity_is_denied_what_rbac_does_not_allow(bed: TestBed) -> 
     assert secrets.returncode != 0
     assert "Forbidden" in secrets.stderr and 'cannot list resource "secrets"' in secrets.stderr
 
+    # S3 credentials: `get` by name in the namespaces the chart grants, nothing more.
+    def node_agent_can(*what: str) -> str:
+        asked = cp.kubectl("auth", "can-i", *what, identity="cairn-node-agent", check=False)
+        return asked.stdout.strip()
+
+    assert node_agent_can("get", "secrets", "-n", "default") == "yes"
+    assert node_agent_can("list", "secrets", "-n", "default") == "no"
+    assert node_agent_can("get", "secrets", "-n", "kube-system") == "no"
+
     # The controller creates LocalVolumes but never touches what node agents report about disks.
     denied = cp.kubectl(
         "auth", "can-i", "delete", "localdisks.cairn.dev", identity="cairn-controller", check=False

@@ -19,6 +19,10 @@ if TYPE_CHECKING:
     from .bed import TestBed
 
 
+PEER_RESTORE_PORT = 9750
+"""Every simulated node has its own network namespace, so all can use the same port."""
+
+
 def mount_capability(fs_type: str = "ext4") -> csi_pb2.VolumeCapability:
     """The capability kubelet sends for a ReadWriteOnce filesystem volume."""
     mode = csi_pb2.VolumeCapability.AccessMode
@@ -114,6 +118,10 @@ def start_node_agent(
             str(kubeconfig),
             "--lvm-system-dir",
             str(lvm_dir),
+            "--state-dir",
+            str(workdir / "state" / node.name),
+            "--peer-restore-address",
+            f"{node.ip}:{PEER_RESTORE_PORT}",
             *(discovery if discovery is not None else node_agent_args(node)),
             *extra_args,
         ]
@@ -147,14 +155,18 @@ def running_driver(bed: TestBed, name: str, *, disks: int, disk_size: int) -> It
     workdir = bed.workdir / name
     (node,) = bed.add_nodes(1, disks=disks, disk_size=disk_size)
     kubeconfigs = bed.control_plane.kubeconfigs
-    agent = controller = None
+    agent = controller = driver = None
     try:
         agent, node_socket = start_node_agent(workdir, bed.run_id, kubeconfigs["cairn-node-agent"], node)
         controller, controller_socket = start_controller(
             workdir, bed.run_id, kubeconfigs["cairn-controller"], name=f"controller-{name}"
         )
-        yield Driver(node, agent, controller, node_socket, controller_socket, workdir)
+        driver = Driver(node, agent, controller, node_socket, controller_socket, workdir)
+        yield driver
     finally:
+        # A test may have restarted the agent: stop whichever process the driver holds now.
+        if driver is not None:
+            agent, controller = driver.agent, driver.controller
         for process in (controller, agent):
             if process is not None:
                 process.stop()

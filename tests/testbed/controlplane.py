@@ -223,6 +223,11 @@ class ControlPlane:
                 "templates/serviceaccounts.yaml",
                 "--show-only",
                 "templates/rbac.yaml",
+                "--show-only",
+                "templates/checkpoint-credentials.yaml",
+                # Tests keep their policies and Secrets in `default`.
+                "--set",
+                "checkpoints.credentialNamespaces={default}",
             ],
             capture_output=True,
             text=True,

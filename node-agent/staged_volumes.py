@@ -1,0 +1,54 @@
+"""Which volumes this node has staged, and where, kept on disk across agent restarts.
+
+kubelet stages a volume once; it does not stage it again because the agent restarted. The
+mounts outlive the agent, so without this record a restarted agent would stop watching those
+volumes for checkpoints and could not serve or tier their copies.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+
+from .mounter import is_mount_point
+
+
+class StagedVolumes:
+    def __init__(self, state_dir: Path) -> None:
+        self.directory = state_dir / "staged"
+        self._lock = threading.Lock()
+        self._paths: dict[str, Path] = {}
+
+    def add(self, volume: str, staging_path: str) -> None:
+        with self._lock:
+            self._paths[volume] = Path(staging_path)
+            self.directory.mkdir(parents=True, exist_ok=True)
+            record = self.directory / f"{volume}.json"
+            temporary = record.with_suffix(".tmp")
+            temporary.write_text(json.dumps({"volume": volume, "stagingPath": staging_path}))
+            os.replace(temporary, record)
+
+    def remove(self, volume: str) -> None:
+        with self._lock:
+            self._paths.pop(volume, None)
+            (self.directory / f"{volume}.json").unlink(missing_ok=True)
+
+    def path_of(self, volume: str) -> Path | None:
+        with self._lock:
+            return self._paths.get(volume)
+
+    def recover(self) -> dict[str, Path]:
+        """Records from an earlier run whose staging path is still mounted; stale ones are dropped."""
+        recovered: dict[str, Path] = {}
+        for record in sorted(self.directory.glob("*.json")) if self.directory.exists() else []:
+            entry = json.loads(record.read_text())
+            path = Path(entry["stagingPath"])
+            if is_mount_point(str(path)):
+                recovered[entry["volume"]] = path
+            else:
+                record.unlink(missing_ok=True)
+        with self._lock:
+            self._paths.update(recovered)
+        return recovered
