@@ -148,6 +148,17 @@ class CheckpointStatus(CairnModel):
     bytes_uploaded: int = 0
     conditions: list[Condition] = Field(default_factory=list)
 
+    def restorable_tiers(self) -> str:
+        """The TIERS column: where a restorable copy exists, fastest first."""
+        tiers = []
+        if self.local is not None and self.local.present:
+            tiers.append("local")
+        if self.peer is not None and self.peer.present:
+            tiers.append("peer")
+        if self.remote is not None and self.remote.verified_at is not None:
+            tiers.append("s3")
+        return ",".join(tiers)
+
 
 class Checkpoint(Resource):
     KIND: ClassVar[str] = "Checkpoint"

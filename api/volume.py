@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
@@ -27,6 +27,14 @@ class VolumePhase(StrEnum):
     FAILED = "Failed"
 
 
+class PopulateSource(CairnModel):
+    """Data copied into a new volume before it is Ready: the volume populator's request."""
+
+    kind: Literal["Checkpoint"] = "Checkpoint"
+    namespace: str
+    name: str
+
+
 class LocalVolumeSpec(CairnModel):
     csi_name: str = Field(description="The CSI CreateVolume name this LocalVolume was created for.")
     node_name: str = Field(description="The node whose agent owns and carves this volume.")
@@ -41,6 +49,9 @@ class LocalVolumeSpec(CairnModel):
     pvc_namespace: str | None = None
     source_volume: str | None = Field(
         default=None, description="LocalVolume to clone: its bytes are copied in before the volume is Ready."
+    )
+    populate_from: PopulateSource | None = Field(
+        default=None, description="Checkpoint restored into the new volume before it is Ready."
     )
 
 

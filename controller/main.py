@@ -7,15 +7,20 @@ import logging
 import signal
 import threading
 
+from cairn.api.checkpoint import Checkpoint
 from cairn.api.disk import StorageNode
 from cairn.api.volume import LocalVolume, PoolClass
 from cairn.csi.identity import IdentityService
 from cairn.csi.proto import csi_pb2_grpc
 from cairn.csi.server import serve
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 
+from cairn.events import EventRecorder
 from cairn.kube import ResourceClient, load_api_client
 from cairn.logs import setup_logging
 
+from .populator import VolumePopulator
 from .service import ControllerService
 
 log = logging.getLogger("cairn.controller")
@@ -35,6 +40,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=float,
         default=120.0,
         help="seconds to wait for a node agent to carve or remove a volume",
+    )
+    parser.add_argument(
+        "--populator-namespace",
+        default="cairn-system",
+        help="namespace for the claims the volume populator provisions before handing them over",
+    )
+    parser.add_argument(
+        "--no-populator",
+        action="store_true",
+        help="do not fill claims whose dataSourceRef is a Checkpoint",
     )
     parser.add_argument("--log-level", default="INFO")
     return parser.parse_args(argv)
@@ -61,16 +76,39 @@ def main(argv: list[str] | None = None) -> None:
                 log.warning("Kubernetes API not reachable yet", exc_info=True)
         return ready.is_set()
 
+    core = client.CoreV1Api(api_client)
+
+    def claim_annotations(namespace: str, name: str) -> dict[str, str] | None:
+        try:
+            return core.read_namespaced_persistent_volume_claim(name, namespace).metadata.annotations
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+
     controller = ControllerService(
-        volumes, storage_nodes, default_pools=default_pools, ready_timeout=args.ready_timeout
+        volumes,
+        storage_nodes,
+        default_pools=default_pools,
+        ready_timeout=args.ready_timeout,
+        claim_annotations=claim_annotations,
     )
+    stop = threading.Event()
+    if not args.no_populator:
+        populator = VolumePopulator(
+            core,
+            client.StorageV1Api(api_client),
+            ResourceClient(api_client, Checkpoint),
+            EventRecorder(api_client, "cairn-controller"),
+            args.populator_namespace,
+        )
+        threading.Thread(target=populator.run, args=(stop,), name="populator", daemon=True).start()
 
     def register(server) -> None:
         csi_pb2_grpc.add_IdentityServicer_to_server(IdentityService(api_reachable), server)
         csi_pb2_grpc.add_ControllerServicer_to_server(controller, server)
 
     server = serve(args.endpoint, register)
-    stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     log.info("cairn-controller serving on %s", args.endpoint)

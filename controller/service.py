@@ -9,11 +9,19 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import replace
 
 import grpc
 from cairn.api.disk import StorageNode
-from cairn.api.volume import LocalVolume, LocalVolumeSpec, PoolClass, VolumeAccess, VolumePhase
+from cairn.api.volume import (
+    LocalVolume,
+    LocalVolumeSpec,
+    PoolClass,
+    PopulateSource,
+    VolumeAccess,
+    VolumePhase,
+)
 from cairn.csi.errors import (
     Aborted,
     AlreadyExists,
@@ -36,6 +44,7 @@ from .capabilities import access_type_of, unsupported_capability
 from .naming import is_volume_name, volume_name
 from .parameters import POOL_KEY, parse_parameters
 from .placement import NodeCapacity, choose_placement, nodes_in_segments
+from .populator import populate_request
 from .sizing import resolve_size, size_fits_range
 
 log = logging.getLogger("cairn.controller")
@@ -58,7 +67,10 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         *,
         default_pools: tuple[PoolClass, ...] = (PoolClass.NVME,),
         ready_timeout: float = 120.0,
+        claim_annotations: Callable[[str, str], dict[str, str] | None] = lambda namespace, name: None,
     ) -> None:
+        self.claim_annotations = claim_annotations
+        """Annotations of the claim a volume is for: how the populator says what to restore."""
         self.volumes = volumes
         self.storage_nodes = storage_nodes
         self.default_pools = default_pools
@@ -118,6 +130,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         placement = choose_placement(
             nodes, params.pools, required, limit, preferred=preferred, requisite=requisite
         )
+        populate, pvc_namespace, pvc_name = self._populate_request(params.pvc_namespace, params.pvc_name)
         spec = LocalVolumeSpec(
             csi_name=request.name,
             node_name=placement.node,
@@ -126,9 +139,10 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
             access=access,
             fs_type=fs_type,
             checkpoint_policy=params.checkpoint_policy,
-            pvc_name=params.pvc_name,
-            pvc_namespace=params.pvc_namespace,
+            pvc_name=pvc_name,
+            pvc_namespace=pvc_namespace,
             source_volume=source.name if source is not None else None,
+            populate_from=populate,
         )
         try:
             self.volumes.create(
@@ -149,6 +163,20 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
             placement.pool.value,
         )
         return self._volume_response(self._wait_settled(name))
+
+    def _populate_request(
+        self, namespace: str | None, name: str | None
+    ) -> tuple[PopulateSource | None, str | None, str | None]:
+        """A prime claim's checkpoint to restore; the volume is recorded under the user's claim."""
+        if not (namespace and name):
+            return None, namespace, name
+        try:
+            request = populate_request(self.claim_annotations(namespace, name))
+        except ValueError as error:
+            raise InvalidArgument(f"claim {namespace}/{name}: {error}") from None
+        if request is None:
+            return None, namespace, name
+        return request
 
     def _clone_source(self, request) -> Typed | None:
         if not request.HasField("volume_content_source"):

@@ -32,7 +32,6 @@ from cairn.api.checkpoint import (
     Checkpoint,
     CheckpointPhase,
     CheckpointPolicySpec,
-    CheckpointStatus,
     RemoteCopy,
 )
 from kubernetes import client
@@ -46,6 +45,7 @@ from . import metrics
 from .checkpoint_credentials import CredentialsError, client_for_target
 from .checkpoint_local import local_copy_directory
 from .checkpoint_manifest import MANIFEST_NAME, Manifest, ManifestError
+from .checkpoint_replicas import assign_replicas
 from .checkpoint_retention import CheckpointRecord, plan_retention
 from .checkpoint_upload import CheckpointUploader, S3Location, UploadError, state_path
 from .checkpoint_watcher import NODE_LABEL
@@ -71,18 +71,6 @@ class RetryableFailure(PermanentFailure):
 
 PERMANENT_REASONS = frozenset({"ChangedAfterCommit", "ManifestMismatch"})
 """Failures no retry can fix: the files no longer match what was committed."""
-
-
-def tiers_of(status: CheckpointStatus) -> str:
-    """The TIERS column: where a restorable copy exists, fastest first."""
-    tiers = []
-    if status.local is not None and status.local.present:
-        tiers.append("local")
-    if status.peer is not None and status.peer.present:
-        tiers.append("peer")
-    if status.remote is not None and status.remote.verified_at is not None:
-        tiers.append("s3")
-    return ",".join(tiers)
 
 
 def needs_upload(checkpoint: Checkpoint, policy: CheckpointPolicySpec) -> bool:
@@ -172,6 +160,8 @@ class CheckpointTierer:
     state_dir: Path
     staging_path_of: Callable[[str], Path | None]
     events: EventRecorder
+    storage_nodes: ResourceClient | None = None
+    """For choosing peer replica holders; without it no replicas are assigned."""
     _retry_at: dict[str, float] = field(default_factory=dict)
     _failures: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -184,7 +174,7 @@ class CheckpointTierer:
         """One look at everything this node recorded; the Coalescing runner calls it."""
         with self._lock:  # one pass at a time, however often it is triggered
             items = self.checkpoints.list(label_selector=f"{NODE_LABEL}={self.node_name}")
-            self._record_phases(items)
+            nodes = [n.model for n in self.storage_nodes.list()] if self.storage_nodes else []
             remaining: dict[tuple[str, str], list[Typed]] = defaultdict(list)
             lag_tracked: set[tuple[str, str]] = set()
             for key, members in sorted(group_series(items).items()):
@@ -197,9 +187,12 @@ class CheckpointTierer:
                     if needs_upload(item.model, policy) and self._due(item):
                         self._tier(item, policy)
                 left = self._apply_retention(key.namespace, members, policy)
+                if nodes:
+                    assign_replicas(left, policy, nodes, self.node_name, self.checkpoints)
                 remaining[(key.namespace, key.pvc)] += left
                 if policy.target is not None:
                     lag_tracked.add((key.namespace, key.pvc))
+            self._record_phases(self.checkpoints.list(label_selector=f"{NODE_LABEL}={self.node_name}"))
             now = datetime.now(UTC)
             for namespace, pvc in lag_tracked:
                 series = [(item.model, _created(item)) for item in remaining[(namespace, pvc)]]
@@ -313,7 +306,7 @@ class CheckpointTierer:
                 "phase": CheckpointPhase.TIERED.value,
                 "reason": None,
                 "message": None,
-                "tiers": tiers_of(status),
+                "tiers": status.restorable_tiers(),
                 "remote": {"url": location.url, "verifiedAt": _stamp(datetime.now(UTC))},
                 "bytesUploaded": manifest.total_bytes,
                 "conditions": [condition(UPLOADED, True, "Verified", message, previous)],
@@ -412,7 +405,7 @@ class CheckpointTierer:
         status.local.present = False
         self.checkpoints.patch_status(
             item.name,
-            {"tiers": tiers_of(status), "local": status.local.to_wire()},
+            {"tiers": status.restorable_tiers(), "local": status.local.to_wire()},
             namespace=namespace,
         )
         self.events.record(

@@ -22,6 +22,8 @@ from cairn.kube import ResourceClient, load_api_client
 from cairn.logs import setup_logging
 
 from . import metrics
+from .checkpoint_local import local_copy_directory
+from .checkpoint_replicas import ReplicaKeeper
 from .checkpoint_tiering import CheckpointTierer
 from .checkpoint_watcher import CheckpointWatcher
 from .disk_classify import parse_class_overrides
@@ -30,8 +32,10 @@ from .disk_probe import ProbeScope
 from .disk_watch import watch_block_events
 from .lvm import Lvm
 from .node_service import NodeService
+from .peer_server import start_peer_restore_server
 from .staged_volumes import StagedVolumes
 from .storage_node import StorageNodePublisher
+from .volume_populate import populate_volume, restore_into_volume
 from .volume_reconciler import VolumeReconciler
 
 log = logging.getLogger("cairn.node")
@@ -179,10 +183,37 @@ def main(argv: list[str] | None = None) -> None:
         args.state_dir,
         watcher.staging_path_of,
         EventRecorder(api_client, "cairn-node-agent"),
+        storage_nodes=ResourceClient(api_client, StorageNode),
     )
+    replicas = ReplicaKeeper(
+        args.node_name, api_client, ResourceClient(api_client, Checkpoint), args.state_dir / "replicas"
+    )
+    Coalescing("replicas", replicas.run_pass, stop, min_interval=1.0, period=5.0).start()
+    if args.peer_restore_address:
+        start_peer_restore_server(
+            args.peer_restore_address,
+            api_client,
+            args.node_name,
+            watcher.staging_path_of,
+            stop,
+            replica_directory=replicas.replica_directory,
+        )
     # A pass also runs every few seconds: it resumes uploads interrupted by a restart and retries failures.
     tiering = Coalescing("tiering", tierer.run_pass, stop, min_interval=1.0, period=10.0).start()
     watcher.on_recorded = lambda namespace, name: tiering.trigger()
+    reconciler.populate = lambda name, spec, device: populate_volume(
+        name,
+        spec,
+        device,
+        args.state_dir / "populate",
+        lambda root: restore_into_volume(
+            api_client,
+            args.node_name,
+            spec,
+            root,
+            lambda checkpoint: local_copy_directory(checkpoint, args.node_name, watcher.staging_path_of),
+        ),
+    )
     # Mounts outlive the agent, and kubelet will not stage them again: pick them back up.
     for volume, path in staged_volumes.recover().items():
         log.info("volume %s is still staged at %s; watching it again", volume, path)

@@ -21,6 +21,7 @@ from .lvm import Lvm
 from .lvm_errors import InsufficientSpace, LvAlreadyExists, LvmError, LvNotFound, NotContiguous, VgNotFound
 from .lvm_report import LvInfo, volume_tag
 from .node_service import StagedVolume
+from .volume_populate import PopulateError
 
 log = logging.getLogger("cairn.node.volumes")
 FINALIZER = "cairn.dev/logical-volume"
@@ -40,6 +41,8 @@ class VolumeReconciler:
         self.volumes = volumes
         self.on_change = on_change
         self.publish_now: Callable[[], None] = lambda: None
+        self.populate: Callable[[str, LocalVolumeSpec, str], str] | None = None
+        """Fills a new volume (name, spec, device) from spec.populateFrom; raises PopulateError."""
         self._index: dict[str, StagedVolume] = {}
         self._specs: dict[str, LocalVolumeSpec] = {}
         self._index_lock = threading.Lock()
@@ -126,6 +129,8 @@ class VolumeReconciler:
             device = self.lvm.activate(vg, item.name, info)
             if spec.source_volume and not self._clone_into(item, vg, device):
                 return
+            if spec.populate_from and not self._populate_into(item, vg, device):
+                return
         except (InsufficientSpace, NotContiguous) as error:
             self._fail(item, type(error).__name__, str(error))
             return
@@ -189,6 +194,27 @@ class VolumeReconciler:
             return True
         # The new LV was never handed out and is tagged as this volume's: remove it before the
         # finalizer goes, or a deleted Failed volume would leave an orphaned LV behind.
+        self.lvm.lvremove(vg, item.name)
+        self._fail(item, *problem)
+        return False
+
+    def _populate_into(self, item: Typed, vg: str, device: str) -> bool:
+        """Restore the requested data; False (and the volume Failed, its LV removed) when that fails."""
+        try:
+            if self.populate is None:
+                raise PopulateError(
+                    "PopulateUnsupported", f"the agent on {self.node_name} cannot populate volumes"
+                )
+            done = self.populate(item.name, item.model.spec, device)
+        except PopulateError as error:
+            problem = (error.reason, str(error))
+        except Exception as error:  # a failed restore must not leave a half-filled volume Ready
+            log.warning("populating %s failed", item.name, exc_info=True)
+            problem = ("PopulateFailed", f"{type(error).__name__}: {error}")
+        else:
+            log.info("volume %s populated: %s", item.name, done)
+            return True
+        # As with a failed clone: the LV was never handed out, so it goes before the finalizer does.
         self.lvm.lvremove(vg, item.name)
         self._fail(item, *problem)
         return False

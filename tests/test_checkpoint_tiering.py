@@ -22,7 +22,6 @@ from cairn.node_agent.checkpoint_tiering import (
     group_series,
     needs_upload,
     tier_lag_seconds,
-    tiers_of,
 )
 from cairn.node_agent.checkpoint_upload import S3Location
 from cairn.node_agent.staged_volumes import StagedVolumes
@@ -64,10 +63,13 @@ def checkpoint(
 
 
 def test_tiers_name_only_copies_that_can_be_restored() -> None:
-    assert tiers_of(checkpoint(local=True, verified=False).status) == "local"
-    assert tiers_of(checkpoint(local=True, verified=True).status) == "local,s3"
-    assert tiers_of(checkpoint(local=False, verified=True).status) == "s3"
-    assert tiers_of(checkpoint(local=False, verified=False).status) == ""
+    assert checkpoint(local=True, verified=False).status.restorable_tiers() == "local"
+    assert checkpoint(local=True, verified=True).status.restorable_tiers() == "local,s3"
+    assert checkpoint(local=False, verified=True).status.restorable_tiers() == "s3"
+    assert checkpoint(local=False, verified=False).status.restorable_tiers() == ""
+    with_peer = checkpoint(local=False, verified=True).status
+    with_peer.peer = LocalCopy(node_name="n2", volume="", path="replicas/ns/c")
+    assert with_peer.restorable_tiers() == "peer,s3"
 
 
 def test_uploads_are_needed_until_verified_and_never_after_the_files_changed() -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import signal
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +16,13 @@ import pytest
 from cairn.csi.proto import csi_pb2
 
 from tests.testbed.bed import TestBed
-from tests.testbed.components import Driver, mount_capability, running_driver, start_node_agent
+from tests.testbed.components import (
+    METRICS_PORT,
+    Driver,
+    mount_capability,
+    running_driver,
+    start_node_agent,
+)
 from tests.testbed.waiting import wait_until
 
 MiB = 1024 * 1024
@@ -172,6 +180,36 @@ def test_a_dcp_checkpoint_becomes_tiered_with_verified_bytes(bed: TestBed, train
         body = client.get_object(Bucket=trainer.bucket, Key=f"{trainer.prefix}/ckpt/step_10/{name}")["Body"]
         assert body.read() == data
     assert ".cairn-manifest.json" in remote_keys(bed, trainer.bucket, f"{trainer.prefix}/ckpt/step_10")
+
+    node = trainer.driver.node.name
+    scraped = MetricSamples.scrape(f"http://{trainer.driver.node.ip}:{METRICS_PORT}/metrics")
+    sent = scraped.value("cairn_checkpoint_bytes_total", node=node, operation="upload", tier="s3")
+    assert sent >= record["spec"]["sizeBytes"]
+    assert scraped.value("cairn_checkpoints", node=node, phase="Tiered") >= 1
+    assert scraped.value("cairn_checkpoint_upload_seconds_count", node=node) >= 1
+    assert scraped.value("cairn_checkpoint_tier_lag_seconds", node=node, namespace=NAMESPACE, pvc="llm") >= 0
+
+
+@dataclass
+class MetricSamples:
+    samples: dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+    @classmethod
+    def scrape(cls, url: str) -> MetricSamples:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            text = response.read().decode()
+        samples = {}
+        for line in text.splitlines():
+            match = re.fullmatch(r"([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)", line)
+            if match:
+                labels = frozenset(re.findall(r'(\w+)="([^"]*)"', match.group(2) or ""))
+                samples[(match.group(1), labels)] = float(match.group(3))
+        return cls(samples)
+
+    def value(self, name: str, **labels: str) -> float:
+        key = (name, frozenset(labels.items()))
+        assert key in self.samples, f"no sample {name}{labels}"
+        return self.samples[key]
 
 
 def test_an_agent_killed_mid_upload_resumes_without_resending_finished_parts(

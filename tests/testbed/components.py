@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 
 
 PEER_RESTORE_PORT = 9750
-"""Every simulated node has its own network namespace, so all can use the same port."""
+METRICS_PORT = 9751
+"""Every simulated node has its own network namespace, so all can use the same ports."""
 
 
 def mount_capability(fs_type: str = "ext4") -> csi_pb2.VolumeCapability:
@@ -122,6 +123,8 @@ def start_node_agent(
             str(workdir / "state" / node.name),
             "--peer-restore-address",
             f"{node.ip}:{PEER_RESTORE_PORT}",
+            "--metrics-address",
+            f"{node.ip}:{METRICS_PORT}",
             *(discovery if discovery is not None else node_agent_args(node)),
             *extra_args,
         ]

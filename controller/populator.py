@@ -1,0 +1,230 @@
+"""The volume populator: a PVC whose dataSourceRef is a Checkpoint gets a volume already holding it.
+
+external-provisioner leaves such claims alone ("an external populator will provision it"). Cairn
+follows the Kubernetes populator protocol, but needs no populator pod: the fill happens in the
+node agent that carves the volume, before the volume is Ready.
+
+1. For a pending claim `c` with dataSourceRef {apiGroup cairn.dev, kind Checkpoint}, once it can
+   be placed (an Immediate class, or the scheduler's selected-node annotation), make a "prime"
+   claim in the populator namespace: same class, size, access modes and selected node, annotated
+   with the checkpoint to restore and the claim it is for.
+2. external-provisioner provisions the prime claim as usual. CreateVolume reads those annotations
+   and asks the agent to restore the checkpoint into the new volume before reporting it Ready.
+3. When the prime claim is Bound, its PV is rebound to `c` (claimRef with c's uid), and the PV
+   binder completes the binding. Then the prime claim, now Lost, is deleted.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from cairn.api.volume import PopulateSource
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from cairn import API_GROUP, DRIVER_NAME
+from cairn.events import EventRecorder
+from cairn.kube import ResourceClient
+
+log = logging.getLogger("cairn.controller.populator")
+POPULATE_FROM = "cairn.dev/populate-from"
+"""On a prime claim: `Checkpoint/<namespace>/<name>`."""
+POPULATE_FOR = "cairn.dev/populate-for"
+"""On a prime claim: `<namespace>/<name>` of the claim the volume is for."""
+SELECTED_NODE = "volume.kubernetes.io/selected-node"
+PRIME_PREFIX = "cairn-populate-"
+
+
+# -- pure decisions --------------------------------------------------------------------------------
+
+
+def checkpoint_ref(claim: client.V1PersistentVolumeClaim) -> tuple[str, str] | None:
+    """(namespace, name) of the Checkpoint a claim asks for, or None if it asks for something else."""
+    ref = claim.spec.data_source_ref
+    if ref is None or ref.kind != "Checkpoint" or ref.api_group != API_GROUP:
+        return None
+    return ref.namespace or claim.metadata.namespace, ref.name
+
+
+def prime_name(claim: client.V1PersistentVolumeClaim) -> str:
+    return f"{PRIME_PREFIX}{claim.metadata.uid}"
+
+
+def prime_claim(
+    claim: client.V1PersistentVolumeClaim, source: tuple[str, str], populator_namespace: str
+) -> dict[str, Any]:
+    annotations = {
+        POPULATE_FROM: f"Checkpoint/{source[0]}/{source[1]}",
+        POPULATE_FOR: f"{claim.metadata.namespace}/{claim.metadata.name}",
+    }
+    selected = (claim.metadata.annotations or {}).get(SELECTED_NODE)
+    if selected:
+        annotations[SELECTED_NODE] = selected
+    spec = claim.spec
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": prime_name(claim), "namespace": populator_namespace, "annotations": annotations},
+        "spec": {
+            "storageClassName": spec.storage_class_name,
+            "accessModes": spec.access_modes,
+            "volumeMode": spec.volume_mode or "Filesystem",
+            "resources": {"requests": dict(spec.resources.requests or {})},
+        },
+    }
+
+
+def populate_request(annotations: dict[str, str] | None) -> tuple[PopulateSource, str, str] | None:
+    """From a prime claim's annotations: what to restore, and the (namespace, name) it is for."""
+    annotations = annotations or {}
+    if POPULATE_FROM not in annotations or POPULATE_FOR not in annotations:
+        return None
+    kind, _, rest = annotations[POPULATE_FROM].partition("/")
+    namespace, _, name = rest.partition("/")
+    for_namespace, _, for_name = annotations[POPULATE_FOR].partition("/")
+    if kind != "Checkpoint" or not (namespace and name and for_namespace and for_name):
+        raise ValueError(f"malformed populate annotations {annotations[POPULATE_FROM]!r}")
+    return PopulateSource(namespace=namespace, name=name), for_namespace, for_name
+
+
+# -- the loop ------------------------------------------------------------------------------------
+
+
+@dataclass
+class VolumePopulator:
+    core: client.CoreV1Api
+    storage: client.StorageV1Api
+    checkpoints: ResourceClient
+    events: EventRecorder
+    namespace: str
+    """Where prime claims live: the controller's own namespace, invisible to users."""
+    period: float = 2.0
+    _warned: set[str] = field(default_factory=set)
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.wait(self.period):
+            try:
+                self.sync()
+            except Exception:  # the next round retries; a dropped API call is routine
+                log.warning("populator round failed", exc_info=True)
+
+    def sync(self) -> None:
+        claims = self.core.list_persistent_volume_claim_for_all_namespaces().items
+        by_key = {(c.metadata.namespace, c.metadata.name): c for c in claims}
+        for claim in claims:
+            source = checkpoint_ref(claim)
+            if source is not None and not claim.spec.volume_name and self._ours(claim):
+                self._populate(claim, source)
+        for claim in claims:
+            if claim.metadata.namespace == self.namespace and claim.metadata.name.startswith(PRIME_PREFIX):
+                self._finish_prime(claim, by_key)
+
+    def _ours(self, claim: client.V1PersistentVolumeClaim) -> bool:
+        if not claim.spec.storage_class_name:
+            return False
+        try:
+            storage_class = self.storage.read_storage_class(claim.spec.storage_class_name)
+        except ApiException as error:
+            if error.status == 404:
+                return False
+            raise
+        return storage_class.provisioner == DRIVER_NAME
+
+    def _populate(self, claim: client.V1PersistentVolumeClaim, source: tuple[str, str]) -> None:
+        key = f"{claim.metadata.namespace}/{claim.metadata.name}"
+        if source[0] != claim.metadata.namespace:
+            self._warn_once(claim, "CrossNamespaceSource", "a Checkpoint in another namespace cannot be used")
+            return
+        if self.checkpoints.get(source[1], namespace=source[0]) is None:
+            self._warn_once(
+                claim, "CheckpointNotFound", f"Checkpoint {source[0]}/{source[1]} does not exist; waiting"
+            )
+            return
+        if self._binding_waits_for_node(claim):
+            return  # WaitForFirstConsumer: the scheduler has not picked a node yet
+        prime = prime_name(claim)
+        try:
+            existing = self.core.read_namespaced_persistent_volume_claim(prime, self.namespace)
+        except ApiException as error:
+            if error.status != 404:
+                raise
+            existing = None
+        if existing is None:
+            self.core.create_namespaced_persistent_volume_claim(
+                self.namespace, prime_claim(claim, source, self.namespace)
+            )
+            self._event(
+                claim, "Populating", f"restoring Checkpoint {source[0]}/{source[1]} into a new volume"
+            )
+            log.info("claim %s: populating from Checkpoint %s/%s", key, *source)
+            return
+        if existing.status.phase != "Bound" or not existing.spec.volume_name:
+            return
+        volume = self.core.read_persistent_volume(existing.spec.volume_name)
+        ref = volume.spec.claim_ref
+        if ref is not None and ref.uid == claim.metadata.uid:
+            return  # rebound already; the PV binder finishes the claim's side
+        self.core.patch_persistent_volume(
+            volume.metadata.name,
+            {
+                "spec": {
+                    "claimRef": {
+                        "apiVersion": "v1",
+                        "kind": "PersistentVolumeClaim",
+                        "namespace": claim.metadata.namespace,
+                        "name": claim.metadata.name,
+                        "uid": claim.metadata.uid,
+                        "resourceVersion": claim.metadata.resource_version,
+                    }
+                }
+            },
+        )
+        self._event(
+            claim,
+            "Populated",
+            f"volume {volume.metadata.name} holds Checkpoint {source[0]}/{source[1]}, verified; binding it",
+        )
+        log.info("claim %s: volume %s populated, rebound", key, volume.metadata.name)
+
+    def _binding_waits_for_node(self, claim: client.V1PersistentVolumeClaim) -> bool:
+        storage_class = self.storage.read_storage_class(claim.spec.storage_class_name)
+        delayed = storage_class.volume_binding_mode == "WaitForFirstConsumer"
+        return delayed and SELECTED_NODE not in (claim.metadata.annotations or {})
+
+    def _finish_prime(
+        self, prime: client.V1PersistentVolumeClaim, claims: dict[tuple[str, str], Any]
+    ) -> None:
+        request = populate_request(prime.metadata.annotations)
+        if request is None:
+            return
+        _, namespace, name = request
+        target = claims.get((namespace, name))
+        if target is None:
+            # The claim went away first; deleting the prime releases the volume to its reclaim policy.
+            self.core.delete_namespaced_persistent_volume_claim(prime.metadata.name, self.namespace)
+            return
+        handed_over = target.spec.volume_name and target.spec.volume_name == prime.spec.volume_name
+        if handed_over and target.status.phase == "Bound":
+            # The prime claim is Lost now; its volume belongs to the user's claim.
+            self.core.delete_namespaced_persistent_volume_claim(prime.metadata.name, self.namespace)
+
+    def _warn_once(self, claim: client.V1PersistentVolumeClaim, reason: str, message: str) -> None:
+        key = f"{claim.metadata.uid}/{reason}"
+        if key not in self._warned:
+            self._warned.add(key)
+            self._event(claim, reason, message, warning=True)
+
+    def _event(
+        self, claim: client.V1PersistentVolumeClaim, reason: str, message: str, *, warning: bool = False
+    ) -> None:
+        involved = {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "name": claim.metadata.name,
+            "namespace": claim.metadata.namespace,
+            "uid": claim.metadata.uid,
+        }
+        self.events.record(involved, reason, message, warning=warning)

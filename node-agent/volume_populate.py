@@ -1,0 +1,87 @@
+"""Filling a new volume before it is Ready: the node agent's half of the volume populator.
+
+The volume is formatted, mounted at a private path under the agent's state directory, filled,
+and unmounted again, all before any pod can see it. A restored checkpoint lands at the same
+relative path it had in the volume it came from, so a job's resume logic finds it where it
+wrote it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from cairn.api.volume import LocalVolumeSpec, VolumeAccess
+from kubernetes import client
+
+from . import mounter
+from .checkpoint_fetch import RestoreError, count_restored_bytes, restore
+from .checkpoint_manifest import ManifestError, safe_relative_path
+from .checkpoint_sources import LocalDirectory, SourcesError, sources_for
+
+log = logging.getLogger("cairn.node.populate")
+DEFAULT_FS_TYPE = "ext4"
+
+
+class PopulateError(Exception):
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def populate_volume(
+    name: str, spec: LocalVolumeSpec, device: str, work_dir: Path, fill: Callable[[Path], str]
+) -> str:
+    """Format, mount privately, `fill(root)`, unmount; returns fill's description of what it did."""
+    if spec.access != VolumeAccess.MOUNT:
+        raise PopulateError(
+            "PopulateUnsupported", f"volume {name} is a block volume; a Checkpoint fills filesystems only"
+        )
+    fs_type = spec.fs_type or DEFAULT_FS_TYPE
+    found = mounter.probe_filesystem(device)
+    if found is None:
+        mounter.make_filesystem(device, fs_type)
+    elif found != fs_type:
+        raise PopulateError("PopulateFailed", f"volume {name} already holds {found}, not {fs_type}")
+    root = work_dir / name
+    mounter.ensure_directory(str(root))
+    if not mounter.is_mount_point(str(root)):
+        mounter.mount(device, str(root), fs_type)
+    try:
+        return fill(root)
+    finally:
+        mounter.unmount(str(root))
+        root.rmdir()
+
+
+def restore_into_volume(
+    api_client: client.ApiClient,
+    node_name: str,
+    spec: LocalVolumeSpec,
+    root: Path,
+    local_directory: LocalDirectory,
+) -> str:
+    """Restore spec.populateFrom under `root`, at the checkpoint's own relative path."""
+    source = spec.populate_from
+    assert source is not None
+    try:
+        checkpoint, sources = sources_for(
+            api_client, source.namespace, source.name, node_name, local_directory=local_directory
+        )
+    except SourcesError as error:
+        raise PopulateError("CheckpointUnavailable", str(error)) from None
+    try:
+        destination = root / safe_relative_path(checkpoint.spec.path)
+    except ManifestError as error:
+        raise PopulateError("PopulateFailed", f"checkpoint path refused: {error}") from None
+    try:
+        report = restore(checkpoint.spec.manifest_digest, sources, destination)
+    except RestoreError as error:
+        raise PopulateError("RestoreFailed", str(error)) from None
+    count_restored_bytes(node_name, report)
+    tiers = ",".join(kind.value for kind in report.tiers)
+    return (
+        f"Checkpoint {source.namespace}/{source.name} ({report.files} files, {report.total_bytes} bytes) "
+        f"restored to {checkpoint.spec.path} from {tiers} in {report.seconds:.1f}s, every file verified"
+    )

@@ -1,0 +1,286 @@
+"""`cairn checkpoint restore` on another node: from the peer, then from S3, never a corrupt byte."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from subprocess import CompletedProcess
+
+import pytest
+from cairn.csi.proto import csi_pb2
+
+from tests.testbed.bed import TestBed
+from tests.testbed.components import Driver, mount_capability, running_driver, start_node_agent
+from tests.testbed.nodes import SimulatedNode
+from tests.testbed.process import ManagedProcess
+from tests.testbed.waiting import wait_until
+
+MiB = 1024 * 1024
+NAMESPACE = "default"
+PVC = "restorer"
+CAPABILITY = mount_capability()
+STEP_PATH = "checkpoints/step_100"
+
+
+@dataclass
+class Cluster:
+    driver: Driver
+    """Node A: the trainer's node, where the checkpoint is written."""
+    staging: Path
+    other: SimulatedNode
+    """Node B: a second node with its own agent, where the checkpoint is restored."""
+    other_agent: ManagedProcess
+    bucket: str
+    written: dict[str, bytes]
+
+
+def apply(bed: TestBed, manifest: dict) -> None:
+    bed.control_plane.kubectl("apply", "-f", "-", input_text=json.dumps(manifest))
+
+
+def checkpoint(bed: TestBed) -> dict:
+    listed = bed.control_plane.kubectl(
+        "get", "checkpoints", "-n", NAMESPACE, "-l", f"cairn.dev/pvc={PVC}", "-o", "json"
+    ).stdout
+    items = [i for i in json.loads(listed)["items"] if i["spec"]["step"] == 100]
+    return items[0] if items else {}
+
+
+@pytest.fixture(scope="module")
+def restore_bucket(bed: TestBed) -> Iterator[str]:
+    assert bed.s3 is not None
+    name = bed.s3.create_bucket(f"restore-{bed.run_id[:8]}")
+    yield name
+    client = bed.s3.client()
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=name):
+        for obj in page.get("Contents", []):
+            client.delete_object(Bucket=name, Key=obj["Key"])
+    client.delete_bucket(Bucket=name)
+
+
+@pytest.fixture(scope="module")
+def cluster(bed: TestBed, restore_bucket: str) -> Iterator[Cluster]:
+    assert bed.s3 is not None
+    apply(
+        bed,
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "restore-s3", "namespace": NAMESPACE},
+            "data": {
+                "accessKeyId": base64.b64encode(bed.s3.access_key.encode()).decode(),
+                "secretAccessKey": base64.b64encode(bed.s3.secret_key.encode()).decode(),
+            },
+        },
+    )
+    apply(
+        bed,
+        {
+            "apiVersion": "cairn.dev/v1alpha1",
+            "kind": "CheckpointPolicy",
+            "metadata": {"name": "restore-policy", "namespace": NAMESPACE},
+            "spec": {
+                "commit": {"settleSeconds": 1},
+                "target": {
+                    "endpoint": bed.s3.endpoint,
+                    "bucket": restore_bucket,
+                    "prefix": "runs",
+                    "credentialsSecretRef": {"name": "restore-s3"},
+                },
+            },
+        },
+    )
+    with running_driver(bed, "restore", disks=1, disk_size=256 * MiB) as driver:
+        volume = (
+            driver.controller_stub()
+            .CreateVolume(
+                csi_pb2.CreateVolumeRequest(
+                    name="restore-trainer",
+                    capacity_range=csi_pb2.CapacityRange(required_bytes=64 * MiB),
+                    volume_capabilities=[CAPABILITY],
+                    parameters={
+                        "cairn.dev/checkpoint-policy": "restore-policy",
+                        "csi.storage.k8s.io/pvc/name": PVC,
+                        "csi.storage.k8s.io/pvc/namespace": NAMESPACE,
+                    },
+                ),
+                timeout=60,
+            )
+            .volume.volume_id
+        )
+        staging = driver.workdir / "staging" / volume
+        staging.mkdir(parents=True)
+        node = driver.node_stub()
+        node.NodeStageVolume(
+            csi_pb2.NodeStageVolumeRequest(
+                volume_id=volume, staging_target_path=str(staging), volume_capability=CAPABILITY
+            ),
+            timeout=60,
+        )
+        # Node B joins only now, so the volume above could only land on node A.
+        (other,) = bed.add_nodes(1)
+        other_agent = None
+        try:
+            other_agent, _ = start_node_agent(
+                driver.workdir, bed.run_id, bed.control_plane.kubeconfigs["cairn-node-agent"], other
+            )
+            written = write_dcp(staging / STEP_PATH, [3 * MiB + 11, 2 * MiB])
+            yield Cluster(driver, staging, other, other_agent, restore_bucket, written)
+        finally:
+            print("\n" + bed.control_plane.kubectl("get", "checkpoints", "-n", NAMESPACE).stdout)
+            if other_agent is not None:
+                other_agent.stop()
+                print(f"\n{other_agent.name} log tail:\n{other_agent.log_tail(10)}")
+            bed.remove_nodes([other])
+            node.NodeUnstageVolume(
+                csi_pb2.NodeUnstageVolumeRequest(volume_id=volume, staging_target_path=str(staging)),
+                timeout=60,
+            )
+            driver.controller_stub().DeleteVolume(csi_pb2.DeleteVolumeRequest(volume_id=volume), timeout=60)
+            bed.control_plane.kubectl("delete", "checkpoints", "-l", f"cairn.dev/pvc={PVC}", "-n", NAMESPACE)
+            bed.control_plane.kubectl("delete", "ckptpolicy", "restore-policy", "-n", NAMESPACE)
+            bed.control_plane.kubectl("delete", "secret", "restore-s3", "-n", NAMESPACE)
+
+
+def write_dcp(directory: Path, shard_bytes: list[int]) -> dict[str, bytes]:
+    """Shards first, `.metadata` last, as PyTorch DCP writes them."""
+    directory.mkdir(parents=True)
+    written = {}
+    for rank, size in enumerate(shard_bytes):
+        written[f"__{rank}_0.distcp"] = data = os.urandom(size)
+        (directory / f"__{rank}_0.distcp").write_bytes(data)
+    written[".metadata"] = metadata = os.urandom(4096)
+    (directory / ".metadata").write_bytes(metadata)
+    return written
+
+
+def cairn_restore(bed: TestBed, cluster: Cluster, name: str, destination: Path) -> CompletedProcess[str]:
+    """The CLI as a user on node B runs it: inside B's network namespace, with a user's kubeconfig."""
+    argv = [sys.executable, "-m", "cairn.cli", "checkpoint", "restore", name, "--to", str(destination)]
+    argv += ["-n", NAMESPACE, "--node", cluster.other.name]
+    argv += ["--kubeconfig", str(bed.control_plane.kubeconfigs["admin"])]
+    result = cluster.other.run(argv, check=False, timeout=180, text=True)
+    print(f"\n$ cairn checkpoint restore {name} ...\n{result.stdout}{result.stderr}")
+    return result
+
+
+def lose_the_peer_copy(cluster: Cluster) -> None:
+    """The trainer's node loses its copy; the Checkpoint may still list it, so its agent answers 404."""
+    shutil.rmtree(cluster.staging / STEP_PATH, ignore_errors=True)
+
+
+def restored(destination: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(destination)): p.read_bytes()
+        for p in destination.rglob("*")
+        if p.is_file() and p.name != ".cairn-manifest.json"
+    }
+
+
+def test_a_checkpoint_restores_on_another_node_from_the_peer(bed: TestBed, cluster: Cluster) -> None:
+    wait_until(lambda: checkpoint(bed), 60, "step 100 to be recorded")
+    record = checkpoint(bed)
+    assert record["spec"]["nodeName"] == cluster.driver.node.name
+    destination = cluster.driver.workdir / "restored-from-peer"
+    result = cairn_restore(bed, cluster, record["metadata"]["name"], destination)
+    assert result.returncode == 0, result.stderr
+    assert f"served by peer (peer {cluster.driver.node.name}): 3 files" in result.stdout
+    assert "served by s3" not in result.stdout and "passed over" not in result.stderr
+    assert restored(destination) == cluster.written
+
+
+def test_with_the_peer_copy_gone_the_restore_comes_from_s3(bed: TestBed, cluster: Cluster) -> None:
+    wait_until(
+        lambda: checkpoint(bed).get("status", {}).get("phase") == "Tiered",
+        120,
+        "step 100 to be Tiered",
+        context=lambda: json.dumps(checkpoint(bed).get("status"), indent=1),
+    )
+    assert checkpoint(bed)["status"]["remote"]["verifiedAt"]
+    kubeconfig = str(bed.control_plane.kubeconfigs["admin"])
+    listing = cluster.other.run(
+        [sys.executable, "-m", "cairn.cli", "checkpoint", "list", "--kubeconfig", kubeconfig], text=True
+    ).stdout
+    name = checkpoint(bed)["metadata"]["name"]
+    rows = [line.split() for line in listing.splitlines() if line.split()[:1] == [name]]
+    assert len(rows) == 1, listing
+    row = rows[0]
+    assert row[1:] == [PVC, "100", "5Mi", "Tiered", "local,s3", checkpoint(bed)["status"]["remote"]["url"]]
+    lose_the_peer_copy(cluster)
+    destination = cluster.driver.workdir / "restored-from-s3"
+    result = cairn_restore(bed, cluster, checkpoint(bed)["metadata"]["name"], destination)
+    assert result.returncode == 0, result.stderr
+    assert "served by s3: 3 files" in result.stdout and "served by peer" not in result.stdout
+    assert restored(destination) == cluster.written
+
+
+def test_a_flipped_byte_in_s3_fails_the_restore_naming_the_file(bed: TestBed, cluster: Cluster) -> None:
+    assert bed.s3 is not None
+    record = checkpoint(bed)
+    key = f"runs/{NAMESPACE}/{PVC}/{STEP_PATH}/__0_0.distcp"
+    client = bed.s3.client()
+    data = bytearray(client.get_object(Bucket=cluster.bucket, Key=key)["Body"].read())
+    data[len(data) // 2] ^= 0x01
+    client.put_object(Bucket=cluster.bucket, Key=key, Body=bytes(data))
+    lose_the_peer_copy(cluster)  # already gone unless this test runs alone
+    destination = cluster.driver.workdir / "restored-corrupt"
+    result = cairn_restore(bed, cluster, record["metadata"]["name"], destination)
+    assert result.returncode != 0
+    assert "cairn: error: no source gave a verified copy of __0_0.distcp" in result.stderr
+    assert "s3: __0_0.distcp digest mismatch" in result.stderr
+    left = {p.name for p in destination.rglob("*")}
+    assert "__0_0.distcp" not in left and ".cairn-manifest.json" not in left
+    assert not [name for name in left if ".cairn-partial-" in name]
+
+
+def test_a_peer_replica_serves_the_restore_when_the_trainer_node_lost_its_copy(
+    bed: TestBed, cluster: Cluster
+) -> None:
+    bed.control_plane.kubectl(
+        "patch",
+        "ckptpolicy",
+        "restore-policy",
+        "-n",
+        NAMESPACE,
+        "--type=merge",
+        "-p",
+        '{"spec":{"peerReplicas":1}}',
+    )
+    written = write_dcp(cluster.staging / "checkpoints" / "step_200", [2 * MiB + 7])
+
+    def replicated() -> dict:
+        listed = bed.control_plane.kubectl(
+            "get",
+            "checkpoints",
+            "-n",
+            NAMESPACE,
+            "-l",
+            f"cairn.dev/replica-node={cluster.other.name}",
+            "-o",
+            "json",
+        ).stdout
+        items = [i for i in json.loads(listed)["items"] if i["spec"]["step"] == 200]
+        peer = items[0]["status"].get("peer") if items else None
+        return items[0] if peer and peer["nodeName"] == cluster.other.name else {}
+
+    wait_until(lambda: replicated(), 90, "step 200 to be replicated to node B")
+    record = replicated()
+    assert "peer" in record["status"]["tiers"].split(",")
+    shutil.rmtree(cluster.staging / "checkpoints" / "step_200")
+
+    # The trainer's own node restores it: its copy is gone, so the replica on node B serves it.
+    destination = cluster.driver.workdir / "restored-from-replica"
+    argv = [sys.executable, "-m", "cairn.cli", "checkpoint", "restore", record["metadata"]["name"]]
+    argv += ["--to", str(destination), "-n", NAMESPACE, "--node", cluster.driver.node.name]
+    argv += ["--kubeconfig", str(bed.control_plane.kubeconfigs["admin"])]
+    result = cluster.driver.node.run(argv, check=False, timeout=180, text=True)
+    print(f"\n$ cairn checkpoint restore {record['metadata']['name']} ...\n{result.stdout}{result.stderr}")
+    assert result.returncode == 0, result.stderr
+    assert f"served by peer (peer {cluster.other.name}): 2 files" in result.stdout
+    assert restored(destination) == written

@@ -1,0 +1,410 @@
+"""Restoring a checkpoint from real directories and a real peer server on 127.0.0.1, every byte verified."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import threading
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from cairn.api.checkpoint import (
+    Checkpoint,
+    CheckpointSpec,
+    CheckpointStatus,
+    HashAlgorithm,
+    LocalCopy,
+    RemoteCopy,
+)
+from cairn.api.disk import AgentEndpoints, StorageNode, StorageNodeSpec, StorageNodeStatus
+from cairn.node_agent.checkpoint_fetch import (
+    PARTIAL_MARK,
+    LocalDirectorySource,
+    PeerSource,
+    RestoreError,
+    RestoreProgress,
+    S3Source,
+    SourceError,
+    UnavailableSource,
+    checkpoint_url_path,
+    restore,
+)
+from cairn.node_agent.checkpoint_manifest import (
+    MANIFEST_NAME,
+    Manifest,
+    ManifestEntry,
+    build_manifest,
+    verify_tree,
+)
+from cairn.node_agent.checkpoint_restore import SourceKind
+from cairn.node_agent.checkpoint_sources import SourcesError, build_sources
+from cairn.node_agent.peer_server import AllowedPeers, PeerServer, peer_hosts
+
+MiB = 1024 * 1024
+NAMESPACE = "team-a"
+NAME = "trainer-step-100"
+
+
+def write_checkpoint(root: Path) -> Manifest:
+    """A DCP-like checkpoint with a subdirectory and an empty directory, and its manifest beside it."""
+    (root / "sub").mkdir(parents=True)
+    (root / "empty").mkdir()
+    (root / "__0_0.distcp").write_bytes(os.urandom(3 * MiB))
+    (root / "__1_0.distcp").write_bytes(os.urandom(MiB + 7))
+    (root / "sub" / "extra.bin").write_bytes(b"extra")
+    (root / ".metadata").write_bytes(os.urandom(8192))
+    manifest = build_manifest(root)
+    (root / MANIFEST_NAME).write_text(manifest.to_json())
+    return manifest
+
+
+def flip_byte(path: Path, offset: int = 1000) -> None:
+    with path.open("r+b") as file:
+        file.seek(offset)
+        byte = file.read(1)
+        file.seek(offset)
+        file.write(bytes([byte[0] ^ 0x01]))
+
+
+def names_under(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+@pytest.fixture
+def checkpoint(tmp_path: Path) -> tuple[Path, Manifest]:
+    root = tmp_path / "copy-a"
+    return root, write_checkpoint(root)
+
+
+@pytest.fixture
+def peer_server() -> Iterator[Callable[..., PeerServer]]:
+    """Start real peer servers on 127.0.0.1 with the given locate/allowed; all stopped at the end."""
+    stop = threading.Event()
+    started: list[PeerServer] = []
+
+    def start(
+        locate: Callable[[str, str], tuple[Path, str] | None],
+        allowed: Callable[[str], bool] = lambda ip: True,
+    ) -> PeerServer:
+        server = PeerServer("127.0.0.1:0", locate, allowed).serve_in_background()
+        started.append(server)
+        return server
+
+    yield start
+    stop.set()
+    for server in started:
+        server.shutdown()
+        server.server_close()
+
+
+def serving(directory: Path, manifest: Manifest) -> Callable[[str, str], tuple[Path, str] | None]:
+    return lambda ns, name: (directory, manifest.digest) if (ns, name) == (NAMESPACE, NAME) else None
+
+
+def get(server: PeerServer, what: str) -> tuple[int, bytes]:
+    host, port = server.server_address[:2]
+    connection = http.client.HTTPConnection(str(host), int(port), timeout=10)
+    try:
+        connection.request("GET", checkpoint_url_path(NAMESPACE, NAME, what))
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+# -- restore --------------------------------------------------------------------------------------
+
+
+def test_restore_from_a_local_directory_is_a_verified_copy(
+    checkpoint: tuple[Path, Manifest], tmp_path: Path
+) -> None:
+    source_dir, manifest = checkpoint
+    seen: list[RestoreProgress] = []
+    destination = tmp_path / "restored" / "step_100"
+    report = restore(manifest.digest, [LocalDirectorySource(source_dir)], destination, seen.append)
+    assert verify_tree(destination, manifest) == []
+    assert (destination / "empty").is_dir()
+    assert Manifest.from_json((destination / MANIFEST_NAME).read_text()).digest == manifest.digest
+    assert report.tiers == [SourceKind.LOCAL] and report.rejected == []
+    assert report.by_tier[SourceKind.LOCAL].files == 4
+    assert report.by_tier[SourceKind.LOCAL].bytes == manifest.total_bytes
+    assert seen[-1].done_bytes == seen[-1].total_bytes == manifest.total_bytes
+    assert not [p for p in names_under(destination) if PARTIAL_MARK in p]
+
+
+def test_a_corrupt_file_at_the_first_source_falls_through_to_the_next(
+    checkpoint: tuple[Path, Manifest], tmp_path: Path, peer_server: Callable[..., PeerServer]
+) -> None:
+    good, manifest = checkpoint
+    corrupt = tmp_path / "copy-b"
+    shutil.copytree(good, corrupt)
+    flip_byte(corrupt / "__1_0.distcp")
+    server = peer_server(serving(corrupt, manifest))
+    sources = [
+        PeerSource(server.address, NAMESPACE, NAME, name="peer node-b"),
+        LocalDirectorySource(good, SourceKind.S3, "s3"),
+    ]
+    report = restore(manifest.digest, sources, tmp_path / "out", hash_threads=1)
+    assert verify_tree(tmp_path / "out", manifest) == []
+    assert [str(r) for r in report.rejected] == ["peer node-b: __1_0.distcp digest mismatch"]
+    # Sorted order: .metadata and __0_0 came from the peer before the corrupt file; then S3 for the rest.
+    assert report.by_source["peer node-b"].files == 2
+    assert report.by_source["s3"].files == 2
+    assert report.tiers == [SourceKind.PEER, SourceKind.S3]
+
+
+def test_an_unreachable_or_unusable_source_falls_through(
+    checkpoint: tuple[Path, Manifest], tmp_path: Path, peer_server: Callable[..., PeerServer]
+) -> None:
+    good, manifest = checkpoint
+    closed = peer_server(serving(good, manifest))
+    address = closed.address
+    closed.shutdown()
+    closed.server_close()
+    sources = [
+        UnavailableSource(SourceKind.LOCAL, "local", "node n1 publishes no peerRestoreAddress"),
+        PeerSource(address, NAMESPACE, NAME, name="peer gone", timeout=2),
+        LocalDirectorySource(good, SourceKind.PEER, "peer n3"),
+    ]
+    report = restore(manifest.digest, sources, tmp_path / "out")
+    assert verify_tree(tmp_path / "out", manifest) == []
+    assert report.manifest_source == "peer n3"
+    assert [r.source for r in report.rejected] == ["local", "peer gone"]
+    assert "unreachable" in report.rejected[1].reason
+
+
+def test_a_symlink_in_a_local_copy_is_not_followed(checkpoint: tuple[Path, Manifest], tmp_path: Path) -> None:
+    good, manifest = checkpoint
+    planted = tmp_path / "planted"
+    shutil.copytree(good, planted)
+    outside = tmp_path / "secret"
+    shutil.copy(good / "__0_0.distcp", outside)  # identical bytes: only the symlink itself is wrong
+    (planted / "__0_0.distcp").unlink()
+    (planted / "__0_0.distcp").symlink_to(outside)
+    destination = tmp_path / "out"
+    report = restore(
+        manifest.digest,
+        [LocalDirectorySource(planted), LocalDirectorySource(good, SourceKind.S3, "s3")],
+        destination,
+    )
+    assert [r.source for r in report.rejected] == ["local"]
+    assert "__0_0.distcp cannot be opened" in report.rejected[0].reason
+    assert report.by_source["local"].files == 1 and report.by_source["s3"].files == 3
+    assert not (destination / "__0_0.distcp").is_symlink() and verify_tree(destination, manifest) == []
+
+
+def test_no_verified_copy_of_a_file_fails_naming_it_and_leaves_no_unverified_file(
+    checkpoint: tuple[Path, Manifest], tmp_path: Path
+) -> None:
+    good, manifest = checkpoint
+    corrupt = tmp_path / "copy-b"
+    shutil.copytree(good, corrupt)
+    flip_byte(corrupt / "__0_0.distcp")
+    (corrupt / "sub" / "extra.bin").write_bytes(b"extr")
+    destination = tmp_path / "out"
+    with pytest.raises(RestoreError) as failure:
+        restore(manifest.digest, [LocalDirectorySource(corrupt, SourceKind.S3, "s3")], destination)
+    message = str(failure.value)
+    assert "__0_0.distcp" in message and "s3: __0_0.distcp digest mismatch" in message
+    # The source was dropped after its first bad file, so every later file has no source left either.
+    assert failure.value.report is not None
+    assert failure.value.report.failed_files == ["__0_0.distcp", "__1_0.distcp", "sub/extra.bin"]
+    left = names_under(destination)
+    assert left <= {".metadata", "sub"}  # verified before the corruption; nothing else, no partials
+    assert MANIFEST_NAME not in left
+
+
+def test_a_manifest_with_a_traversal_name_is_refused(tmp_path: Path) -> None:
+    source = tmp_path / "evil"
+    source.mkdir()
+    (source / "payload").write_bytes(b"owned")
+    entries = (ManifestEntry("../escaped", 5, "blake3:" + "0" * 64),)
+    # A manifest whose digest really covers the evil name, so only the name check can stop it.
+    forged = object.__new__(Manifest)
+    object.__setattr__(forged, "algorithm", HashAlgorithm.BLAKE3)
+    object.__setattr__(forged, "files", entries)
+    object.__setattr__(forged, "empty_dirs", ())
+    document = {
+        "format": "cairn.dev/checkpoint-manifest",
+        "version": 1,
+        "algorithm": "blake3",
+        "totalBytes": 5,
+        "digest": forged.digest,
+        "files": [{"path": "../escaped", "size": 5, "digest": entries[0].digest}],
+        "emptyDirs": [],
+    }
+    (source / MANIFEST_NAME).write_text(json.dumps(document))
+    destination = tmp_path / "out"
+    with pytest.raises(RestoreError, match=r"'\.\.' part"):
+        restore(forged.digest, [LocalDirectorySource(source)], destination)
+    assert not (tmp_path / "escaped").exists()
+    assert list(destination.iterdir()) == []
+
+
+def test_a_manifest_with_another_digest_is_refused(checkpoint: tuple[Path, Manifest], tmp_path: Path) -> None:
+    good, manifest = checkpoint
+    other = Manifest(manifest.algorithm, manifest.files[:-1]).digest
+    with pytest.raises(RestoreError, match="no source gave the checkpoint's manifest") as failure:
+        restore(other, [LocalDirectorySource(good)], tmp_path / "out")
+    assert f"is not the checkpoint's {other}" in str(failure.value)
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_a_non_empty_destination_is_refused_and_left_alone(
+    checkpoint: tuple[Path, Manifest], tmp_path: Path
+) -> None:
+    good, manifest = checkpoint
+    destination = tmp_path / "someones-data"
+    destination.mkdir()
+    (destination / "notes.txt").write_text("precious")
+    with pytest.raises(RestoreError, match=r"is not empty \(1 entries: notes.txt\).*never overwrites"):
+        restore(manifest.digest, [LocalDirectorySource(good)], destination)
+    assert names_under(destination) == {"notes.txt"}
+    assert (destination / "notes.txt").read_text() == "precious"
+
+
+# -- the peer server ------------------------------------------------------------------------------
+
+
+def test_restore_from_a_peer_server_over_http(
+    checkpoint: tuple[Path, Manifest], tmp_path: Path, peer_server: Callable[..., PeerServer]
+) -> None:
+    good, manifest = checkpoint
+    server = peer_server(serving(good, manifest))
+    report = restore(
+        manifest.digest, [PeerSource(server.address, NAMESPACE, NAME, name="peer n2")], tmp_path / "o"
+    )
+    assert verify_tree(tmp_path / "o", manifest) == []
+    assert report.by_tier == {SourceKind.PEER: report.by_source["peer n2"]}
+
+
+def test_the_peer_server_refuses_a_client_that_is_not_a_node(
+    checkpoint: tuple[Path, Manifest], peer_server: Callable[..., PeerServer]
+) -> None:
+    good, manifest = checkpoint
+    asked: list[str] = []
+    server = peer_server(serving(good, manifest), lambda ip: bool(asked.append(ip)))
+    status, body = get(server, "manifest")
+    assert status == 403 and b"127.0.0.1 is not a Cairn node" in body
+    assert asked == ["127.0.0.1"]
+
+
+def test_the_peer_server_serves_only_files_its_manifest_names(
+    checkpoint: tuple[Path, Manifest], peer_server: Callable[..., PeerServer]
+) -> None:
+    good, manifest = checkpoint
+    (good / "unlisted.bin").write_bytes(b"not part of the checkpoint")
+    server = peer_server(serving(good, manifest))
+    assert get(server, "files/__1_0.distcp") == (200, (good / "__1_0.distcp").read_bytes())
+    status, body = get(server, "files/unlisted.bin")
+    assert status == 404 and b"not a file of this checkpoint's manifest" in body
+    status, body = get(server, "files/sub/../unlisted.bin")
+    assert status == 404 and b"'..' part" in body
+    status, _ = get(server, "files/" + "%2e%2e/" * 3 + "etc/passwd")
+    assert status == 404
+
+
+def test_the_peer_server_refuses_a_copy_whose_manifest_is_not_the_checkpoints(
+    checkpoint: tuple[Path, Manifest], peer_server: Callable[..., PeerServer]
+) -> None:
+    good, manifest = checkpoint
+    other = Manifest(manifest.algorithm, manifest.files[1:]).digest
+    server = peer_server(lambda ns, name: (good, other))
+    status, body = get(server, "files/__0_0.distcp")
+    assert status == 404 and b"is not the checkpoint's" in body
+    missing = peer_server(lambda ns, name: None)
+    status, body = get(missing, "manifest")
+    assert status == 404 and f"checkpoint {NAMESPACE}/{NAME} has no copy on this node".encode() in body
+
+
+def test_allowed_peers_are_the_addresses_agents_publish_refreshed_when_unknown() -> None:
+    now = [0.0]
+    listings: list[list[StorageNode]] = [[storage_node("n1", "10.0.0.1:9750")]]
+    allowed = AllowedPeers(lambda: listings[-1], min_interval=3, max_age=30, clock=lambda: now[0])
+    assert allowed("10.0.0.1") and not allowed("10.0.0.2")
+    listings.append([storage_node("n1", "10.0.0.1:9750"), storage_node("n2", "10.0.0.2:9750")])
+    now[0] = 1.0
+    assert not allowed("10.0.0.2")  # re-listed at most every 3 s, even for an unknown address
+    now[0] = 3.5
+    assert allowed("10.0.0.2")
+    listings.append([storage_node("n2", "10.0.0.2:9750")])
+    now[0] = 40.0
+    assert not allowed("10.0.0.1")  # a removed node is shut out once the set ages
+
+
+def test_peer_hosts_come_from_restore_and_p2p_addresses() -> None:
+    node = storage_node("n1", "10.0.0.1:9750")
+    node.status.endpoints.p2p_address = "10.0.1.1:6881"
+    assert peer_hosts([node, storage_node("n2", None)]) == {"10.0.0.1", "10.0.1.1"}
+
+
+# -- sources from a Checkpoint --------------------------------------------------------------------
+
+
+def storage_node(name: str, address: str | None, ready: bool = True) -> StorageNode:
+    return StorageNode(
+        spec=StorageNodeSpec(node_name=name),
+        status=StorageNodeStatus(ready=ready, endpoints=AgentEndpoints(peer_restore_address=address)),
+    )
+
+
+def recorded(node: str, *, verified: bool) -> Checkpoint:
+    return Checkpoint(
+        spec=CheckpointSpec(
+            policy="p",
+            pvc_name="trainer",
+            node_name=node,
+            volume="vol-1",
+            path="checkpoints/step_100",
+            step=100,
+            size_bytes=10,
+            size="10",
+            file_count=1,
+            hash_algorithm=HashAlgorithm.BLAKE3,
+            manifest_digest="blake3:" + "0" * 64,
+        ),
+        status=CheckpointStatus(
+            local=LocalCopy(node_name=node, volume="vol-1", path="checkpoints/step_100"),
+            remote=RemoteCopy(
+                url="s3://b/team-a/trainer/step_100/", verified_at=datetime.now(UTC) if verified else None
+            ),
+        ),
+    )
+
+
+def no_client() -> object:
+    raise AssertionError("the S3 client must be made only when S3 is read")
+
+
+def test_sources_are_the_peer_then_s3_on_another_node() -> None:
+    nodes = [storage_node("n1", "10.0.0.1:9750"), storage_node("n2", "10.0.0.2:9750")]
+    sources = build_sources(NAMESPACE, NAME, recorded("n1", verified=True), nodes, "n2", s3_client=no_client)
+    assert [(s.kind, s.name) for s in sources] == [(SourceKind.PEER, "peer n1"), (SourceKind.S3, "s3")]
+    assert isinstance(sources[0], PeerSource) and sources[0].host == "10.0.0.1"
+    assert isinstance(sources[1], S3Source) and sources[1].location.prefix == "team-a/trainer/step_100"
+
+
+def test_this_nodes_copy_is_local_read_from_disk_or_from_its_own_agent(tmp_path: Path) -> None:
+    nodes = [storage_node("n1", "10.0.0.1:9750")]
+    checkpoint = recorded("n1", verified=False)
+    via_agent = build_sources(NAMESPACE, NAME, checkpoint, nodes, "n1", s3_client=no_client)
+    assert [(s.kind, type(s)) for s in via_agent] == [(SourceKind.LOCAL, PeerSource)]
+    on_disk = build_sources(
+        NAMESPACE, NAME, checkpoint, nodes, "n1", s3_client=no_client, local_directory=lambda c: tmp_path
+    )
+    assert isinstance(on_disk[0], LocalDirectorySource) and on_disk[0].directory == tmp_path
+
+
+def test_a_peer_without_an_address_is_reported_and_an_unverified_remote_is_not_a_source() -> None:
+    with pytest.raises(SourcesError, match="not verified yet; wait for the checkpoint to be Tiered"):
+        build_sources(NAMESPACE, NAME, recorded("n1", verified=False), [], "n2", s3_client=no_client)
+    this_node_unpublished = build_sources(
+        NAMESPACE, NAME, recorded("n1", verified=False), [storage_node("n1", None)], "n1", s3_client=no_client
+    )
+    assert isinstance(this_node_unpublished[0], UnavailableSource)
+    with pytest.raises(SourceError, match="publishes no peerRestoreAddress"):
+        this_node_unpublished[0].manifest_text()
