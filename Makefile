@@ -62,7 +62,7 @@ e2e: system-deps proto tools
 sanity: system-deps proto tools
 	$(PYTEST) tests/e2e/test_csi_sanity.py -s -q
 
-BENCHMARKS ?= publish_scaling create_latency hash_choice tier_upload
+BENCHMARKS ?= publish_scaling create_latency hash_choice tier_upload checkpoint_stall p2p_loopback
 bench: system-deps proto tools
 	@for b in $(BENCHMARKS); do echo "== bench/$$b.py"; $(PY) -m bench.$$b || exit 1; done
 

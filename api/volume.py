@@ -28,9 +28,9 @@ class VolumePhase(StrEnum):
 
 
 class PopulateSource(CairnModel):
-    """Data copied into a new volume before it is Ready: the volume populator's request."""
+    """Data copied into a new volume before it is Ready: a Checkpoint restored, or a Dataset copied."""
 
-    kind: Literal["Checkpoint"] = "Checkpoint"
+    kind: Literal["Checkpoint", "Dataset"] = "Checkpoint"
     namespace: str
     name: str
 

@@ -8,6 +8,7 @@ import signal
 import threading
 
 from cairn.api.checkpoint import Checkpoint
+from cairn.api.dataset import Dataset
 from cairn.api.disk import StorageNode
 from cairn.api.volume import LocalVolume, PoolClass
 from cairn.csi.identity import IdentityService
@@ -20,6 +21,7 @@ from cairn.events import EventRecorder
 from cairn.kube import ResourceClient, load_api_client
 from cairn.logs import setup_logging
 
+from .datasets import DatasetController
 from .populator import VolumePopulator
 from .service import ControllerService
 
@@ -94,11 +96,14 @@ def main(argv: list[str] | None = None) -> None:
         claim_annotations=claim_annotations,
     )
     stop = threading.Event()
+    datasets = DatasetController(ResourceClient(api_client, Dataset), volumes, storage_nodes, core)
+    threading.Thread(target=datasets.run, args=(stop,), name="datasets", daemon=True).start()
     if not args.no_populator:
         populator = VolumePopulator(
             core,
             client.StorageV1Api(api_client),
             ResourceClient(api_client, Checkpoint),
+            ResourceClient(api_client, Dataset),
             EventRecorder(api_client, "cairn-controller"),
             args.populator_namespace,
         )

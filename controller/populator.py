@@ -1,15 +1,17 @@
-"""The volume populator: a PVC whose dataSourceRef is a Checkpoint gets a volume already holding it.
+"""The volume populator: a PVC whose dataSourceRef is a Checkpoint or a Dataset gets a volume already
+holding it.
 
 external-provisioner leaves such claims alone ("an external populator will provision it"). Cairn
 follows the Kubernetes populator protocol, but needs no populator pod: the fill happens in the
 node agent that carves the volume, before the volume is Ready.
 
-1. For a pending claim `c` with dataSourceRef {apiGroup cairn.dev, kind Checkpoint}, once it can
+1. For a pending claim `c` with dataSourceRef {apiGroup cairn.dev, kind Checkpoint or Dataset}, once it can
    be placed (an Immediate class, or the scheduler's selected-node annotation), make a "prime"
    claim in the populator namespace: same class, size, access modes and selected node, annotated
    with the checkpoint to restore and the claim it is for.
 2. external-provisioner provisions the prime claim as usual. CreateVolume reads those annotations
-   and asks the agent to restore the checkpoint into the new volume before reporting it Ready.
+   and asks the agent to fill the new volume before reporting it Ready: a checkpoint is restored;
+   a dataset is copied from the node's own verified copy (the node joins the swarm first if needed).
 3. When the prime claim is Bound, its PV is rebound to `c` (claimRef with c's uid), and the PV
    binder completes the binding. Then the prime claim, now Lost, is deleted.
 """
@@ -31,7 +33,8 @@ from cairn.kube import ResourceClient
 
 log = logging.getLogger("cairn.controller.populator")
 POPULATE_FROM = "cairn.dev/populate-from"
-"""On a prime claim: `Checkpoint/<namespace>/<name>`."""
+"""On a prime claim: `<Kind>/<namespace>/<name>`, Kind being Checkpoint or Dataset."""
+SOURCE_KINDS = ("Checkpoint", "Dataset")
 POPULATE_FOR = "cairn.dev/populate-for"
 """On a prime claim: `<namespace>/<name>` of the claim the volume is for."""
 SELECTED_NODE = "volume.kubernetes.io/selected-node"
@@ -41,12 +44,12 @@ PRIME_PREFIX = "cairn-populate-"
 # -- pure decisions --------------------------------------------------------------------------------
 
 
-def checkpoint_ref(claim: client.V1PersistentVolumeClaim) -> tuple[str, str] | None:
-    """(namespace, name) of the Checkpoint a claim asks for, or None if it asks for something else."""
+def source_ref(claim: client.V1PersistentVolumeClaim) -> tuple[str, str, str] | None:
+    """(kind, namespace, name) of the Checkpoint or Dataset a claim asks for; None for anything else."""
     ref = claim.spec.data_source_ref
-    if ref is None or ref.kind != "Checkpoint" or ref.api_group != API_GROUP:
+    if ref is None or ref.kind not in SOURCE_KINDS or ref.api_group != API_GROUP:
         return None
-    return ref.namespace or claim.metadata.namespace, ref.name
+    return ref.kind, ref.namespace or claim.metadata.namespace, ref.name
 
 
 def prime_name(claim: client.V1PersistentVolumeClaim) -> str:
@@ -54,10 +57,10 @@ def prime_name(claim: client.V1PersistentVolumeClaim) -> str:
 
 
 def prime_claim(
-    claim: client.V1PersistentVolumeClaim, source: tuple[str, str], populator_namespace: str
+    claim: client.V1PersistentVolumeClaim, source: tuple[str, str, str], populator_namespace: str
 ) -> dict[str, Any]:
     annotations = {
-        POPULATE_FROM: f"Checkpoint/{source[0]}/{source[1]}",
+        POPULATE_FROM: "/".join(source),
         POPULATE_FOR: f"{claim.metadata.namespace}/{claim.metadata.name}",
     }
     selected = (claim.metadata.annotations or {}).get(SELECTED_NODE)
@@ -85,9 +88,9 @@ def populate_request(annotations: dict[str, str] | None) -> tuple[PopulateSource
     kind, _, rest = annotations[POPULATE_FROM].partition("/")
     namespace, _, name = rest.partition("/")
     for_namespace, _, for_name = annotations[POPULATE_FOR].partition("/")
-    if kind != "Checkpoint" or not (namespace and name and for_namespace and for_name):
+    if kind not in SOURCE_KINDS or not (namespace and name and for_namespace and for_name):
         raise ValueError(f"malformed populate annotations {annotations[POPULATE_FROM]!r}")
-    return PopulateSource(namespace=namespace, name=name), for_namespace, for_name
+    return PopulateSource(kind=kind, namespace=namespace, name=name), for_namespace, for_name
 
 
 # -- the loop ------------------------------------------------------------------------------------
@@ -98,6 +101,7 @@ class VolumePopulator:
     core: client.CoreV1Api
     storage: client.StorageV1Api
     checkpoints: ResourceClient
+    datasets: ResourceClient
     events: EventRecorder
     namespace: str
     """Where prime claims live: the controller's own namespace, invisible to users."""
@@ -115,7 +119,7 @@ class VolumePopulator:
         claims = self.core.list_persistent_volume_claim_for_all_namespaces().items
         by_key = {(c.metadata.namespace, c.metadata.name): c for c in claims}
         for claim in claims:
-            source = checkpoint_ref(claim)
+            source = source_ref(claim)
             if source is not None and not claim.spec.volume_name and self._ours(claim):
                 self._populate(claim, source)
         for claim in claims:
@@ -133,15 +137,15 @@ class VolumePopulator:
             raise
         return storage_class.provisioner == DRIVER_NAME
 
-    def _populate(self, claim: client.V1PersistentVolumeClaim, source: tuple[str, str]) -> None:
+    def _populate(self, claim: client.V1PersistentVolumeClaim, source: tuple[str, str, str]) -> None:
         key = f"{claim.metadata.namespace}/{claim.metadata.name}"
-        if source[0] != claim.metadata.namespace:
-            self._warn_once(claim, "CrossNamespaceSource", "a Checkpoint in another namespace cannot be used")
+        kind, namespace, name = source
+        if namespace != claim.metadata.namespace:
+            self._warn_once(claim, "CrossNamespaceSource", f"a {kind} in another namespace cannot be used")
             return
-        if self.checkpoints.get(source[1], namespace=source[0]) is None:
-            self._warn_once(
-                claim, "CheckpointNotFound", f"Checkpoint {source[0]}/{source[1]} does not exist; waiting"
-            )
+        found = self.checkpoints if kind == "Checkpoint" else self.datasets
+        if found.get(name, namespace=namespace) is None:
+            self._warn_once(claim, f"{kind}NotFound", f"{kind} {namespace}/{name} does not exist; waiting")
             return
         if self._binding_waits_for_node(claim):
             return  # WaitForFirstConsumer: the scheduler has not picked a node yet
@@ -156,10 +160,8 @@ class VolumePopulator:
             self.core.create_namespaced_persistent_volume_claim(
                 self.namespace, prime_claim(claim, source, self.namespace)
             )
-            self._event(
-                claim, "Populating", f"restoring Checkpoint {source[0]}/{source[1]} into a new volume"
-            )
-            log.info("claim %s: populating from Checkpoint %s/%s", key, *source)
+            self._event(claim, "Populating", f"filling a new volume from {kind} {namespace}/{name}")
+            log.info("claim %s: populating from %s %s/%s", key, kind, namespace, name)
             return
         if existing.status.phase != "Bound" or not existing.spec.volume_name:
             return
@@ -185,7 +187,7 @@ class VolumePopulator:
         self._event(
             claim,
             "Populated",
-            f"volume {volume.metadata.name} holds Checkpoint {source[0]}/{source[1]}, verified; binding it",
+            f"volume {volume.metadata.name} holds {kind} {namespace}/{name}, verified; binding it",
         )
         log.info("claim %s: volume %s populated, rebound", key, volume.metadata.name)
 

@@ -315,7 +315,12 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         if request.max_entries < 0:
             raise InvalidArgument("max_entries must not be negative")
         volumes = sorted(self.volumes.list(), key=lambda v: v.name)
-        page = [v for v in volumes if v.name > token and v.model.status.phase == VolumePhase.READY]
+        page = [
+            v
+            for v in volumes
+            # Datasets' own volumes (ds-...) are Cairn's, not the CO's.
+            if is_volume_name(v.name) and v.name > token and v.model.status.phase == VolumePhase.READY
+        ]
         next_token = ""
         if request.max_entries and len(page) > request.max_entries:
             page = page[: request.max_entries]

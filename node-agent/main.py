@@ -7,10 +7,12 @@ import logging
 import signal
 import threading
 from pathlib import Path
+from typing import Any
 
 from cairn.api.checkpoint import Checkpoint, CheckpointPolicy
+from cairn.api.dataset import Dataset
 from cairn.api.disk import AgentEndpoints, LocalDisk, StorageNode
-from cairn.api.volume import LocalVolume, PoolClass
+from cairn.api.volume import LocalVolume, LocalVolumeSpec, PoolClass
 from cairn.csi.identity import IdentityService
 from cairn.csi.proto import csi_pb2_grpc
 from cairn.csi.server import serve
@@ -22,10 +24,12 @@ from cairn.kube import ResourceClient, load_api_client
 from cairn.logs import setup_logging
 
 from . import metrics
+from .checkpoint_fetch import split_address
 from .checkpoint_local import local_copy_directory
 from .checkpoint_replicas import ReplicaKeeper
 from .checkpoint_tiering import CheckpointTierer
 from .checkpoint_watcher import CheckpointWatcher
+from .dataset_agent import DatasetAgent
 from .disk_classify import parse_class_overrides
 from .disk_manager import DiskManager, DiskPolicy
 from .disk_probe import ProbeScope
@@ -35,7 +39,8 @@ from .node_service import NodeService
 from .peer_server import start_peer_restore_server
 from .staged_volumes import StagedVolumes
 from .storage_node import StorageNodePublisher
-from .volume_populate import populate_volume, restore_into_volume
+from .torrent_session import TorrentNode
+from .volume_populate import PopulateError, copy_dataset_into, populate_volume, restore_into_volume
 from .volume_reconciler import VolumeReconciler
 
 log = logging.getLogger("cairn.node")
@@ -117,6 +122,28 @@ def disk_policy(args: argparse.Namespace) -> DiskPolicy:
     )
 
 
+def start_dataset_agent(
+    args: argparse.Namespace, api_client: Any, reconciler: VolumeReconciler, stop: threading.Event
+) -> DatasetAgent | None:
+    """The libtorrent session and dataset work; only with --p2p-address, the one address peers use."""
+    if not args.p2p_address:
+        return None
+    host, port = split_address(args.p2p_address)
+    torrent = TorrentNode(host, port)
+    agent = DatasetAgent(
+        args.node_name,
+        api_client,
+        ResourceClient(api_client, Dataset),
+        ResourceClient(api_client, StorageNode),
+        reconciler.lookup,
+        args.state_dir,
+        torrent,
+    )
+    reconciler.before_remove = agent.release_volume
+    Coalescing("datasets", agent.run_pass, stop, min_interval=1.0, period=2.0).start()
+    return agent
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     setup_logging(args.log_level)
@@ -175,6 +202,7 @@ def main(argv: list[str] | None = None) -> None:
         reconciler.spec_of,
         period=args.checkpoint_poll_interval,
     )
+    datasets = start_dataset_agent(args, api_client, reconciler, stop)
     tierer = CheckpointTierer(
         args.node_name,
         ResourceClient(api_client, Checkpoint),
@@ -197,22 +225,30 @@ def main(argv: list[str] | None = None) -> None:
             watcher.staging_path_of,
             stop,
             replica_directory=replicas.replica_directory,
+            dataset_torrent=datasets.torrent_bytes if datasets else lambda namespace, name: None,
         )
     # A pass also runs every few seconds: it resumes uploads interrupted by a restart and retries failures.
     tiering = Coalescing("tiering", tierer.run_pass, stop, min_interval=1.0, period=10.0).start()
     watcher.on_recorded = lambda namespace, name: tiering.trigger()
-    reconciler.populate = lambda name, spec, device: populate_volume(
-        name,
-        spec,
-        device,
-        args.state_dir / "populate",
-        lambda root: restore_into_volume(
+
+    def fill(spec: LocalVolumeSpec, root: Path) -> str:
+        assert spec.populate_from is not None
+        if spec.populate_from.kind == "Dataset":
+            if datasets is None:
+                raise PopulateError(
+                    "PopulateUnsupported", "this agent runs without --p2p-address: no datasets"
+                )
+            return copy_dataset_into(spec, root, datasets.data_directory)
+        return restore_into_volume(
             api_client,
             args.node_name,
             spec,
             root,
             lambda checkpoint: local_copy_directory(checkpoint, args.node_name, watcher.staging_path_of),
-        ),
+        )
+
+    reconciler.populate = lambda name, spec, device: populate_volume(
+        name, spec, device, args.state_dir / "populate", lambda root: fill(spec, root)
     )
     # Mounts outlive the agent, and kubelet will not stage them again: pick them back up.
     for volume, path in staged_volumes.recover().items():
@@ -246,6 +282,8 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     log.info("cairn-node-agent for node %s serving on %s", args.node_name, args.endpoint)
     stop.wait()
+    if datasets is not None:
+        datasets.shutdown()
     publisher.mark_not_ready()
     server.stop(grace=5).wait()
 

@@ -32,6 +32,23 @@ CHECKPOINT_TIER_LAG = Gauge(
 )
 CHECKPOINTS = Gauge("cairn_checkpoints", "Checkpoints recorded by this node, by phase.", ["node", "phase"])
 
+DATASET_BYTES = Counter(
+    "cairn_dataset_bytes_total", "Dataset bytes received, by where they came from.", ["node", "source"]
+)
+DATASET_PROGRESS = Gauge(
+    "cairn_dataset_progress_ratio",
+    "Share of a dataset this node holds, verified.",
+    ["node", "namespace", "dataset"],
+)
+P2P_UPLOAD_BYTES = Counter(
+    "cairn_p2p_upload_bytes_total", "Dataset bytes this node served to peers.", ["node"]
+)
+P2P_HASH_FAILURES = Counter(
+    "cairn_p2p_hash_failures_total", "Dataset pieces received that failed their hash check.", ["node"]
+)
+P2P_BANNED_PEERS = Counter("cairn_p2p_banned_peers_total", "Peers banned for sending bad data.", ["node"])
+P2P_PEERS = Gauge("cairn_p2p_peers", "Peers connected for a dataset.", ["node", "namespace", "dataset"])
+
 
 def record_disk(node: str, disk: str, disk_class: str, capacity: int, state: DiskState) -> None:
     DISK_CAPACITY.labels(node=node, disk=disk, **{"class": disk_class}).set(capacity)

@@ -2,6 +2,10 @@
 
     GET /v1/checkpoints/<namespace>/<name>/manifest
     GET /v1/checkpoints/<namespace>/<name>/files/<relative path>
+    GET /v1/datasets/<namespace>/<name>/torrent
+
+The last hands a Dataset's .torrent to agents joining its swarm. It needs no vouching either: the
+joining agent checks it against the info-hash in the Dataset's status.
 
 Only nodes of the cluster may ask (403 otherwise), and only for a file the copy's manifest names,
 where that manifest's digest is the one the Checkpoint records (404 with the reason otherwise). The
@@ -35,7 +39,10 @@ from .checkpoint_manifest import MANIFEST_NAME, Manifest, ManifestError, UnsafeP
 
 log = logging.getLogger("cairn.node.peer")
 PREFIX = "/v1/checkpoints/"
+DATASET_PREFIX = "/v1/datasets/"
 _DNS_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
+DatasetTorrent = Callable[[str, str], bytes | None]
+"""(namespace, name) -> the .torrent of this node's copy of a Dataset, or None."""
 Locate = Callable[[str, str], tuple[Path, str] | None]
 """(namespace, name) -> (the copy's directory, the manifest digest the Checkpoint records), or None."""
 
@@ -89,7 +96,14 @@ class _ManifestCache:
 class PeerServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address: str, locate: Locate, allowed: Callable[[str], bool]) -> None:
+    def __init__(
+        self,
+        address: str,
+        locate: Locate,
+        allowed: Callable[[str], bool],
+        dataset_torrent: DatasetTorrent = lambda namespace, name: None,
+    ) -> None:
+        self.dataset_torrent = dataset_torrent
         self.locate = locate
         self.allowed = allowed
         self.manifests = _ManifestCache()
@@ -124,6 +138,9 @@ class _Handler(BaseHTTPRequestHandler):
                     HTTPStatus.FORBIDDEN,
                     f"{self.client_address[0]} is not a Cairn node's address; only agents' peers may restore",
                 )
+            if self.path.startswith(DATASET_PREFIX):
+                self._send_torrent()
+                return
             namespace, name, what = _parse_path(self.path)
             try:
                 located = self.server.locate(namespace, name)
@@ -147,9 +164,20 @@ class _Handler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):
             log.debug("peer %s went away mid-response", self.client_address[0])
 
-    def _send_bytes(self, data: bytes) -> None:
+    def _send_torrent(self) -> None:
+        parts = self.path.split("?", 1)[0][len(DATASET_PREFIX) :].split("/")
+        if len(parts) != 3 or parts[2] != "torrent" or not all(_DNS_NAME.fullmatch(p) for p in parts[:2]):
+            raise _NotServed(HTTPStatus.NOT_FOUND, f"no such endpoint {self.path}")
+        torrent = self.server.dataset_torrent(parts[0], parts[1])
+        if torrent is None:
+            raise _NotServed(
+                HTTPStatus.NOT_FOUND, f"dataset {parts[0]}/{parts[1]} has no torrent on this node"
+            )
+        self._send_bytes(torrent, "application/x-bittorrent")
+
+    def _send_bytes(self, data: bytes, content_type: str = "application/json") -> None:
         self.send_response(HTTPStatus.OK)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
@@ -302,6 +330,7 @@ def start_peer_restore_server(
     staging_path_of: Callable[[str], Path | None],
     stop: threading.Event,
     replica_directory: Callable[[Checkpoint, str, str], Path | None] = lambda checkpoint, ns, name: None,
+    dataset_torrent: DatasetTorrent = lambda namespace, name: None,
 ) -> PeerServer:
     """The node agent's peer server: copies come from Checkpoint status, clients from StorageNodes.
 
@@ -320,6 +349,6 @@ def start_peer_restore_server(
         return None if directory is None else (directory, item.model.spec.manifest_digest)
 
     allowed = AllowedPeers(lambda: [item.model for item in storage_nodes.list()])
-    server = PeerServer(address, _Expiring(locate), allowed).serve_in_background(stop)
+    server = PeerServer(address, _Expiring(locate), allowed, dataset_torrent).serve_in_background(stop)
     log.info("serving checkpoint copies to peers on %s", server.address)
     return server

@@ -9,6 +9,8 @@ wrote it.
 from __future__ import annotations
 
 import logging
+import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -84,4 +86,46 @@ def restore_into_volume(
     return (
         f"Checkpoint {source.namespace}/{source.name} ({report.files} files, {report.total_bytes} bytes) "
         f"restored to {checkpoint.spec.path} from {tiers} in {report.seconds:.1f}s, every file verified"
+    )
+
+
+def copy_dataset_into(
+    spec: LocalVolumeSpec,
+    root: Path,
+    data_directory: Callable[[str, str], Path | None],
+    *,
+    timeout: float = 1800.0,
+    poll: float = 2.0,
+) -> str:
+    """Copy this node's verified copy of spec.populateFrom (a Dataset) under `root`.
+
+    The node may not hold the dataset yet: the controller adds it to the dataset's targets once it
+    sees this volume waiting, and this waits for the copy to become Ready.
+    """
+    source = spec.populate_from
+    assert source is not None
+    deadline = time.monotonic() + timeout
+    while (directory := data_directory(source.namespace, source.name)) is None:
+        if time.monotonic() > deadline:
+            raise PopulateError(
+                "DatasetNotReady",
+                f"Dataset {source.namespace}/{source.name} has no Ready copy here after {timeout:.0f}s",
+            )
+        time.sleep(poll)
+    copied = 0
+    files = 0
+    for path in sorted(directory.rglob("*")):
+        relative = path.relative_to(directory)
+        target = root / relative
+        if path.is_symlink():
+            continue  # never in a verified copy; refuse to follow one if it appears
+        if path.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+        elif path.is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, target)
+            copied += path.stat().st_size
+            files += 1
+    return (
+        f"Dataset {source.namespace}/{source.name}: {files} files, {copied} bytes copied from the local copy"
     )

@@ -41,9 +41,12 @@ class VolumeReconciler:
         self.volumes = volumes
         self.on_change = on_change
         self.publish_now: Callable[[], None] = lambda: None
+        self.before_remove: Callable[[str], None] = lambda name: None
+        """Lets go of a volume the agent itself uses (a dataset copy's mount) before its LV goes."""
         self.populate: Callable[[str, LocalVolumeSpec, str], str] | None = None
         """Fills a new volume (name, spec, device) from spec.populateFrom; raises PopulateError."""
         self._index: dict[str, StagedVolume] = {}
+        self._filling: set[str] = set()
         self._specs: dict[str, LocalVolumeSpec] = {}
         self._index_lock = threading.Lock()
         self._volume_locks: dict[str, threading.Lock] = {}
@@ -118,6 +121,9 @@ class VolumeReconciler:
 
     def _create(self, item: Typed, vg: str) -> None:
         spec: LocalVolumeSpec = item.model.spec
+        with self._index_lock:
+            if item.name in self._filling:
+                return  # carved already; its fill runs in its own thread
         self._add_finalizer(item)
         try:
             try:
@@ -127,10 +133,6 @@ class VolumeReconciler:
                 if info is None:
                     return
             device = self.lvm.activate(vg, item.name, info)
-            if spec.source_volume and not self._clone_into(item, vg, device):
-                return
-            if spec.populate_from and not self._populate_into(item, vg, device):
-                return
         except (InsufficientSpace, NotContiguous) as error:
             self._fail(item, type(error).__name__, str(error))
             return
@@ -141,7 +143,33 @@ class VolumeReconciler:
                 f"node {self.node_name} has no {spec.pool.value} pool (volume group {vg})",
             )
             return
-        self._remember(item.name, device, spec)
+        if not (spec.source_volume or spec.populate_from):
+            self._ready(item, vg, info, device)
+            return
+        # A copy can take minutes (a dataset may even have to arrive first): not on the informer's
+        # thread, which must stay free to carve other volumes, including the one being waited for.
+        with self._index_lock:
+            self._filling.add(item.name)
+        threading.Thread(
+            target=self._fill_then_ready, args=(item, vg, info, device), name=f"fill-{item.name}", daemon=True
+        ).start()
+
+    def _fill_then_ready(self, item: Typed, vg: str, info: LvInfo, device: str) -> None:
+        spec: LocalVolumeSpec = item.model.spec
+        try:
+            if spec.source_volume and not self._clone_into(item, vg, device):
+                return
+            if spec.populate_from and not self._populate_into(item, vg, device):
+                return
+            self._ready(item, vg, info, device)
+        except Exception:
+            log.exception("filling volume %s failed; it will be retried on the next event", item.name)
+        finally:
+            with self._index_lock:
+                self._filling.discard(item.name)
+
+    def _ready(self, item: Typed, vg: str, info: LvInfo, device: str) -> None:
+        self._remember(item.name, device, item.model.spec)
         self.volumes.patch_status(
             item.name,
             {
@@ -233,6 +261,7 @@ class VolumeReconciler:
     def _remove(self, item: Typed, vg: str) -> None:
         if FINALIZER not in item.metadata.get("finalizers", []):
             return
+        self.before_remove(item.name)
         # Already gone is fine: a retry after a crash, or a create that never happened.
         with contextlib.suppress(LvNotFound, VgNotFound):
             self.lvm.lvremove(vg, item.name)

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 PEER_RESTORE_PORT = 9750
 METRICS_PORT = 9751
+P2P_PORT = 9752
 """Every simulated node has its own network namespace, so all can use the same ports."""
 
 
@@ -125,6 +126,8 @@ def start_node_agent(
             f"{node.ip}:{PEER_RESTORE_PORT}",
             "--metrics-address",
             f"{node.ip}:{METRICS_PORT}",
+            "--p2p-address",
+            f"{node.ip}:{P2P_PORT}",
             *(discovery if discovery is not None else node_agent_args(node)),
             *extra_args,
         ]

@@ -43,6 +43,8 @@ class S3Server:
                 "MINIO_ROOT_PASSWORD": self.secret_key,
                 "MINIO_BROWSER": "off",
                 "MINIO_UPDATE": "off",
+                # Tests read the bytes it served from /minio/v2/metrics/cluster, the origin's own count.
+                "MINIO_PROMETHEUS_AUTH_TYPE": "public",
                 # Keep its home-directory config inside the run so nothing outlives it.
                 "HOME": str(self.workdir),
             },

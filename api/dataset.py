@@ -1,0 +1,162 @@
+"""Dataset: data from S3, HTTP or a PVC, seeded onto node-local volumes over BitTorrent v2."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+from enum import StrEnum
+from typing import ClassVar
+
+from pydantic import Field, model_validator
+
+from .base import CairnModel, Condition, PrinterColumn, Resource, age_column
+from .checkpoint import SecretKeyRef
+from .volume import PoolClass
+
+
+class S3Source(CairnModel):
+    url: str = Field(pattern=r"^s3://[^/]+(/.*)?$", description="s3://bucket/prefix")
+    endpoint: str = Field(description="S3 endpoint URL.")
+    region: str = "us-east-1"
+    credentials_secret_ref: SecretKeyRef | None = Field(
+        default=None, description="Secret in the Dataset's namespace; anonymous access without one."
+    )
+
+
+class HttpSource(CairnModel):
+    urls: list[str] = Field(
+        min_length=1, description="https:// URLs; each becomes one file named after its last path segment."
+    )
+
+
+class PvcSource(CairnModel):
+    name: str = Field(description="A Cairn PVC in the Dataset's namespace, read on the node holding it.")
+
+
+class DatasetSource(CairnModel):
+    """Exactly one of s3, http or pvc."""
+
+    s3: S3Source | None = None
+    http: HttpSource | None = None
+    pvc: PvcSource | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> DatasetSource:
+        given = [name for name in ("s3", "http", "pvc") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError(f"source needs exactly one of s3, http or pvc; got {given or 'none'}")
+        return self
+
+    def describe(self) -> str:
+        if self.s3 is not None:
+            return self.s3.url
+        if self.http is not None:
+            return self.http.urls[0] + (f" (+{len(self.http.urls) - 1})" if len(self.http.urls) > 1 else "")
+        assert self.pvc is not None
+        return f"pvc/{self.pvc.name}"
+
+
+class DatasetNodes(CairnModel):
+    """Where the dataset is wanted: nodes matching a selector, a list, or only where consumed."""
+
+    selector: dict[str, str] | None = Field(default=None, description="Node labels, as in a nodeSelector.")
+    names: list[str] | None = None
+    on_demand: bool = Field(
+        default=False, description="Only on nodes where a PVC with this Dataset as dataSourceRef lands."
+    )
+
+
+class DatasetSpec(CairnModel):
+    source: DatasetSource
+    nodes: DatasetNodes = Field(default_factory=DatasetNodes)
+    pool: PoolClass = PoolClass.NVME
+    piece_size: int | None = Field(
+        default=None,
+        ge=16384,
+        description="BitTorrent piece size in bytes; chosen from the total size if unset.",
+    )
+
+
+class DatasetPhase(StrEnum):
+    PENDING = "Pending"
+    SEEDING = "Seeding"
+    """The seeder is reading the origin and building the torrent."""
+    DISTRIBUTING = "Distributing"
+    READY = "Ready"
+    FAILED = "Failed"
+
+
+class NodePhase(StrEnum):
+    WAITING = "Waiting"
+    DOWNLOADING = "Downloading"
+    VERIFYING = "Verifying"
+    READY = "Ready"
+    FAILED = "Failed"
+
+
+class DatasetNodeStatus(CairnModel):
+    """One node's copy, written by that node's agent (a map entry, so agents never overwrite each other)."""
+
+    phase: NodePhase = NodePhase.WAITING
+    progress: float = Field(default=0.0, ge=0.0, le=1.0)
+    bytes_from_origin: int = 0
+    bytes_from_peers: int = 0
+    bytes_uploaded: int = 0
+    peers: int = 0
+    digest: str | None = Field(default=None, description="Whole-dataset digest this node computed.")
+    reason: str | None = None
+    message: str | None = None
+    updated_at: datetime | None = None
+
+
+class DatasetStatus(CairnModel):
+    phase: DatasetPhase = DatasetPhase.PENDING
+    source: str | None = Field(default=None, description="The source in one line, for the printer column.")
+    total_bytes: int | None = None
+    size: str | None = None
+    file_count: int | None = None
+    piece_size: int | None = None
+    info_hash: str | None = Field(default=None, description="BitTorrent v2 info-hash (SHA-256, hex).")
+    digest: str | None = Field(default=None, description="Whole-dataset digest over every file's BLAKE3.")
+    seeder: str | None = Field(default=None, description="The node that reads the origin once.")
+    source_volume: str | None = Field(
+        default=None, description="For a PVC source: the LocalVolume behind the claim, read on its node."
+    )
+    target_nodes: list[str] = Field(default_factory=list)
+    nodes: dict[str, DatasetNodeStatus] = Field(default_factory=dict)
+    ready_count: int = 0
+    ready: str = Field(default="0/0", description="Ready nodes out of wanted, for the printer column.")
+    bytes_from_origin: int = 0
+    bytes_from_peers: int = 0
+    conditions: list[Condition] = Field(default_factory=list)
+
+
+class Dataset(Resource):
+    KIND: ClassVar[str] = "Dataset"
+    PLURAL: ClassVar[str] = "datasets"
+    SHORT_NAMES: ClassVar[list[str]] = ["ds"]
+    NAMESPACED: ClassVar[bool] = True
+    DESCRIPTION: ClassVar[str] = "Data seeded from one origin onto node-local volumes, peer to peer."
+    PRINTER_COLUMNS: ClassVar[list[PrinterColumn]] = [
+        PrinterColumn(name="Source", json_path=".status.source"),
+        PrinterColumn(name="Size", json_path=".status.size"),
+        PrinterColumn(name="Ready", json_path=".status.ready"),
+        PrinterColumn(name="Phase", json_path=".status.phase"),
+        age_column(),
+    ]
+
+    spec: DatasetSpec
+    status: DatasetStatus = Field(default_factory=DatasetStatus)
+
+
+DATASET_LABEL = "cairn.dev/dataset"
+"""On a dataset's LocalVolumes: `<namespace>.<name>`."""
+
+
+def dataset_label(namespace: str, name: str) -> str:
+    return f"{namespace}.{name}"
+
+
+def dataset_volume_name(namespace: str, name: str, node: str) -> str:
+    """The LocalVolume holding one node's copy; deterministic, so a retried reconcile finds its own."""
+    return "ds-" + hashlib.sha256(f"{namespace}/{name}/{node}".encode()).hexdigest()[:32]

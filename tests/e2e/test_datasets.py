@@ -1,0 +1,322 @@
+"""Datasets over P2P on the test bed: 4 nodes load 256 MiB from the real S3 server over libtorrent."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import signal
+import subprocess
+import threading
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from tests.testbed.bed import TestBed
+from tests.testbed.components import METRICS_PORT, start_controller, start_node_agent
+from tests.testbed.network import Shaping
+from tests.testbed.nodes import SimulatedNode
+from tests.testbed.process import ManagedProcess
+from tests.testbed.waiting import wait_until
+
+MiB = 1024 * 1024
+NAMESPACE = "default"
+DATASET_BYTES = 256 * MiB
+FILES = 8
+LINK = Shaping(rate="240mbit")
+"""About 30 MB/s per node link: slow enough to catch a transfer in flight, fast enough for CI."""
+
+
+@dataclass
+class Swarm:
+    bed: TestBed
+    workdir: Path
+    nodes: list[SimulatedNode]
+    agents: dict[str, ManagedProcess] = field(default_factory=dict)
+    controller: ManagedProcess | None = None
+    bucket: str = ""
+
+    def kubectl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.bed.control_plane.kubectl(*args, check=check)
+
+    def start_agent(self, node: SimulatedNode) -> None:
+        self.agents[node.name], _ = start_node_agent(
+            self.workdir, self.bed.run_id, self.bed.control_plane.kubeconfigs["cairn-node-agent"], node
+        )
+
+    def dataset(self, name: str) -> dict:
+        result = self.kubectl("get", "dataset", name, "-n", NAMESPACE, "-o", "json", check=False)
+        return json.loads(result.stdout) if result.returncode == 0 else {}
+
+    def node_report(self, name: str, node: str) -> dict:
+        return self.dataset(name).get("status", {}).get("nodes", {}).get(node, {})
+
+    def diagnosis(self, name: str) -> str:
+        """Status and the agents' dataset log lines, for a failure message."""
+        lines = [json.dumps(self.dataset(name).get("status", {}), indent=1)]
+        for node, agent in self.agents.items():
+            text = agent.log_path.read_text(errors="replace") if agent.log_path.exists() else ""
+            wanted = [
+                line
+                for line in text.splitlines()
+                if "dataset" in line or "Traceback" in line or "Error" in line
+            ]
+            lines += [f"--- {node}", *wanted[-12:]]
+        return "\n".join(lines)
+
+    def apply(self, manifest: dict) -> None:
+        self.bed.control_plane.kubectl("apply", "-f", "-", input_text=json.dumps(manifest))
+
+
+def dataset_manifest(name: str, bucket: str, prefix: str, nodes: list[str], endpoint: str) -> dict:
+    return {
+        "apiVersion": "cairn.dev/v1alpha1",
+        "kind": "Dataset",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": {
+            "source": {
+                "s3": {
+                    "url": f"s3://{bucket}/{prefix}",
+                    "endpoint": endpoint,
+                    "credentialsSecretRef": {"name": "dataset-s3"},
+                }
+            },
+            "nodes": {"names": nodes},
+            "pool": "nvme",
+        },
+    }
+
+
+@pytest.fixture(scope="module")
+def swarm(bed: TestBed) -> Iterator[Swarm]:
+    assert bed.s3 is not None
+    workdir = bed.workdir / "datasets"
+    nodes = bed.add_nodes(5, disks=1, disk_size=640 * MiB)
+    swarm = Swarm(bed, workdir, nodes)
+    swarm.bucket = bed.s3.create_bucket(f"datasets-{bed.run_id[:8]}")
+    swarm.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "dataset-s3", "namespace": NAMESPACE},
+            "data": {
+                "accessKeyId": base64.b64encode(bed.s3.access_key.encode()).decode(),
+                "secretAccessKey": base64.b64encode(bed.s3.secret_key.encode()).decode(),
+            },
+        }
+    )
+    try:
+        for node in nodes:
+            node.shape(LINK)
+            swarm.start_agent(node)
+        swarm.controller, _ = start_controller(
+            workdir, bed.run_id, bed.control_plane.kubeconfigs["cairn-controller"], name="controller-datasets"
+        )
+        yield swarm
+    finally:
+        print("\n" + swarm.kubectl("get", "datasets", "-n", NAMESPACE, check=False).stdout)
+        swarm.kubectl("delete", "datasets", "--all", "-n", NAMESPACE, "--timeout=120s", check=False)
+        for process in [*swarm.agents.values(), swarm.controller]:
+            if process is not None:
+                process.stop()
+                print(f"\n{process.name} log tail:\n{process.log_tail(8)}")
+        bed.remove_nodes(nodes)
+        swarm.kubectl("delete", "secret", "dataset-s3", "-n", NAMESPACE, check=False)
+        client = bed.s3.client()
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=swarm.bucket):
+            for obj in page.get("Contents", []):
+                client.delete_object(Bucket=swarm.bucket, Key=obj["Key"])
+        client.delete_bucket(Bucket=swarm.bucket)
+
+
+def upload_dataset(swarm: Swarm, prefix: str) -> None:
+    assert swarm.bed.s3 is not None
+    client = swarm.bed.s3.client()
+    for index in range(FILES):
+        key = f"{prefix}/shards/{index // 4}/part-{index:04d}.bin"
+        client.put_object(Bucket=swarm.bucket, Key=key, Body=os.urandom(DATASET_BYTES // FILES))
+
+
+def origin_bytes_sent(swarm: Swarm) -> float:
+    """What the S3 server itself counts as sent: the origin's side of the ledger."""
+    assert swarm.bed.s3 is not None
+    with urllib.request.urlopen(f"{swarm.bed.s3.endpoint}/minio/v2/metrics/cluster", timeout=10) as response:
+        text = response.read().decode()
+    return sum(float(m) for m in re.findall(r"^minio_s3_traffic_sent_bytes\S* (\S+)$", text, re.MULTILINE))
+
+
+def agent_metric(node: SimulatedNode, name: str, **labels: str) -> float:
+    with urllib.request.urlopen(f"http://{node.ip}:{METRICS_PORT}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        match = re.fullmatch(rf"{name}\{{(.*)\}} (\S+)", line)
+        if match and all(f'{k}="{v}"' in match.group(1) for k, v in labels.items()):
+            total += float(match.group(2))
+    return total
+
+
+def allocated_bytes(directory: Path) -> int:
+    """Bytes actually on disk under a directory (sparse files count only what was written)."""
+    result = subprocess.run(["du", "-s", "--block-size=1", str(directory)], capture_output=True, text=True)
+    return int(result.stdout.split()[0]) if result.returncode == 0 else 0
+
+
+def test_four_nodes_load_a_dataset_reading_the_origin_once_despite_a_killed_peer(swarm: Swarm) -> None:
+    nodes = [n.name for n in swarm.nodes[:4]]
+    upload_dataset(swarm, "corpus-v1")
+    assert swarm.bed.s3 is not None
+    sent_before = origin_bytes_sent(swarm)
+    swarm.apply(dataset_manifest("corpus", swarm.bucket, "corpus-v1", nodes, swarm.bed.s3.endpoint))
+
+    wait_until(
+        lambda: swarm.dataset("corpus").get("status", {}).get("infoHash"),
+        180,
+        "the seeder to publish",
+        context=lambda: swarm.diagnosis("corpus"),
+    )
+    seeder = swarm.dataset("corpus")["status"]["seeder"]
+    victim = next(n for n in swarm.nodes[:4] if n.name != seeder)
+
+    def victim_progress() -> float:
+        return float(swarm.node_report("corpus", victim.name).get("progress", 0.0))
+
+    wait_until(lambda: victim_progress() >= 0.15, 180, f"{victim.name} to be part way through")
+    assert victim_progress() < 0.9, "the transfer finished before the kill; it was not mid-transfer"
+    agent = swarm.agents[victim.name]
+    os.killpg(agent.pid, signal.SIGKILL)
+    agent.proc.wait(10)
+    agent.stop()
+    mount = swarm.workdir / "state" / victim.name / "datasets" / NAMESPACE / "corpus" / "data"
+    had = allocated_bytes(mount)
+    assert had > 0.1 * DATASET_BYTES, f"only {had} bytes on disk at the kill"
+    swarm.start_agent(victim)
+
+    def all_ready() -> bool:
+        return swarm.dataset("corpus").get("status", {}).get("phase") == "Ready"
+
+    wait_until(
+        all_ready,
+        300,
+        "every node to hold a verified copy",
+        context=lambda: swarm.diagnosis("corpus"),
+    )
+    status = swarm.dataset("corpus")["status"]
+    assert status["ready"] == "4/4" and status["totalBytes"] == DATASET_BYTES and status["fileCount"] == FILES
+    digests = {node: report["digest"] for node, report in status["nodes"].items()}
+    assert (
+        set(digests) == set(nodes)
+        and len(set(digests.values())) == 1
+        and status["digest"] in digests.values()
+    )
+
+    origin = origin_bytes_sent(swarm) - sent_before
+    assert origin <= 1.1 * DATASET_BYTES, f"the origin sent {origin / MiB:.0f} MiB for a 256 MiB dataset"
+    assert status["bytesFromOrigin"] <= 1.1 * DATASET_BYTES
+
+    refetched = agent_metric(victim, "cairn_dataset_bytes_total", source="peer") - (DATASET_BYTES - had)
+    print(
+        f"\n{victim.name}: {had / MiB:.0f} MiB on disk at the kill, "
+        f"{max(0, refetched) / MiB:.1f} MiB fetched again"
+    )
+    assert refetched <= 0.1 * had
+    table = swarm.kubectl("get", "datasets", "-n", NAMESPACE).stdout
+    print("\n" + table)
+    assert table.splitlines()[0].split() == ["NAME", "SOURCE", "SIZE", "READY", "PHASE", "AGE"]
+
+
+def test_a_peer_serving_corrupt_data_is_caught_and_the_download_completes(swarm: Swarm) -> None:
+    status = swarm.dataset("corpus").get("status", {})
+    assert status.get("phase") == "Ready", "needs the dataset from the first test"
+    # One node's copy goes bad on disk; it keeps serving it, as a faulty disk or a hostile peer would.
+    corrupt = next(n for n in swarm.nodes[:4] if n.name != status["seeder"])
+    data = swarm.workdir / "state" / corrupt.name / "datasets" / NAMESPACE / "corpus" / "data"
+    for path in data.rglob("*.bin"):
+        with open(path, "r+b") as file:
+            for offset in range(0, path.stat().st_size, 64 * 1024):
+                file.seek(offset)
+                file.write(b"\xff" * 16)
+    newcomer = swarm.nodes[4]
+    nodes = [n.name for n in swarm.nodes]
+    swarm.kubectl(
+        "patch",
+        "dataset",
+        "corpus",
+        "-n",
+        NAMESPACE,
+        "--type=merge",
+        "-p",
+        json.dumps({"spec": {"nodes": {"names": nodes}}}),
+    )
+    wait_until(
+        lambda: swarm.node_report("corpus", newcomer.name).get("phase") == "Ready",
+        300,
+        f"{newcomer.name} to hold a verified copy",
+        context=lambda: json.dumps(swarm.node_report("corpus", newcomer.name), indent=1),
+    )
+    report = swarm.node_report("corpus", newcomer.name)
+    assert report["digest"] == status["digest"]
+    assert agent_metric(newcomer, "cairn_p2p_hash_failures_total") >= 1, "no corrupt piece was ever received"
+    assert agent_metric(newcomer, "cairn_p2p_banned_peers_total") >= 1
+    banned = swarm.agents[newcomer.name].log_path.read_text()
+    assert f"banned peer {corrupt.ip}" in banned
+
+
+class OriginFiles(BaseHTTPRequestHandler):
+    """An HTTP origin that answers every path: the names are what the test is about."""
+
+    def do_HEAD(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", "8")
+        self.end_headers()
+
+    def do_GET(self) -> None:
+        self.do_HEAD()
+        self.wfile.write(b"contents")
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_a_source_listing_an_unsafe_name_fails_before_any_byte_is_written(swarm: Swarm) -> None:
+    server = ThreadingHTTPServer((swarm.bed.cluster.gateway, 0), OriginFiles)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://{swarm.bed.cluster.gateway}:{server.server_address[1]}"
+        nodes = [swarm.nodes[0].name]
+        swarm.apply(
+            {
+                "apiVersion": "cairn.dev/v1alpha1",
+                "kind": "Dataset",
+                "metadata": {"name": "hostile", "namespace": NAMESPACE},
+                "spec": {
+                    # The last path segment names the file: this one decodes to ../../etc/cron.d/x.
+                    "source": {
+                        "http": {"urls": [f"{base}/ok.bin", f"{base}/files/..%2F..%2Fetc%2Fcron.d%2Fx"]}
+                    },
+                    "nodes": {"names": nodes},
+                },
+            }
+        )
+
+        def failed() -> dict:
+            conditions = swarm.dataset("hostile").get("status", {}).get("conditions", [])
+            return next((c for c in conditions if c["type"] == "Failed" and c["status"] == "True"), {})
+
+        wait_until(
+            failed, 60, "the dataset to fail on the unsafe name", context=lambda: swarm.diagnosis("hostile")
+        )
+        assert failed()["reason"] == "UnsafeName" and "../../etc/cron.d/x" in failed()["message"]
+        wait_until(lambda: swarm.dataset("hostile")["status"].get("phase") == "Failed", 30, "phase Failed")
+        assert "totalBytes" not in swarm.dataset("hostile")["status"]
+        assert not list((swarm.workdir / "state" / nodes[0] / "datasets").glob("*/hostile/data"))
+        print("\n" + swarm.kubectl("get", "datasets", "-n", NAMESPACE).stdout)
+    finally:
+        server.shutdown()
+        server.server_close()
+        swarm.kubectl("delete", "dataset", "hostile", "-n", NAMESPACE, check=False)

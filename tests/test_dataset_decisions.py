@@ -1,0 +1,123 @@
+"""Dataset decisions without a cluster: targets, seeder, space, summary, and origin names."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from cairn.api.dataset import DatasetNodes, DatasetNodeStatus, DatasetPhase, DatasetSource, NodePhase
+from cairn.controller.dataset_planner import (
+    NodeInfo,
+    choose_seeder,
+    space_problem,
+    summarize,
+    target_nodes,
+    volume_bytes,
+)
+from cairn.node_agent.dataset_origin import DirectoryOrigin, OriginError, checked_listing
+from pydantic import ValidationError
+
+GiB = 1024**3
+NODES = [
+    NodeInfo("a", {"gpu": "h100"}, True, 10 * GiB),
+    NodeInfo("b", {"gpu": "h100"}, True, 1 * GiB),
+    NodeInfo("c", {"gpu": "a10"}, False, 10 * GiB),
+]
+
+
+def test_targets_by_selector_list_or_consumers() -> None:
+    assert target_nodes(DatasetNodes(), NODES) == ["a", "b", "c"]
+    assert target_nodes(DatasetNodes(selector={"gpu": "h100"}), NODES) == ["a", "b"]
+    assert target_nodes(DatasetNodes(names=["c", "zz"]), NODES) == ["c"]
+    assert target_nodes(DatasetNodes(on_demand=True), NODES) == []
+    assert target_nodes(DatasetNodes(on_demand=True), NODES, consumers=["b", "gone"]) == ["b"]
+    # A consumer outside the selector still gets its copy: the pod is already there.
+    assert target_nodes(DatasetNodes(selector={"gpu": "a10"}), NODES, consumers=["a"]) == ["a", "c"]
+
+
+def test_the_seeder_is_a_ready_target_and_a_pvc_source_pins_it() -> None:
+    assert choose_seeder("ns.ds", ["a", "b", "c"], NODES) in {"a", "b"}
+    assert choose_seeder("ns.ds", ["c"], NODES) is None  # not ready
+    assert choose_seeder("ns.ds", ["a", "b"], NODES, required="b") == "b"
+    assert choose_seeder("ns.ds", ["a", "b"], NODES, required="c") is None
+    spread = {choose_seeder(f"ns.ds{i}", ["a", "b"], NODES) for i in range(40)}
+    assert spread == {"a", "b"}
+
+
+def test_a_dataset_larger_than_the_pool_fails_before_download() -> None:
+    assert space_problem(NODES[0], 4 * GiB, "nvme") is None
+    problem = space_problem(NODES[1], 4 * GiB, "nvme")
+    assert problem is not None and "pool nvme on node b has 1Gi free" in problem
+    assert volume_bytes(4 * GiB) > 4 * GiB
+
+
+def test_summary_counts_ready_targets_and_bytes() -> None:
+    reports = {
+        "a": DatasetNodeStatus(phase=NodePhase.READY, bytes_from_origin=100),
+        "b": DatasetNodeStatus(phase=NodePhase.DOWNLOADING, bytes_from_peers=40),
+    }
+    summary = summarize(["a", "b"], reports, "ab" * 32, failed=False)
+    assert (summary.phase, summary.ready, summary.bytes_from_origin, summary.bytes_from_peers) == (
+        DatasetPhase.DISTRIBUTING,
+        "1/2",
+        100,
+        40,
+    )
+    reports["b"] = DatasetNodeStatus(phase=NodePhase.READY)
+    assert summarize(["a", "b"], reports, "ab" * 32, failed=False).phase == DatasetPhase.READY
+    assert summarize(["a"], {}, None, failed=False).phase == DatasetPhase.SEEDING
+    assert summarize(["a"], {}, None, failed=True).phase == DatasetPhase.FAILED
+
+
+def test_a_source_is_exactly_one_kind() -> None:
+    with pytest.raises(ValidationError, match="exactly one"):
+        DatasetSource()
+    with pytest.raises(ValidationError, match="exactly one"):
+        DatasetSource(http={"urls": ["https://x/a"]}, pvc={"name": "p"})
+    assert DatasetSource(s3={"url": "s3://b/p", "endpoint": "http://s3"}).describe() == "s3://b/p"
+
+
+@pytest.mark.parametrize("name", ["../etc/passwd", "/abs/file", "a/../../b", "a\\..\\b", ""])
+def test_an_unsafe_origin_name_refuses_the_whole_listing(name: str) -> None:
+    with pytest.raises(OriginError) as caught:
+        checked_listing([("good/file", 1, "k1"), (name, 1, "k2")])
+    assert caught.value.reason == "UnsafeName"
+
+
+def test_duplicate_and_file_directory_clashes_are_refused() -> None:
+    with pytest.raises(OriginError, match="both"):
+        checked_listing([("A/x", 1, "1"), ("a/x", 1, "2")])
+    with pytest.raises(OriginError, match="file and as a directory"):
+        checked_listing([("a", 1, "1"), ("a/b", 1, "2")])
+
+
+def test_a_source_volume_with_a_link_or_a_fifo_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "shard-0").write_bytes(b"x" * 10)
+    origin = DirectoryOrigin(tmp_path)
+    assert [(f.path, f.size) for f in origin.list_files()] == [("data/shard-0", 10)]
+    os.symlink("/etc/passwd", tmp_path / "data" / "passwd")
+    with pytest.raises(OriginError, match="symbolic link"):
+        origin.list_files()
+    (tmp_path / "data" / "passwd").unlink()
+    os.mkfifo(tmp_path / "pipe")
+    with pytest.raises(OriginError, match="not a regular file"):
+        origin.list_files()
+
+
+def test_our_info_hash_matches_libtorrents_and_refuses_garbage(tmp_path: Path) -> None:
+    from cairn.node_agent.torrent_metadata import TorrentMetadataError, info_hash_of
+    from cairn.node_agent.torrent_session import make_torrent
+
+    data = tmp_path / "data"
+    (data / "nested").mkdir(parents=True)
+    (data / "a.bin").write_bytes(os.urandom(300_000))
+    (data / "nested" / "b.bin").write_bytes(b"b" * 17)
+    meta = make_torrent(data)
+    assert info_hash_of(meta.torrent) == meta.info_hash
+    tampered = meta.torrent.replace(b"a.bin", b"c.bin")
+    assert info_hash_of(tampered) != meta.info_hash
+    for garbage in (b"", b"le", b"d4:infoi1e", b"d3:foo3:bare", meta.torrent[: len(meta.torrent) // 2]):
+        with pytest.raises(TorrentMetadataError):
+            info_hash_of(garbage)
