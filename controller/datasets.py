@@ -35,6 +35,7 @@ from kubernetes.client.exceptions import ApiException
 
 from cairn.kube import ResourceClient, Typed
 
+from . import metrics
 from .dataset_planner import (
     NodeInfo,
     choose_seeder,
@@ -68,6 +69,7 @@ class DatasetController:
     def sync(self) -> None:
         items = self.datasets.list()
         if not items:
+            metrics.DATASET_SUMMARIES.end_round(())
             return
         nodes = self._nodes()
         volumes = self.volumes.list()
@@ -76,6 +78,7 @@ class DatasetController:
                 self.reconcile(item, nodes, volumes)
             except Exception:
                 log.warning("reconciling dataset %s failed", item.name, exc_info=True)
+        metrics.DATASET_SUMMARIES.end_round((i.metadata.get("namespace", ""), i.name) for i in items)
 
     def _nodes(self) -> dict[str, tuple[StorageNode, dict[str, str]]]:
         labels = {n.metadata.name: n.metadata.labels or {} for n in self.core.list_node().items}
@@ -159,6 +162,9 @@ class DatasetController:
             (c for c in status.conditions if c.type == "Failed" and c.status == "True"), None
         )
         summary = summarize(targets, reports, status.info_hash, failed_reason is not None)
+        metrics.DATASET_SUMMARIES.record(
+            namespace, item.name, summary.phase, summary.ready_count, summary.wanted
+        )
         patch.update(
             {
                 "phase": summary.phase.value,

@@ -21,6 +21,7 @@ from cairn.events import EventRecorder
 from cairn.kube import ResourceClient, load_api_client
 from cairn.logs import setup_logging
 
+from . import metrics
 from .datasets import DatasetController
 from .populator import VolumePopulator
 from .service import ControllerService
@@ -53,6 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="do not fill claims whose dataSourceRef is a Checkpoint",
     )
+    parser.add_argument("--metrics-address", default=None, help="host:port to serve /metrics on")
     parser.add_argument("--log-level", default="INFO")
     return parser.parse_args(argv)
 
@@ -67,6 +69,8 @@ def main(argv: list[str] | None = None) -> None:
     api_client = load_api_client(args.kubeconfig)
     volumes = ResourceClient(api_client, LocalVolume)
     storage_nodes = ResourceClient(api_client, StorageNode)
+    if args.metrics_address:
+        metrics.serve(args.metrics_address, volumes)
     ready = threading.Event()
 
     def api_reachable() -> bool:

@@ -40,6 +40,7 @@ from cairn import TOPOLOGY_KEY
 from cairn.kube import ResourceClient, Typed
 from cairn.units import human_bytes
 
+from . import metrics
 from .capabilities import access_type_of, unsupported_capability
 from .naming import is_volume_name, volume_name
 from .parameters import POOL_KEY, parse_parameters
@@ -78,6 +79,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
 
     # -- CreateVolume ------------------------------------------------------------------------
 
+    @metrics.time_create_volume
     def CreateVolume(self, request, context: grpc.ServicerContext):
         require(request.name, "CreateVolume needs a name")
         require(request.volume_capabilities, "CreateVolume needs volume_capabilities")

@@ -49,6 +49,7 @@ from .checkpoint_replicas import assign_replicas
 from .checkpoint_retention import CheckpointRecord, plan_retention
 from .checkpoint_upload import CheckpointUploader, S3Location, UploadError, state_path
 from .checkpoint_watcher import NODE_LABEL
+from .thread_priority import run_in_background
 
 log = logging.getLogger("cairn.node.tiering")
 UPLOADED = "Uploaded"
@@ -172,6 +173,7 @@ class CheckpointTierer:
 
     def run_pass(self) -> None:
         """One look at everything this node recorded; the Coalescing runner calls it."""
+        run_in_background()  # this thread reads and hashes what it uploads: the trainer comes first
         with self._lock:  # one pass at a time, however often it is triggered
             items = self.checkpoints.list(label_selector=f"{NODE_LABEL}={self.node_name}")
             nodes = [n.model for n in self.storage_nodes.list()] if self.storage_nodes else []

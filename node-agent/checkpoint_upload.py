@@ -29,6 +29,7 @@ from botocore.exceptions import ClientError
 
 from .checkpoint_manifest import MANIFEST_NAME, Manifest, ManifestEntry, new_hasher, safe_relative_path
 from .rate_limit import ThrottledBody, TokenBucket
+from .thread_priority import run_in_background
 
 MiB = 1024 * 1024
 MIN_PART_BYTES = 5 * MiB  # S3's floor for every part but the last
@@ -249,7 +250,10 @@ class CheckpointUploader:
                 in_flight.release()
 
         size = 0
-        with ThreadPoolExecutor(self.concurrency, thread_name_prefix="upload") as pool, path.open("rb") as f:
+        pool = ThreadPoolExecutor(
+            self.concurrency, thread_name_prefix="upload", initializer=run_in_background
+        )
+        with pool, path.open("rb") as f:
             futures: list[Future[None]] = []
             number = 0
             while data := f.read(self.part_size):

@@ -33,6 +33,7 @@ from cairn.units import human_bytes
 
 from .checkpoint_commit import CandidateCheckpoint, CommitRule, CommitTracker, snapshot_tree
 from .checkpoint_manifest import MANIFEST_NAME, build_manifest
+from .thread_priority import run_in_background
 
 log = logging.getLogger("cairn.node.checkpoints")
 PVC_LABEL = "cairn.dev/pvc"
@@ -91,6 +92,7 @@ class CheckpointWatcher:
             self._volumes.pop(volume, None)
 
     def run(self, stop: threading.Event) -> None:
+        run_in_background()  # hashing a new checkpoint must not slow the job writing the next one
         while not stop.wait(self.period):
             with self._lock:
                 watched = list(self._volumes.values())

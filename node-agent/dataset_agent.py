@@ -20,6 +20,7 @@ For each Dataset whose status lists this node as a target (the controller decide
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -59,6 +60,7 @@ from .torrent_session import (
     make_torrent,
     piece_size_for,
 )
+from .volume_populate import PopulateError
 
 log = logging.getLogger("cairn.node.datasets")
 DATA_DIR = "data"
@@ -132,10 +134,15 @@ class DatasetAgent:
         return path.read_bytes() if path.exists() else None
 
     def data_directory(self, namespace: str, name: str) -> Path | None:
-        """This node's verified copy, for the volume populator; None until the copy is Ready."""
+        """This node's verified copy, for the volume populator; None until the copy is Ready.
+
+        Raises PopulateError when no copy will ever come, so the claim fails now, not at the timeout.
+        """
         item = self.datasets.get(name, namespace)
-        if item is None:
-            return None
+        problem = no_copy_coming(item.model if item else None, namespace, name, self.node_name)
+        if problem is not None:
+            raise PopulateError(*problem)
+        assert item is not None
         report = item.model.status.nodes.get(self.node_name)
         if report is None or report.phase != NodePhase.READY:
             return None
@@ -145,6 +152,9 @@ class DatasetAgent:
     # -- the loop -------------------------------------------------------------------------------
 
     def run_pass(self) -> None:
+        # Exported at 0 from the start, so dashboards and alerts see them before the first failure.
+        metrics.P2P_HASH_FAILURES.labels(node=self.node_name)
+        metrics.P2P_BANNED_PEERS.labels(node=self.node_name)
         with self._lock:
             self._trust_resume_data()  # decided once, at the first pass, before anything can change it
             items = self.datasets.list()
@@ -573,6 +583,31 @@ class DatasetAgent:
         if joined is not None:
             self.torrent.remove(joined.info_hash)
             log.info("dataset %s: left the swarm", key)
+        namespace, name = key.split("/", 1)
+        # A dataset that is gone must not keep a stalled-looking series (and its alert) alive.
+        for gauge in (metrics.DATASET_PROGRESS, metrics.P2P_PEERS):
+            with contextlib.suppress(KeyError):
+                gauge.remove(self.node_name, namespace, name)
+
+
+def no_copy_coming(dataset: Dataset | None, namespace: str, name: str, node: str) -> tuple[str, str] | None:
+    """(reason, message) when this node will never hold a Ready copy to fill a volume from.
+
+    A node's Failed copy stays Failed (the controller makes no second volume for it), and so does a
+    Failed Dataset; waiting for either would only hold the claim Pending until the populate timeout.
+    """
+    if dataset is None:
+        return "DatasetNotFound", f"Dataset {namespace}/{name} does not exist"
+    failed = next((c for c in dataset.status.conditions if c.type == "Failed" and c.status == "True"), None)
+    if failed is not None:
+        return "DatasetFailed", f"Dataset {namespace}/{name} failed: {failed.reason}: {failed.message}"
+    report = dataset.status.nodes.get(node)
+    if report is not None and report.phase == NodePhase.FAILED:
+        return (
+            report.reason or "DatasetCopyFailed",
+            f"the copy of Dataset {namespace}/{name} on node {node} failed: {report.message}",
+        )
+    return None
 
 
 def _hash_or_none(torrent: bytes) -> str | None:

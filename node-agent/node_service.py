@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -39,6 +39,19 @@ class StagedVolume:
     access: VolumeAccess
     fs_type: str | None
     pool: str
+    read_only: bool = False
+    """Staged and published read-only whatever the CO asks: a Dataset's copy is shared, verified data."""
+
+
+def stage_mount_flags(requested: Sequence[str], read_only: bool) -> list[str]:
+    """The options NodeStage mounts with: the CO's, with "ro" forced (and "rw" dropped) when read-only.
+
+    Read-only at the staging mount too, not only at the bind mounts: the staging path is on the host,
+    and whatever could write there would change the data every pod on the node reads.
+    """
+    if not read_only:
+        return list(requested)
+    return [*(flag for flag in requested if flag not in ("rw", "ro")), "ro"]
 
 
 class NodeService(csi_pb2_grpc.NodeServicer):
@@ -109,7 +122,8 @@ class NodeService(csi_pb2_grpc.NodeServicer):
                     "Cairn never reformats a device that holds data"
                 )
             mounter.ensure_directory(target)
-            mounter.mount(volume.device, target, fs_type, list(capability.mount.mount_flags))
+            flags = stage_mount_flags(capability.mount.mount_flags, volume.read_only)
+            mounter.mount(volume.device, target, fs_type, flags)
         self.on_staged(volume.name, target)
         return csi_pb2.NodeStageVolumeResponse()
 
@@ -145,7 +159,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         if request.volume_capability.WhichOneof("access_type") == "block":
             if not mounter.is_device_bound_at(target, volume.device):
                 mounter.ensure_file(target)
-                mounter.bind_mount(volume.device, target, readonly=request.readonly)
+                mounter.bind_mount(volume.device, target, readonly=request.readonly or volume.read_only)
             return
         require(request.staging_target_path, "NodePublishVolume needs the staging_target_path")
         staging = request.staging_target_path
@@ -154,7 +168,8 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         if mounter.is_mount_point(target):
             return
         mounter.ensure_directory(target)
-        mounter.bind_mount(staging, target, readonly=request.readonly)
+        # The staging mount is read-only already for such a volume; the bind says so to the pod too.
+        mounter.bind_mount(staging, target, readonly=request.readonly or volume.read_only)
 
     def NodeUnpublishVolume(self, request, context: grpc.ServicerContext):
         require(request.volume_id, "NodeUnpublishVolume needs a volume_id")

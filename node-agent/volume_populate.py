@@ -100,7 +100,8 @@ def copy_dataset_into(
     """Copy this node's verified copy of spec.populateFrom (a Dataset) under `root`.
 
     The node may not hold the dataset yet: the controller adds it to the dataset's targets once it
-    sees this volume waiting, and this waits for the copy to become Ready.
+    sees this volume waiting, and this waits for the copy to become Ready. `data_directory` raises
+    PopulateError when the copy will never come (the Dataset or this node's copy Failed).
     """
     source = spec.populate_from
     assert source is not None

@@ -32,6 +32,14 @@ def pool_vg(pool: str) -> str:
     return f"cairn-{pool}"
 
 
+def serves_read_only(spec: LocalVolumeSpec) -> bool:
+    """A volume filled from a Dataset is mounted read-only: consumers get the verified data as it is.
+
+    A Checkpoint restore is a training job's own state to resume and write on, so it stays writable.
+    """
+    return spec.populate_from is not None and spec.populate_from.kind == "Dataset"
+
+
 class VolumeReconciler:
     def __init__(
         self, node_name: str, lvm: Lvm, volumes: ResourceClient, on_change: Callable[[], None] = lambda: None
@@ -306,6 +314,7 @@ class VolumeReconciler:
                 access=VolumeAccess(spec.access),
                 fs_type=spec.fs_type,
                 pool=spec.pool.value,
+                read_only=serves_read_only(spec),
             )
 
     def _forget(self, name: str) -> None:

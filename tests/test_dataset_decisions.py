@@ -6,7 +6,15 @@ import os
 from pathlib import Path
 
 import pytest
-from cairn.api.dataset import DatasetNodes, DatasetNodeStatus, DatasetPhase, DatasetSource, NodePhase
+from cairn.api.dataset import (
+    Dataset,
+    DatasetNodes,
+    DatasetNodeStatus,
+    DatasetPhase,
+    DatasetSource,
+    NodePhase,
+)
+from cairn.api.volume import LocalVolumeSpec, PopulateSource
 from cairn.controller.dataset_planner import (
     NodeInfo,
     choose_seeder,
@@ -15,7 +23,10 @@ from cairn.controller.dataset_planner import (
     target_nodes,
     volume_bytes,
 )
+from cairn.node_agent.dataset_agent import no_copy_coming
 from cairn.node_agent.dataset_origin import DirectoryOrigin, OriginError, checked_listing
+from cairn.node_agent.node_service import stage_mount_flags
+from cairn.node_agent.volume_reconciler import serves_read_only
 from pydantic import ValidationError
 
 GiB = 1024**3
@@ -121,3 +132,44 @@ def test_our_info_hash_matches_libtorrents_and_refuses_garbage(tmp_path: Path) -
     for garbage in (b"", b"le", b"d4:infoi1e", b"d3:foo3:bare", meta.torrent[: len(meta.torrent) // 2]):
         with pytest.raises(TorrentMetadataError):
             info_hash_of(garbage)
+
+
+def test_only_a_volume_filled_from_a_dataset_is_served_read_only() -> None:
+    def spec(populate_from: PopulateSource | None) -> LocalVolumeSpec:
+        return LocalVolumeSpec(csi_name="v", node_name="a", size_bytes=1, populate_from=populate_from)
+
+    assert serves_read_only(spec(PopulateSource(kind="Dataset", namespace="ns", name="corpus")))
+    assert not serves_read_only(spec(PopulateSource(kind="Checkpoint", namespace="ns", name="step-7")))
+    assert not serves_read_only(spec(None))
+
+
+def test_a_read_only_volume_is_staged_ro_whatever_flags_the_pod_asks_for() -> None:
+    assert stage_mount_flags(["noatime", "rw"], read_only=True) == ["noatime", "ro"]
+    assert stage_mount_flags([], read_only=True) == ["ro"]
+    assert stage_mount_flags(["noatime", "rw"], read_only=False) == ["noatime", "rw"]
+
+
+def test_a_consumer_stops_waiting_when_its_nodes_copy_will_never_come() -> None:
+    def dataset(status: dict) -> Dataset:
+        return Dataset.model_validate(
+            {"spec": {"source": {"http": {"urls": ["https://data.example/a.bin"]}}}, "status": status}
+        )
+
+    downloading = {"nodes": {"a": {"phase": "Downloading", "progress": 0.4}}}
+    assert no_copy_coming(dataset(downloading), "ns", "corpus", "a") is None
+    assert no_copy_coming(dataset({}), "ns", "corpus", "a") is None  # not a target yet; it will be
+    no_room = {"nodes": {"a": {"phase": "Failed", "reason": "InsufficientSpace", "message": "pool full"}}}
+    assert no_copy_coming(dataset(no_room), "ns", "corpus", "a") == (
+        "InsufficientSpace",
+        "the copy of Dataset ns/corpus on node a failed: pool full",
+    )
+    assert no_copy_coming(dataset(no_room), "ns", "corpus", "b") is None
+    unsafe = {"conditions": [{"type": "Failed", "status": "True", "reason": "UnsafeName", "message": "../x"}]}
+    assert no_copy_coming(dataset(unsafe), "ns", "corpus", "a") == (
+        "DatasetFailed",
+        "Dataset ns/corpus failed: UnsafeName: ../x",
+    )
+    assert no_copy_coming(None, "ns", "corpus", "a") == (
+        "DatasetNotFound",
+        "Dataset ns/corpus does not exist",
+    )

@@ -1,13 +1,22 @@
 #!/usr/bin/env bash
 # Debian packages the test bed needs; installs only what is missing so a warm run is instant.
+# prometheus is the real server the dashboard e2e scrapes the bed with (tests/testbed/prometheus.py).
 set -euo pipefail
-needed=(lvm2 xfsprogs e2fsprogs fdisk util-linux mount iproute2 openssl)
+needed=(lvm2 xfsprogs e2fsprogs fdisk util-linux mount iproute2 openssl prometheus)
 missing=()
 for pkg in "${needed[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
 if ((${#missing[@]})); then
   echo "[system-deps] installing ${missing[*]}"
+  # Packages like prometheus start a system service on install. The bed runs its own, tagged per run,
+  # so keep apt from starting any daemon: a policy-rc.d that denies, unless the machine has one already.
+  policy=/usr/sbin/policy-rc.d
+  if [[ ! -e $policy ]]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy"
+    chmod 755 "$policy"
+    trap 'rm -f "$policy"' EXIT
+  fi
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi

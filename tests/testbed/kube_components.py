@@ -42,7 +42,7 @@ def start_controller_manager(workdir: Path, run_id: str, kubeconfig: Path) -> Ma
 
 
 def start_csi_provisioner(
-    workdir: Path, run_id: str, kubeconfig: Path, controller_socket: Path
+    workdir: Path, run_id: str, kubeconfig: Path, controller_socket: Path, extra_args: tuple[str, ...] = ()
 ) -> ManagedProcess:
     process = ManagedProcess(
         "csi-provisioner",
@@ -57,6 +57,7 @@ def start_csi_provisioner(
             "--retry-interval-start=1s",
             "--retry-interval-max=10s",
             "--v=3",
+            *extra_args,
         ],
         run_id=run_id,
         log_dir=workdir / "logs",

@@ -247,11 +247,15 @@ def node_object_body(node: SimulatedNode) -> dict[str, Any]:
 
 def node_status_patch(node: SimulatedNode, *, ready: bool = True) -> dict[str, Any]:
     now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    # Room the scheduler can place pods into (there is no kubelet to report it).
+    resources = {"cpu": "8", "memory": "32Gi", "pods": "110"}
     status: dict[str, Any] = {
         "addresses": [
             {"type": "InternalIP", "address": node.ip},
             {"type": "Hostname", "address": node.name},
-        ]
+        ],
+        "capacity": resources,
+        "allocatable": resources,
     }
     if ready:
         # Without a kubelet nothing else reports readiness; schedulers skip nodes that are not Ready.
