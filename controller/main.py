@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
+import socket
 import threading
 
 from cairn.api.checkpoint import Checkpoint
@@ -19,6 +21,7 @@ from kubernetes.client.exceptions import ApiException
 
 from cairn.events import EventRecorder
 from cairn.kube import ResourceClient, load_api_client
+from cairn.leader import LeaseElector
 from cairn.logs import setup_logging
 
 from . import metrics
@@ -55,6 +58,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="do not fill claims whose dataSourceRef is a Checkpoint",
     )
     parser.add_argument("--metrics-address", default=None, help="host:port to serve /metrics on")
+    parser.add_argument(
+        "--leader-elect",
+        action="store_true",
+        help="run the dataset and populator loops only while holding the Lease (for several replicas)",
+    )
+    parser.add_argument(
+        "--leader-elect-namespace", default="cairn-system", help="namespace of the cairn-controller Lease"
+    )
     parser.add_argument("--log-level", default="INFO")
     return parser.parse_args(argv)
 
@@ -100,18 +111,34 @@ def main(argv: list[str] | None = None) -> None:
         claim_annotations=claim_annotations,
     )
     stop = threading.Event()
-    datasets = DatasetController(ResourceClient(api_client, Dataset), volumes, storage_nodes, core)
-    threading.Thread(target=datasets.run, args=(stop,), name="datasets", daemon=True).start()
-    if not args.no_populator:
-        populator = VolumePopulator(
-            core,
-            client.StorageV1Api(api_client),
-            ResourceClient(api_client, Checkpoint),
-            ResourceClient(api_client, Dataset),
-            EventRecorder(api_client, "cairn-controller"),
-            args.populator_namespace,
+
+    def start_cluster_loops() -> None:
+        datasets = DatasetController(ResourceClient(api_client, Dataset), volumes, storage_nodes, core)
+        threading.Thread(target=datasets.run, args=(stop,), name="datasets", daemon=True).start()
+        if not args.no_populator:
+            populator = VolumePopulator(
+                core,
+                client.StorageV1Api(api_client),
+                ResourceClient(api_client, Checkpoint),
+                ResourceClient(api_client, Dataset),
+                EventRecorder(api_client, "cairn-controller"),
+                args.populator_namespace,
+            )
+            threading.Thread(target=populator.run, args=(stop,), name="populator", daemon=True).start()
+
+    if args.leader_elect:
+        # Every replica serves CSI for its own sidecars; only the leader runs the cluster-wide loops.
+        elector = LeaseElector(
+            client.CoordinationV1Api(api_client),
+            args.leader_elect_namespace,
+            "cairn-controller",
+            f"{socket.gethostname()}-{os.getpid()}",
         )
-        threading.Thread(target=populator.run, args=(stop,), name="populator", daemon=True).start()
+        threading.Thread(
+            target=elector.run, args=(start_cluster_loops, stop), name="leader", daemon=True
+        ).start()
+    else:
+        start_cluster_loops()
 
     def register(server) -> None:
         csi_pb2_grpc.add_IdentityServicer_to_server(IdentityService(api_reachable), server)
