@@ -9,7 +9,6 @@ as such, stages and publishes a pod's volume exactly as kubelet would once the s
 from __future__ import annotations
 
 import argparse
-import base64
 import contextlib
 import json
 import os
@@ -151,15 +150,7 @@ def up() -> None:
     bucket = bed.s3.create_bucket("checkpoints")
     apply(
         bed,
-        {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {"name": "s3-creds", "namespace": NAMESPACE},
-            "data": {
-                "accessKeyId": base64.b64encode(bed.s3.access_key.encode()).decode(),
-                "secretAccessKey": base64.b64encode(bed.s3.secret_key.encode()).decode(),
-            },
-        },
+        bed.s3.credentials_secret("s3-creds", NAMESPACE),
         {
             "apiVersion": "cairn.dev/v1alpha1",
             "kind": "CheckpointPolicy",

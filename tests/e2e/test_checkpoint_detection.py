@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cairn.csi.proto import csi_pb2
 
 from tests.testbed.bed import TestBed
 from tests.testbed.components import Driver, mount_capability, running_driver
@@ -29,45 +28,18 @@ def staged(bed: TestBed) -> Iterator[tuple[Driver, Path]]:
         "spec": {"commit": {"settleSeconds": 2}},
     }
     bed.control_plane.kubectl("apply", "-f", "-", input_text=json.dumps(policy))
-    with running_driver(bed, "checkpoints", disks=1, disk_size=256 * MiB) as driver:
-        # The parameters external-provisioner passes with --extra-create-metadata, plus the class's policy.
-        volume = (
-            driver.controller_stub()
-            .CreateVolume(
-                csi_pb2.CreateVolumeRequest(
-                    name="trainer-ckpt",
-                    capacity_range=csi_pb2.CapacityRange(required_bytes=64 * MiB),
-                    volume_capabilities=[CAPABILITY],
-                    parameters={
-                        "cairn.dev/checkpoint-policy": "train-policy",
-                        "csi.storage.k8s.io/pvc/name": "trainer",
-                        "csi.storage.k8s.io/pvc/namespace": NAMESPACE,
-                    },
-                ),
-                timeout=60,
-            )
-            .volume.volume_id
-        )
-        staging = driver.workdir / "staging" / volume
-        staging.mkdir(parents=True)
-        node = driver.node_stub()
-        node.NodeStageVolume(
-            csi_pb2.NodeStageVolumeRequest(
-                volume_id=volume, staging_target_path=str(staging), volume_capability=CAPABILITY
-            ),
-            timeout=60,
-        )
+    with (
+        running_driver(bed, "checkpoints", disks=1, disk_size=256 * MiB) as driver,
+        driver.staged_claim_volume(
+            "trainer-ckpt", 64 * MiB, pvc="trainer", namespace=NAMESPACE, policy="train-policy"
+        ) as (_volume, staging),
+    ):
         try:
             yield driver, staging
         finally:
             print("\n" + bed.control_plane.kubectl("get", "checkpoints", "-n", NAMESPACE).stdout)
-            node.NodeUnstageVolume(
-                csi_pb2.NodeUnstageVolumeRequest(volume_id=volume, staging_target_path=str(staging)),
-                timeout=60,
-            )
-            driver.controller_stub().DeleteVolume(csi_pb2.DeleteVolumeRequest(volume_id=volume), timeout=60)
-            bed.control_plane.kubectl("delete", "checkpoints", "--all", "-n", NAMESPACE)
-            bed.control_plane.kubectl("delete", "ckptpolicy", "train-policy", "-n", NAMESPACE)
+    bed.control_plane.kubectl("delete", "checkpoints", "--all", "-n", NAMESPACE)
+    bed.control_plane.kubectl("delete", "ckptpolicy", "train-policy", "-n", NAMESPACE)
 
 
 def checkpoints(bed: TestBed) -> dict[int, dict]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import shutil
@@ -13,7 +12,6 @@ from pathlib import Path
 from subprocess import CompletedProcess
 
 import pytest
-from cairn.csi.proto import csi_pb2
 
 from tests.testbed.bed import TestBed
 from tests.testbed.components import Driver, mount_capability, running_driver, start_node_agent
@@ -69,15 +67,7 @@ def cluster(bed: TestBed, restore_bucket: str) -> Iterator[Cluster]:
     assert bed.s3 is not None
     apply(
         bed,
-        {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {"name": "restore-s3", "namespace": NAMESPACE},
-            "data": {
-                "accessKeyId": base64.b64encode(bed.s3.access_key.encode()).decode(),
-                "secretAccessKey": base64.b64encode(bed.s3.secret_key.encode()).decode(),
-            },
-        },
+        bed.s3.credentials_secret("restore-s3", NAMESPACE),
     )
     apply(
         bed,
@@ -96,33 +86,12 @@ def cluster(bed: TestBed, restore_bucket: str) -> Iterator[Cluster]:
             },
         },
     )
-    with running_driver(bed, "restore", disks=1, disk_size=256 * MiB) as driver:
-        volume = (
-            driver.controller_stub()
-            .CreateVolume(
-                csi_pb2.CreateVolumeRequest(
-                    name="restore-trainer",
-                    capacity_range=csi_pb2.CapacityRange(required_bytes=64 * MiB),
-                    volume_capabilities=[CAPABILITY],
-                    parameters={
-                        "cairn.dev/checkpoint-policy": "restore-policy",
-                        "csi.storage.k8s.io/pvc/name": PVC,
-                        "csi.storage.k8s.io/pvc/namespace": NAMESPACE,
-                    },
-                ),
-                timeout=60,
-            )
-            .volume.volume_id
-        )
-        staging = driver.workdir / "staging" / volume
-        staging.mkdir(parents=True)
-        node = driver.node_stub()
-        node.NodeStageVolume(
-            csi_pb2.NodeStageVolumeRequest(
-                volume_id=volume, staging_target_path=str(staging), volume_capability=CAPABILITY
-            ),
-            timeout=60,
-        )
+    with (
+        running_driver(bed, "restore", disks=1, disk_size=256 * MiB) as driver,
+        driver.staged_claim_volume(
+            "restore-trainer", 64 * MiB, pvc=PVC, namespace=NAMESPACE, policy="restore-policy"
+        ) as (_volume, staging),
+    ):
         # Node B joins only now, so the volume above could only land on node A.
         (other,) = bed.add_nodes(1)
         other_agent = None
@@ -138,14 +107,9 @@ def cluster(bed: TestBed, restore_bucket: str) -> Iterator[Cluster]:
                 other_agent.stop()
                 print(f"\n{other_agent.name} log tail:\n{other_agent.log_tail(10)}")
             bed.remove_nodes([other])
-            node.NodeUnstageVolume(
-                csi_pb2.NodeUnstageVolumeRequest(volume_id=volume, staging_target_path=str(staging)),
-                timeout=60,
-            )
-            driver.controller_stub().DeleteVolume(csi_pb2.DeleteVolumeRequest(volume_id=volume), timeout=60)
-            bed.control_plane.kubectl("delete", "checkpoints", "-l", f"cairn.dev/pvc={PVC}", "-n", NAMESPACE)
-            bed.control_plane.kubectl("delete", "ckptpolicy", "restore-policy", "-n", NAMESPACE)
-            bed.control_plane.kubectl("delete", "secret", "restore-s3", "-n", NAMESPACE)
+    bed.control_plane.kubectl("delete", "checkpoints", "-l", f"cairn.dev/pvc={PVC}", "-n", NAMESPACE)
+    bed.control_plane.kubectl("delete", "ckptpolicy", "restore-policy", "-n", NAMESPACE)
+    bed.control_plane.kubectl("delete", "secret", "restore-s3", "-n", NAMESPACE)
 
 
 def write_dcp(directory: Path, shard_bytes: list[int]) -> dict[str, bytes]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import re
@@ -13,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from cairn.csi.proto import csi_pb2
 
 from tests.testbed.bed import TestBed
 from tests.testbed.components import (
@@ -60,15 +58,7 @@ def tiering_bucket(bed: TestBed) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def trainer(bed: TestBed, tiering_bucket: str) -> Iterator[Trainer]:
     assert bed.s3 is not None
-    secret = {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": "tiering-s3", "namespace": NAMESPACE},
-        "data": {
-            "accessKeyId": base64.b64encode(bed.s3.access_key.encode()).decode(),
-            "secretAccessKey": base64.b64encode(bed.s3.secret_key.encode()).decode(),
-        },
-    }
+    secret = bed.s3.credentials_secret("tiering-s3", NAMESPACE)
     apply(bed, secret)
     apply(
         bed,
@@ -94,44 +84,19 @@ def trainer(bed: TestBed, tiering_bucket: str) -> Iterator[Trainer]:
             },
         },
     )
-    with running_driver(bed, "tiering", disks=1, disk_size=512 * MiB) as driver:
-        volume = (
-            driver.controller_stub()
-            .CreateVolume(
-                csi_pb2.CreateVolumeRequest(
-                    name="tiered-trainer",
-                    capacity_range=csi_pb2.CapacityRange(required_bytes=256 * MiB),
-                    volume_capabilities=[CAPABILITY],
-                    parameters={
-                        "cairn.dev/checkpoint-policy": "tiered",
-                        "csi.storage.k8s.io/pvc/name": "llm",
-                        "csi.storage.k8s.io/pvc/namespace": NAMESPACE,
-                    },
-                ),
-                timeout=60,
-            )
-            .volume.volume_id
-        )
-        staging = driver.workdir / "staging" / volume
-        staging.mkdir(parents=True)
-        driver.node_stub().NodeStageVolume(
-            csi_pb2.NodeStageVolumeRequest(
-                volume_id=volume, staging_target_path=str(staging), volume_capability=CAPABILITY
-            ),
-            timeout=60,
-        )
+    with (
+        running_driver(bed, "tiering", disks=1, disk_size=512 * MiB) as driver,
+        driver.staged_claim_volume(
+            "tiered-trainer", 256 * MiB, pvc="llm", namespace=NAMESPACE, policy="tiered"
+        ) as (_volume, staging),
+    ):
         try:
             yield Trainer(driver, staging, tiering_bucket, f"runs/{NAMESPACE}/llm")
         finally:
             print("\n" + bed.control_plane.kubectl("get", "checkpoints", "-n", NAMESPACE).stdout)
-            driver.node_stub().NodeUnstageVolume(
-                csi_pb2.NodeUnstageVolumeRequest(volume_id=volume, staging_target_path=str(staging)),
-                timeout=60,
-            )
-            driver.controller_stub().DeleteVolume(csi_pb2.DeleteVolumeRequest(volume_id=volume), timeout=60)
-            bed.control_plane.kubectl("delete", "checkpoints", "-l", "cairn.dev/pvc=llm", "-n", NAMESPACE)
-            bed.control_plane.kubectl("delete", "ckptpolicy", "tiered", "-n", NAMESPACE)
-            bed.control_plane.kubectl("delete", "secret", "tiering-s3", "-n", NAMESPACE)
+    bed.control_plane.kubectl("delete", "checkpoints", "-l", "cairn.dev/pvc=llm", "-n", NAMESPACE)
+    bed.control_plane.kubectl("delete", "ckptpolicy", "tiered", "-n", NAMESPACE)
+    bed.control_plane.kubectl("delete", "secret", "tiering-s3", "-n", NAMESPACE)
 
 
 def write_dcp(directory: Path, shard_bytes: list[int]) -> dict[str, bytes]:

@@ -6,7 +6,6 @@ filled from its own verified copy.
 
 from __future__ import annotations
 
-import base64
 import errno
 import json
 import os
@@ -72,17 +71,7 @@ def bed_with_holder(bed: TestBed) -> Iterator[Bed]:
             agent, _ = start_node_agent(
                 running.driver.workdir, bed.run_id, bed.control_plane.kubeconfigs["cairn-node-agent"], holder
             )
-            cluster.apply(
-                {
-                    "apiVersion": "v1",
-                    "kind": "Secret",
-                    "metadata": {"name": SECRET, "namespace": NAMESPACE},
-                    "data": {
-                        "accessKeyId": base64.b64encode(bed.s3.access_key.encode()).decode(),
-                        "secretAccessKey": base64.b64encode(bed.s3.secret_key.encode()).decode(),
-                    },
-                }
-            )
+            cluster.apply(bed.s3.credentials_secret(SECRET, NAMESPACE))
             # Delayed binding, as for a pod's claim: Immediate would let the provisioner spread the
             # volume over every labelled node, the holder included.
             cluster.apply(cluster.storage_class(STORAGE_CLASS, {}, binding="WaitForFirstConsumer"))

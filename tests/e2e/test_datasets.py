@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import re
@@ -99,17 +98,7 @@ def swarm(bed: TestBed) -> Iterator[Swarm]:
     nodes = bed.add_nodes(5, disks=1, disk_size=640 * MiB)
     swarm = Swarm(bed, workdir, nodes)
     swarm.bucket = bed.s3.create_bucket(f"datasets-{bed.run_id[:8]}")
-    swarm.apply(
-        {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {"name": "dataset-s3", "namespace": NAMESPACE},
-            "data": {
-                "accessKeyId": base64.b64encode(bed.s3.access_key.encode()).decode(),
-                "secretAccessKey": base64.b64encode(bed.s3.secret_key.encode()).decode(),
-            },
-        }
-    )
+    swarm.apply(bed.s3.credentials_secret("dataset-s3", NAMESPACE))
     try:
         for node in nodes:
             node.shape(LINK)

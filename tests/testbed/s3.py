@@ -71,6 +71,16 @@ class S3Server:
             config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 2}),
         )
 
+    def credentials_secret(self, name: str, namespace: str) -> dict:
+        """A Secret manifest holding this server's keys under the names CheckpointPolicy and Dataset
+        read by default (accessKeyId, secretAccessKey)."""
+        return {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": name, "namespace": namespace},
+            "stringData": {"accessKeyId": self.access_key, "secretAccessKey": self.secret_key},
+        }
+
     def create_bucket(self, name: str) -> str:
         self.client().create_bucket(Bucket=name)
         return name
