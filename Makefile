@@ -65,7 +65,7 @@ e2e: system-deps proto tools
 sanity: system-deps proto tools
 	$(PYTEST) tests/e2e/test_csi_sanity.py -s -q
 
-BENCHMARKS ?= publish_scaling create_latency hash_choice tier_upload checkpoint_stall p2p_loopback
+BENCHMARKS ?= publish_scaling create_latency hash_choice tier_upload checkpoint_stall p2p_loopback p2p_seed
 bench: system-deps proto tools
 	@for b in $(BENCHMARKS); do echo "== bench/$$b.py"; $(PY) -m bench.$$b || exit 1; done
 
