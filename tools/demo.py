@@ -333,11 +333,11 @@ def down() -> None:
             subprocess.run(["losetup", "-d", device], check=False)
     for namespace in leaks.network_namespaces():
         if run_id in namespace:
-            subprocess.run(["ip", "netns", "del", namespace], check=False)
+            subprocess.run(["ip", "netns", "del", namespace], check=False, capture_output=True)
     tag = leaks.run_tag(run_id)
     for link in leaks.network_links():
         if tag in link:
-            subprocess.run(["ip", "link", "del", link], check=False)
+            subprocess.run(["ip", "link", "del", link], check=False, capture_output=True)
     subprocess.run(["rm", "-rf", str(workdir)], check=False)
     empty = leaks.SystemSnapshot(frozenset(), frozenset(), frozenset(), frozenset())
     left = leaks.find_leaks(run_id, empty)
