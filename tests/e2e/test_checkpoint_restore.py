@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 from collections.abc import Iterator
@@ -14,6 +13,7 @@ from subprocess import CompletedProcess
 import pytest
 
 from tests.testbed.bed import TestBed
+from tests.testbed.checkpoints import write_dcp
 from tests.testbed.components import Driver, mount_capability, running_driver, start_node_agent
 from tests.testbed.nodes import SimulatedNode
 from tests.testbed.process import ManagedProcess
@@ -110,18 +110,6 @@ def cluster(bed: TestBed, restore_bucket: str) -> Iterator[Cluster]:
     bed.control_plane.kubectl("delete", "checkpoints", "-l", f"cairn.dev/pvc={PVC}", "-n", NAMESPACE)
     bed.control_plane.kubectl("delete", "ckptpolicy", "restore-policy", "-n", NAMESPACE)
     bed.control_plane.kubectl("delete", "secret", "restore-s3", "-n", NAMESPACE)
-
-
-def write_dcp(directory: Path, shard_bytes: list[int]) -> dict[str, bytes]:
-    """Shards first, `.metadata` last, as PyTorch DCP writes them."""
-    directory.mkdir(parents=True)
-    written = {}
-    for rank, size in enumerate(shard_bytes):
-        written[f"__{rank}_0.distcp"] = data = os.urandom(size)
-        (directory / f"__{rank}_0.distcp").write_bytes(data)
-    written[".metadata"] = metadata = os.urandom(4096)
-    (directory / ".metadata").write_bytes(metadata)
-    return written
 
 
 def cairn_restore(bed: TestBed, cluster: Cluster, name: str, destination: Path) -> CompletedProcess[str]:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.testbed.bed import TestBed
+from tests.testbed.checkpoints import write_dcp
 from tests.testbed.components import (
     METRICS_PORT,
     Driver,
@@ -99,20 +100,6 @@ def trainer(bed: TestBed, tiering_bucket: str) -> Iterator[Trainer]:
     bed.control_plane.kubectl("delete", "secret", "tiering-s3", "-n", NAMESPACE)
 
 
-def write_dcp(directory: Path, shard_bytes: list[int]) -> dict[str, bytes]:
-    """Shards first, `.metadata` last, as PyTorch DCP writes them."""
-    directory.mkdir(parents=True)
-    written = {}
-    for rank, size in enumerate(shard_bytes):
-        data = os.urandom(size)
-        (directory / f"__{rank}_0.distcp").write_bytes(data)
-        written[f"__{rank}_0.distcp"] = data
-    metadata = os.urandom(2048)
-    (directory / ".metadata").write_bytes(metadata)
-    written[".metadata"] = metadata
-    return written
-
-
 def checkpoints(bed: TestBed) -> dict[int, dict]:
     listed = bed.control_plane.kubectl(
         "get", "checkpoints", "-n", NAMESPACE, "-l", "cairn.dev/pvc=llm", "-o", "json"
@@ -131,7 +118,7 @@ def remote_keys(bed: TestBed, bucket: str, prefix: str) -> set[str]:
 
 
 def test_a_dcp_checkpoint_becomes_tiered_with_verified_bytes(bed: TestBed, trainer: Trainer) -> None:
-    written = write_dcp(trainer.staging / "ckpt" / "step_10", [7 * MiB + 5, 3 * MiB])
+    written = write_dcp(trainer.staging / "ckpt" / "step_10", [7 * MiB + 5, 3 * MiB], metadata_bytes=2048)
     wait_until(lambda: phase(bed, 10) == "Tiered", 90, "step 10 to be Tiered")
     record = checkpoints(bed)[10]
     status = record["status"]
@@ -181,7 +168,7 @@ def test_an_agent_killed_mid_upload_resumes_without_resending_finished_parts(
     bed: TestBed, trainer: Trainer
 ) -> None:
     driver = trainer.driver
-    write_dcp(trainer.staging / "ckpt" / "step_20", [40 * MiB])
+    write_dcp(trainer.staging / "ckpt" / "step_20", [40 * MiB], metadata_bytes=2048)
     key = f"{trainer.prefix}/ckpt/step_20/__0_0.distcp"
     client = bed.s3.client()
 
@@ -215,7 +202,7 @@ def test_an_agent_killed_mid_upload_resumes_without_resending_finished_parts(
 def test_retention_keeps_two_local_and_three_remote_of_five(bed: TestBed, trainer: Trainer) -> None:
     steps = [100, 200, 300, 400, 500]
     for step in steps:
-        write_dcp(trainer.staging / "series" / f"step_{step}", [MiB])
+        write_dcp(trainer.staging / "series" / f"step_{step}", [MiB], metadata_bytes=2048)
         wait_until(lambda step=step: phase(bed, step) == "Tiered", 60, f"step {step} to be Tiered")
 
     def settled() -> bool:

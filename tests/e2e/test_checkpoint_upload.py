@@ -15,19 +15,11 @@ from cairn.node_agent.checkpoint_manifest import MANIFEST_NAME, build_manifest
 from cairn.node_agent.checkpoint_upload import CheckpointUploader, S3Location, UploadError, s3_client
 
 from tests.testbed.bed import TestBed
+from tests.testbed.checkpoints import write_dcp
 from tests.testbed.leaks import process_env
 
 MiB = 1024 * 1024
 PART = 5 * MiB
-
-
-def dcp_checkpoint(root: Path, shard_sizes: list[int]) -> Path:
-    """Shards first, `.metadata` last, as PyTorch DCP writes them."""
-    root.mkdir(parents=True)
-    for rank, size in enumerate(shard_sizes):
-        (root / f"__{rank}_0.distcp").write_bytes(os.urandom(size))
-    (root / ".metadata").write_bytes(os.urandom(4096))
-    return root
 
 
 def uploader(bed: TestBed, state_dir: Path, **kwargs) -> CheckpointUploader:
@@ -37,7 +29,8 @@ def uploader(bed: TestBed, state_dir: Path, **kwargs) -> CheckpointUploader:
 
 
 def test_upload_is_multipart_concurrent_and_verified(bed: TestBed, bucket: str, tmp_path: Path) -> None:
-    checkpoint = dcp_checkpoint(tmp_path / "step_100", [12 * MiB + 3, 7 * MiB, 1000])
+    checkpoint = tmp_path / "step_100"
+    write_dcp(checkpoint, [12 * MiB + 3, 7 * MiB, 1000])
     manifest = build_manifest(checkpoint)
     location = S3Location(bucket, "team-a/train/step_100")
     tier = uploader(bed, tmp_path / "state", concurrency=3)
@@ -54,7 +47,8 @@ def test_upload_is_multipart_concurrent_and_verified(bed: TestBed, bucket: str, 
 
 
 def test_a_flipped_byte_in_s3_fails_verification(bed: TestBed, bucket: str, tmp_path: Path) -> None:
-    checkpoint = dcp_checkpoint(tmp_path / "step_5", [6 * MiB])
+    checkpoint = tmp_path / "step_5"
+    write_dcp(checkpoint, [6 * MiB])
     manifest = build_manifest(checkpoint)
     location = S3Location(bucket, "ckpt/step_5")
     tier = uploader(bed, tmp_path / "state")
@@ -71,7 +65,8 @@ def test_a_flipped_byte_in_s3_fails_verification(bed: TestBed, bucket: str, tmp_
 def test_a_file_changed_after_its_manifest_is_never_reported_uploaded(
     bed: TestBed, bucket: str, tmp_path: Path
 ) -> None:
-    checkpoint = dcp_checkpoint(tmp_path / "step_7", [6 * MiB])
+    checkpoint = tmp_path / "step_7"
+    write_dcp(checkpoint, [6 * MiB])
     manifest = build_manifest(checkpoint)
     with (checkpoint / "__0_0.distcp").open("r+b") as shard:
         shard.seek(100)
@@ -81,7 +76,8 @@ def test_a_file_changed_after_its_manifest_is_never_reported_uploaded(
 
 
 def test_bandwidth_cap_holds_across_concurrent_parts(bed: TestBed, bucket: str, tmp_path: Path) -> None:
-    checkpoint = dcp_checkpoint(tmp_path / "step_9", [10 * MiB])
+    checkpoint = tmp_path / "step_9"
+    write_dcp(checkpoint, [10 * MiB])
     manifest = build_manifest(checkpoint)
     tier = uploader(bed, tmp_path / "state", concurrency=4, bandwidth_bytes_per_second=8 * MiB)
     started = time.monotonic()
@@ -95,7 +91,8 @@ def test_upload_resumes_after_kill_9_without_resending_finished_parts(
     bed: TestBed, bucket: str, tmp_path: Path
 ) -> None:
     assert bed.s3 is not None
-    checkpoint = dcp_checkpoint(tmp_path / "step_200", [40 * MiB])
+    checkpoint = tmp_path / "step_200"
+    write_dcp(checkpoint, [40 * MiB])
     (checkpoint / MANIFEST_NAME).write_text(build_manifest(checkpoint).to_json())
     state_dir = tmp_path / "state"
     env = process_env(

@@ -23,6 +23,7 @@ from cairn.csi.proto import csi_pb2, csi_pb2_grpc
 
 from cairn import TOPOLOGY_KEY
 from tests.testbed.bed import TestBed
+from tests.testbed.checkpoints import write_dcp
 from tests.testbed.components import METRICS_PORT, mount_capability, start_controller, start_node_agent
 from tests.testbed.controlplane import free_port
 from tests.testbed.nodes import SimulatedNode
@@ -66,14 +67,6 @@ def get_json(bed: TestBed, *args: str) -> dict:
 def checkpoint_status(bed: TestBed) -> dict:
     items = get_json(bed, "checkpoints", "-l", f"cairn.dev/pvc={PVC}").get("items", [])
     return items[0].get("status", {}) if items else {}
-
-
-def write_dcp(directory: Path, shard_bytes: list[int]) -> None:
-    """Shards first, `.metadata` last, as PyTorch DCP writes them."""
-    directory.mkdir(parents=True)
-    for rank, size in enumerate(shard_bytes):
-        (directory / f"__{rank}_0.distcp").write_bytes(os.urandom(size))
-    (directory / ".metadata").write_bytes(os.urandom(2048))
 
 
 @pytest.fixture(scope="module")
@@ -223,7 +216,7 @@ def run_checkpoint_workload(
             ),
             timeout=60,
         )
-    write_dcp(staging / "ckpt" / "step_1", [3 * MiB, 2 * MiB])
+    write_dcp(staging / "ckpt" / "step_1", [3 * MiB, 2 * MiB], metadata_bytes=2048)
     wait_until(
         lambda: (
             checkpoint_status(bed).get("phase") == "Tiered"
