@@ -80,8 +80,9 @@ class DatasetSpec(CairnModel):
 class DatasetPhase(StrEnum):
     PENDING = "Pending"
     SEEDING = "Seeding"
-    """The seeder is reading the origin and building the torrent."""
+    """The seeder is reading the origin; no part is published yet."""
     DISTRIBUTING = "Distributing"
+    """Parts are moving between nodes, while the seeder may still be reading the rest."""
     READY = "Ready"
     FAILED = "Failed"
 
@@ -109,6 +110,14 @@ class DatasetNodeStatus(CairnModel):
     updated_at: datetime | None = None
 
 
+class DatasetPart(CairnModel):
+    """One torrent of the dataset: a group of whole files, published as soon as the seeder holds it."""
+
+    info_hash: str = Field(description="BitTorrent v2 info-hash (SHA-256, hex) of this part's torrent.")
+    files: int
+    bytes: int
+
+
 class DatasetStatus(CairnModel):
     phase: DatasetPhase = DatasetPhase.PENDING
     source: str | None = Field(default=None, description="The source in one line, for the printer column.")
@@ -116,8 +125,16 @@ class DatasetStatus(CairnModel):
     size: str | None = None
     file_count: int | None = None
     piece_size: int | None = None
-    info_hash: str | None = Field(default=None, description="BitTorrent v2 info-hash (SHA-256, hex).")
-    digest: str | None = Field(default=None, description="Whole-dataset digest over every file's BLAKE3.")
+    part_count: int | None = Field(
+        default=None, description="How many torrents the dataset is split into (known once listed)."
+    )
+    parts: list[DatasetPart] = Field(
+        default_factory=list,
+        description="The torrents published so far, in the order the seeder read them from the origin.",
+    )
+    digest: str | None = Field(
+        default=None, description="Whole-dataset digest over every file's BLAKE3; set with the last part."
+    )
     seeder: str | None = Field(default=None, description="The node that reads the origin once.")
     source_volume: str | None = Field(
         default=None, description="For a PVC source: the LocalVolume behind the claim, read on its node."
@@ -147,6 +164,16 @@ class Dataset(Resource):
 
     spec: DatasetSpec
     status: DatasetStatus = Field(default_factory=DatasetStatus)
+
+    @property
+    def fully_published(self) -> bool:
+        """The seeder has published every part and the whole-dataset digest."""
+        status = self.status
+        return (
+            status.part_count is not None
+            and len(status.parts) == status.part_count
+            and status.digest is not None
+        )
 
 
 DATASET_LABEL = "cairn.dev/dataset"

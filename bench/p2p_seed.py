@@ -656,7 +656,8 @@ class DatasetWatch:
                 for key, mark in (
                     ("seeder", "seeder_chosen"),
                     ("totalBytes", "listed"),
-                    ("infoHash", "published"),
+                    ("parts", "first_part_published"),
+                    ("digest", "all_published"),
                 ):
                     if status.get(key):
                         self._mark(mark, now)
@@ -750,7 +751,8 @@ def run_cairn_round(
 
     def after(what: str, since: str) -> list[float]:
         """Per non-seeding node, sorted: seconds from milestone `since` to that node's `what`."""
-        return sorted(round(seen[f"{n}:{what}"] - seen[since], 1) for n in others if f"{n}:{what}" in seen)
+        start = seen.get(since, 0.0)
+        return sorted(round(seen[f"{n}:{what}"] - start, 1) for n in others if f"{n}:{what}" in seen)
 
     # The seeder reports Downloading just before its first GET of the origin.
     fetch_started = seen.get(f"{seeder}:Downloading", 0.0)
@@ -763,12 +765,18 @@ def run_cairn_round(
         "origin_fetch_s": round(fetch, 1),
         "origin_fetch_mbit": round(swarm.size * 8 / fetch / 1e6, 1) if fetch > 0 else None,
         "origin_fetch_longest_stall_s": round(watch.longest_fetch_gap, 1),
-        "hash_and_publish_s": round(seen.get("published", 0.0) - seen.get("fetched", 0.0), 1),
-        "published_s": round(seen.get("published", 0.0), 1),
-        "joined_after_publish_s": after("joined", "published"),
-        "verified_after_publish_s": after("verified", "published"),
+        "first_part_published_s": round(seen.get("first_part_published", 0.0), 1),
+        "last_part_published_after_fetch_s": round(
+            seen.get("all_published", 0.0) - seen.get("fetched", 0.0), 1
+        ),
+        "all_published_s": round(seen.get("all_published", 0.0), 1),
+        "joined_after_first_part_s": after("joined", "first_part_published"),
+        "verified_after_all_published_s": after("verified", "all_published"),
         "ready_after_last_verified_s": round(seconds - last_verified, 1),
         "ready_s": round(seconds, 1),
+        # Every piece has to leave the seeder once; more than that is the seeder's uplink spent on
+        # pieces the others could have passed on, and while it reads the origin it has no more.
+        "seeder_upload_over_f": round(status["nodes"][seeder].get("bytesUploaded", 0) / swarm.size, 2),
     }
     ended = started + seconds
     swarm.api.delete_namespaced_custom_object(API_GROUP, API_VERSION, NAMESPACE, "datasets", name)

@@ -90,15 +90,16 @@ class Summary:
 
 
 def summarize(
-    targets: list[str], reports: Mapping[str, DatasetNodeStatus], info_hash: str | None, failed: bool
+    targets: list[str], reports: Mapping[str, DatasetNodeStatus], published: bool, failed: bool
 ) -> Summary:
+    """`published`: the seeder has published at least one part."""
     wanted = [reports.get(name, DatasetNodeStatus()) for name in targets]
     ready = sum(1 for report in wanted if report.phase == NodePhase.READY)
     if failed:
         phase = DatasetPhase.FAILED
     elif targets and ready == len(targets):
         phase = DatasetPhase.READY
-    elif info_hash:
+    elif published:
         phase = DatasetPhase.DISTRIBUTING
     elif targets:
         phase = DatasetPhase.SEEDING

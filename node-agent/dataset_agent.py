@@ -6,11 +6,14 @@ For each Dataset whose status lists this node as a target (the controller decide
 - Each target mounts its copy's LocalVolume (made by the controller, carved by this agent's volume
   reconciler) at `<state>/datasets/<namespace>/<name>`; the data lives under `data/` in it.
 - The seeder reads each file from the origin exactly once, writing it to disk and hashing it for the
-  dataset digest on the way. It then builds the v2 torrent (libtorrent hashes the pieces from the
-  page cache) and seeds it with every piece marked verified: it does not re-hash what it wrote.
-- The others fetch the .torrent from a node that has it (checking it against the info-hash in
-  status) and download from the swarm. libtorrent checks every piece against its Merkle root as it
-  arrives; at the end the agent checks the whole-dataset digest against the seeder's.
+  dataset digest on the way. The files come in parts (dataset_parts.py): as soon as it holds a
+  part, it builds that part's v2 torrent (libtorrent hashes the pieces from the page cache), seeds
+  it with every piece marked verified (it does not re-hash what it wrote) and publishes its
+  info-hash, then reads the next part while the swarm copies this one.
+- The others fetch each part's .torrent from a node that has it (checking it against the info-hash
+  in status) and download it from the swarm. libtorrent checks every piece against its Merkle root
+  as it arrives; once every part is in, the agent checks the whole-dataset digest against the
+  seeder's.
 - Fast-resume data is saved every RESUME_INTERVAL seconds and at a clean shutdown. After a clean
   restart it is trusted as it is. After a crash it is not: the pieces written since the last save
   would be fetched again (a 10 s interval at 30 MB/s is 300 MB), and a write torn by the crash could
@@ -35,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from cairn.api.base import condition
-from cairn.api.dataset import Dataset, DatasetNodeStatus, NodePhase, dataset_volume_name
+from cairn.api.dataset import Dataset, DatasetNodeStatus, DatasetPart, NodePhase, dataset_volume_name
 from cairn.api.disk import StorageNode
 from kubernetes import client
 
@@ -45,9 +48,11 @@ from cairn.units import human_bytes
 from . import metrics, mounter
 from .checkpoint_credentials import read_credentials
 from .checkpoint_fetch import split_address
-from .checkpoint_manifest import Manifest, ManifestEntry, build_manifest, new_hasher
+from .checkpoint_manifest import Manifest, ManifestEntry, build_manifest
 from .checkpoint_upload import S3Location, s3_client
-from .dataset_origin import DirectoryOrigin, HttpOrigin, Origin, OriginError, OriginFile, S3Origin
+from .dataset_fetch import fetch_parts
+from .dataset_origin import DirectoryOrigin, HttpOrigin, Origin, OriginError, S3Origin
+from .dataset_parts import part_peers, plan_parts
 from .node_service import StagedVolume
 from .torrent_metadata import TorrentMetadataError, info_hash_of
 from .torrent_session import (
@@ -66,6 +71,8 @@ log = logging.getLogger("cairn.node.datasets")
 DATA_DIR = "data"
 """Files live at `<mount>/data/<path>` on every node (and the torrent is named after it)."""
 RESUME_INTERVAL = 10.0
+STALL_SECONDS = 3.0
+"""A part that gained nothing for this long is asked of the seeder too (see `part_peers`)."""
 FETCH_CHUNK = 8 * 1024 * 1024
 
 
@@ -75,9 +82,16 @@ def _key(namespace: str, name: str) -> str:
 
 @dataclass
 class Joined:
-    info_hash: str
+    """This session's share in one dataset: a torrent per part it has so far."""
+
     base_from_peers: int
     """Bytes from peers reported before this session joined (a restarted agent keeps counting)."""
+    parts: dict[int, str] = field(default_factory=dict)
+    """Part index to info-hash."""
+    told: dict[int, set[tuple[str, int]]] = field(default_factory=dict)
+    """Per part, the peers its torrent has been given (given again, seeds that hung up reconnect)."""
+    last_progress: dict[int, tuple[int, float]] = field(default_factory=dict)
+    """Per part, bytes held and since when: a part that stops moving asks the seeder too."""
     resume_saved_at: float = 0.0
     counted_download: int = 0
     counted_upload: int = 0
@@ -106,7 +120,8 @@ class DatasetAgent:
         with self._lock:
             for key, joined in list(self._joined.items()):
                 namespace, name = key.split("/", 1)
-                self._save_resume(namespace, name, joined)
+                for index, info_hash in joined.parts.items():
+                    self._save_resume(namespace, name, index, info_hash)
             self.root.mkdir(parents=True, exist_ok=True)
             self.clean_marker.touch()
 
@@ -125,12 +140,16 @@ class DatasetAgent:
     def mount_point(self, namespace: str, name: str) -> Path:
         return self.root / namespace / name
 
-    def _local(self, namespace: str, name: str, suffix: str) -> Path:
-        return self.root / namespace / f"{name}{suffix}"
+    def _parts_dir(self, namespace: str, name: str) -> Path:
+        """Each part's .torrent and resume data; beside the mount point, not in the copy itself."""
+        return self.root / namespace / f"{name}.parts"
 
-    def torrent_bytes(self, namespace: str, name: str) -> bytes | None:
-        """For the peer server: this node's .torrent of a dataset, once it has one."""
-        path = self._local(namespace, name, ".torrent")
+    def _local(self, namespace: str, name: str, index: int, suffix: str) -> Path:
+        return self._parts_dir(namespace, name) / f"{index}{suffix}"
+
+    def torrent_bytes(self, namespace: str, name: str, index: int) -> bytes | None:
+        """For the peer server: this node's .torrent of one part of a dataset, once it has one."""
+        path = self._local(namespace, name, index, ".torrent")
         return path.read_bytes() if path.exists() else None
 
     def data_directory(self, namespace: str, name: str) -> Path | None:
@@ -210,21 +229,21 @@ class DatasetAgent:
         mount = self.mount_point(namespace, item.name)
         self._ensure_mounted(volume, mount)
         joined = self._joined.get(key)
-        if joined is not None:
-            self._progress(item, namespace, joined, report, status.digest)
-            return
-        if seeder and not status.info_hash:
+        if seeder and joined is None and report.phase != NodePhase.READY and not _failed(dataset):
+            # A seeder that never finished (or crashed before it did) reads the origin from the start.
+            self._joined[key] = Joined(0)
             thread = threading.Thread(
                 target=self._seed_from_origin,
-                args=(item, namespace, mount),
+                args=(item, namespace, mount, nodes),
                 name=f"seed-{item.name}",
                 daemon=True,
             )
             self._busy[key] = thread
             thread.start()
             return
-        if status.info_hash:
-            self._join(item, namespace, mount, report, nodes)
+        if status.parts:
+            joined = self._join_parts(item, namespace, mount, report, nodes)
+            self._progress(item, namespace, joined, report)
 
     # -- the seeder -----------------------------------------------------------------------------
 
@@ -271,6 +290,7 @@ class DatasetAgent:
                 "totalBytes": total,
                 "size": human_bytes(total),
                 "fileCount": len(files),
+                "partCount": len(plan_parts(files)),
                 "pieceSize": dataset.spec.piece_size or piece_size_for(total),
             },
             namespace=namespace,
@@ -279,52 +299,70 @@ class DatasetAgent:
             "dataset %s/%s: origin lists %d files, %s", namespace, item.name, len(files), human_bytes(total)
         )
 
-    def _seed_from_origin(self, item: Typed, namespace: str, mount: Path) -> None:
+    def _seed_from_origin(self, item: Typed, namespace: str, mount: Path, nodes: list[StorageNode]) -> None:
         dataset: Dataset = item.model
+        key = _key(namespace, item.name)
         try:
             origin = self._origin(dataset, namespace)
             files = origin.list_files()
             data = mount / DATA_DIR
             if data.exists():
                 shutil.rmtree(data)  # a fetch cut short: the origin is read again, once, from the start
+            shutil.rmtree(self._parts_dir(namespace, item.name), ignore_errors=True)
             self._report(item.name, namespace, DatasetNodeStatus(phase=NodePhase.DOWNLOADING))
-            entries, fetched = self._fetch_all(origin, files, data, item.name, namespace)
-            digest = Manifest(algorithm="blake3", files=tuple(entries)).digest  # type: ignore[arg-type]
-            meta = make_torrent(data, dataset.status.piece_size, files=[(f.path, f.size) for f in files])
-            _write_atomically(self._local(namespace, item.name, ".torrent"), meta.torrent)
-            info_hash = self.torrent.seed(meta.torrent, data, already_verified=True)
-            key = _key(namespace, item.name)
-            with self._lock:
-                self._joined[key] = Joined(info_hash, 0)
-            self.datasets.patch_status(
-                item.name,
-                {
-                    "infoHash": meta.info_hash,
-                    "digest": digest,
-                    "pieceSize": meta.piece_size,
-                    "nodes": {
+            plan = plan_parts(files)
+            piece_size = dataset.spec.piece_size or piece_size_for(sum(f.size for f in files))
+            entries: list[ManifestEntry] = []
+            published: list[dict[str, Any]] = []
+            progress = _FetchProgress(self, item.name, namespace, sum(f.size for f in files))
+
+            def publish(index: int, part_entries: list[ManifestEntry]) -> None:
+                entries.extend(part_entries)
+                part = plan[index]
+                meta = make_torrent(data, piece_size, files=[(f.path, f.size) for f in part])
+                self._check_republished(dataset, index, meta.info_hash)
+                _write_atomically(self._local(namespace, item.name, index, ".torrent"), meta.torrent)
+                info_hash = self.torrent.seed(meta.torrent, data, already_verified=True)
+                with self._lock:
+                    self._joined[key].parts[index] = info_hash
+                self._tell_peers(self._joined[key], index, dataset, nodes, stalled=False)
+                published.append(
+                    DatasetPart(info_hash=info_hash, files=len(part), bytes=meta.total_bytes).to_wire()
+                )
+                patch: dict[str, Any] = {"parts": published, "partCount": len(plan), "pieceSize": piece_size}
+                if index == len(plan) - 1:
+                    digest = Manifest(algorithm="blake3", files=tuple(entries)).digest  # type: ignore[arg-type]
+                    patch["digest"] = digest
+                    patch["nodes"] = {
                         self.node_name: DatasetNodeStatus(
                             phase=NodePhase.READY,
                             progress=1.0,
-                            bytes_from_origin=fetched,
+                            bytes_from_origin=progress.done,
                             digest=digest,
                             updated_at=datetime.now(UTC),
                         ).to_wire()
-                    },
-                },
-                namespace=namespace,
-            )
-            log.info(
-                "dataset %s/%s seeded: %s from the origin, info-hash %s",
-                namespace,
-                item.name,
-                human_bytes(fetched),
-                meta.info_hash,
-            )
+                    }
+                self.datasets.patch_status(item.name, patch, namespace=namespace)
+                log.info(
+                    "dataset %s/%s: part %d/%d published (%d files, %s), info-hash %s",
+                    namespace,
+                    item.name,
+                    index + 1,
+                    len(plan),
+                    len(part),
+                    human_bytes(meta.total_bytes),
+                    info_hash,
+                )
+
+            fetch_parts(origin, plan, data, progress.add, publish)
+            fetched = progress.done
+            log.info("dataset %s/%s seeded: %s from the origin", namespace, item.name, human_bytes(fetched))
         except OriginError as error:
+            self._abandon_seeding(key)
             self._fail_dataset(item, namespace, error.reason, str(error))
         except Exception as error:
             log.warning("dataset %s/%s: seeding failed", namespace, item.name, exc_info=True)
+            self._abandon_seeding(key)
             self._report(
                 item.name,
                 namespace,
@@ -334,168 +372,183 @@ class DatasetAgent:
             if dataset.status.source_volume:
                 self._unmount_source(dataset.status.source_volume)
 
-    def _fetch_all(
-        self, origin: Origin, files: list[OriginFile], data: Path, name: str, namespace: str
-    ) -> tuple[list[ManifestEntry], int]:
-        entries = []
-        fetched = 0
-        total = sum(f.size for f in files) or 1
-        last_report = time.monotonic()
-        for file in files:
-            target = data / file.path
-            target.parent.mkdir(parents=True, exist_ok=True)
-            hasher = new_hasher("blake3")
-            size = 0
-            with origin.open(file) as stream, open(target, "wb") as out:
-                while chunk := stream.read(FETCH_CHUNK):
-                    out.write(chunk)
-                    hasher.update(chunk)
-                    size += len(chunk)
-                    metrics.DATASET_BYTES.labels(node=self.node_name, source="origin").inc(len(chunk))
-                    if time.monotonic() - last_report > 2:
-                        last_report = time.monotonic()
-                        self._report(
-                            name,
-                            namespace,
-                            DatasetNodeStatus(
-                                phase=NodePhase.DOWNLOADING,
-                                progress=min(1.0, (fetched + size) / total),
-                                bytes_from_origin=fetched + size,
-                            ),
-                        )
-                out.flush()
-                os.fsync(out.fileno())
-            if size != file.size:
-                raise OriginError(
-                    "OriginChanged", f"{file.path}: the origin listed {file.size} bytes but sent {size}"
-                )
-            fetched += size
-            entries.append(ManifestEntry(file.path, size, f"blake3:{hasher.hexdigest()}"))
-        return entries, fetched
+    def _abandon_seeding(self, key: str) -> None:
+        """A seeding cut short starts again from the origin: its parts leave the session until then."""
+        with self._lock:
+            self._leave(key)
+
+    @staticmethod
+    def _check_republished(dataset: Dataset, index: int, info_hash: str) -> None:
+        """A seeder reading the origin again must publish the very parts others may already hold."""
+        parts = dataset.status.parts
+        if index < len(parts) and parts[index].info_hash != info_hash:
+            raise OriginError(
+                "OriginChanged",
+                f"part {index} of the data read again is {info_hash}, not the {parts[index].info_hash} "
+                "published before: the origin changed while the dataset was being seeded",
+            )
 
     # -- the others -----------------------------------------------------------------------------
 
-    def _join(
+    def _join_parts(
         self, item: Typed, namespace: str, mount: Path, report: DatasetNodeStatus, nodes: list[StorageNode]
-    ) -> None:
+    ) -> Joined:
+        """Add every published part this session does not have yet; a part not fetchable now waits."""
         dataset: Dataset = item.model
-        expected = dataset.status.info_hash
-        assert expected is not None
-        torrent = self._torrent_file(item, namespace, nodes, expected)
-        if torrent is None:
-            return
-        resume_path = self._local(namespace, item.name, ".resume")
-        trusted = self._trust_resume_data() and resume_path.exists()
-        resume = resume_path.read_bytes() if trusted else None
-        try:
-            info_hash = self.torrent.download(torrent, mount / DATA_DIR, resume)
-        except TorrentSessionError:
-            log.warning("dataset %s/%s: resume data refused; fetching afresh", namespace, item.name)
-            resume_path.unlink(missing_ok=True)
-            info_hash = self.torrent.download(torrent, mount / DATA_DIR, None)
-        self._joined[_key(namespace, item.name)] = Joined(info_hash, report.bytes_from_peers)
-        peers = self._peers(dataset, nodes)
-        self.torrent.add_peers(info_hash, peers)
-        log.info("dataset %s/%s: joined the swarm with %d peers", namespace, item.name, len(peers))
+        key = _key(namespace, item.name)
+        joined = self._joined.setdefault(key, Joined(report.bytes_from_peers))
+        trust = self._trust_resume_data()
+        for index, part in enumerate(dataset.status.parts):
+            if index in joined.parts:
+                continue
+            torrent = self._torrent_file(item, namespace, nodes, index, part.info_hash)
+            if torrent is None:
+                continue
+            resume_path = self._local(namespace, item.name, index, ".resume")
+            resume = resume_path.read_bytes() if trust and resume_path.exists() else None
+            try:
+                info_hash = self.torrent.download(torrent, mount / DATA_DIR, resume)
+            except TorrentSessionError:
+                log.warning("dataset %s part %d: resume data refused; fetching afresh", key, index)
+                resume_path.unlink(missing_ok=True)
+                info_hash = self.torrent.download(torrent, mount / DATA_DIR, None)
+            joined.parts[index] = info_hash
+            self._tell_peers(joined, index, dataset, nodes, stalled=False)
+            log.info("dataset %s: joined the swarm of part %d", key, index)
+        return joined
 
     def _torrent_file(
-        self, item: Typed, namespace: str, nodes: list[StorageNode], expected: str
+        self, item: Typed, namespace: str, nodes: list[StorageNode], index: int, expected: str
     ) -> bytes | None:
-        local = self._local(namespace, item.name, ".torrent")
+        local = self._local(namespace, item.name, index, ".torrent")
         if local.exists():
             data = local.read_bytes()
             if _hash_or_none(data) == expected:
                 return data
         dataset: Dataset = item.model
-        holders = [
-            n
-            for n in nodes
-            if n.spec.node_name != self.node_name
-            and n.status.endpoints.peer_restore_address
-            and dataset.status.nodes.get(n.spec.node_name, DatasetNodeStatus()).phase == NodePhase.READY
-        ]
+        # The seeder has every published part; a node that joined a part serves it too.
+        holders = sorted(
+            (
+                n
+                for n in nodes
+                if n.spec.node_name != self.node_name
+                and n.spec.node_name in dataset.status.target_nodes
+                and n.status.endpoints.peer_restore_address
+            ),
+            key=lambda n: n.spec.node_name != dataset.status.seeder,
+        )
         for node in holders:
-            url = f"http://{node.status.endpoints.peer_restore_address}/v1/datasets/{namespace}/{item.name}/torrent"
+            url = (
+                f"http://{node.status.endpoints.peer_restore_address}/v1/datasets/{namespace}/{item.name}"
+                f"/parts/{index}/torrent"
+            )
             try:
                 with urllib.request.urlopen(url, timeout=10) as response:
                     data = response.read(64 * 1024 * 1024)
             except OSError as error:
-                log.info(
+                log.debug(
                     "dataset %s/%s: no torrent from %s: %s", namespace, item.name, node.spec.node_name, error
                 )
                 continue
             if _hash_or_none(data) != expected:
                 log.warning(
-                    "dataset %s/%s: %s served a torrent that is not %s; ignored",
+                    "dataset %s/%s: %s served a torrent for part %d that is not %s; ignored",
                     namespace,
                     item.name,
                     node.spec.node_name,
+                    index,
                     expected,
                 )
                 continue
             _write_atomically(local, data)
             return data
+        log.info("dataset %s/%s: no node served part %d's torrent yet", namespace, item.name, index)
         return None
 
-    def _peers(self, dataset: Dataset, nodes: list[StorageNode]) -> list[tuple[str, int]]:
-        targets = set(dataset.status.target_nodes)
-        peers = []
-        for node in nodes:
-            address = node.status.endpoints.p2p_address
-            if node.spec.node_name in targets and node.spec.node_name != self.node_name and address:
-                peers.append(split_address(address))
-        return peers
+    def _tell_peers(
+        self, joined: Joined, index: int, dataset: Dataset, nodes: list[StorageNode], *, stalled: bool
+    ) -> None:
+        """Give part `index`'s torrent the peers `part_peers` names that it does not have yet."""
+        addresses = {
+            n.spec.node_name: split_address(n.status.endpoints.p2p_address)
+            for n in nodes
+            if n.status.endpoints.p2p_address
+        }
+        status = dataset.status
+        names = part_peers(self.node_name, status.seeder, status.target_nodes, index, stalled)
+        told = joined.told.setdefault(index, set())
+        new = [addresses[name] for name in names if name in addresses and addresses[name] not in told]
+        if new:
+            self.torrent.add_peers(joined.parts[index], new)
+            told.update(new)
+
+    def _stalled(self, joined: Joined, index: int, done: int) -> bool:
+        held, since = joined.last_progress.get(index, (-1, 0.0))
+        now = time.monotonic()
+        if done != held:
+            joined.last_progress[index] = (done, now)
+            return False
+        return now - since >= STALL_SECONDS
 
     # -- progress and completion ----------------------------------------------------------------
 
-    def _progress(
-        self, item: Typed, namespace: str, joined: Joined, report: DatasetNodeStatus, digest: str | None
-    ) -> None:
+    def _progress(self, item: Typed, namespace: str, joined: Joined, report: DatasetNodeStatus) -> None:
         dataset: Dataset = item.model
-        status = self.torrent.status(joined.info_hash)
-        downloaded = status.total_payload_download - joined.counted_download
-        uploaded = status.total_payload_upload - joined.counted_upload
+        if not joined.parts:
+            return
+        statuses = {index: self.torrent.status(info_hash) for index, info_hash in joined.parts.items()}
+        download_total = sum(s.total_payload_download for s in statuses.values())
+        upload_total = sum(s.total_payload_upload for s in statuses.values())
+        downloaded = download_total - joined.counted_download
+        uploaded = upload_total - joined.counted_upload
         metrics.DATASET_BYTES.labels(node=self.node_name, source="peer").inc(max(0, downloaded))
         metrics.P2P_UPLOAD_BYTES.labels(node=self.node_name).inc(max(0, uploaded))
-        joined.counted_download, joined.counted_upload = (
-            status.total_payload_download,
-            status.total_payload_upload,
-        )
-        metrics.P2P_PEERS.labels(node=self.node_name, namespace=namespace, dataset=item.name).set(
-            status.num_peers
-        )
+        joined.counted_download, joined.counted_upload = download_total, upload_total
+        peers = max(s.num_peers for s in statuses.values())
+        total = dataset.status.total_bytes or 1
+        progress = min(1.0, sum(s.total_done for s in statuses.values()) / total)
+        metrics.P2P_PEERS.labels(node=self.node_name, namespace=namespace, dataset=item.name).set(peers)
         metrics.DATASET_PROGRESS.labels(node=self.node_name, namespace=namespace, dataset=item.name).set(
-            status.progress
+            progress
         )
-        self.torrent.add_peers(
-            joined.info_hash, self._peers(dataset, [n.model for n in self.storage_nodes.list()])
-        )
+        nodes = [n.model for n in self.storage_nodes.list()]
+        for index, part in statuses.items():
+            stalled = not part.is_seeding and self._stalled(joined, index, part.total_done)
+            self._tell_peers(joined, index, dataset, nodes, stalled=stalled)
         updated = DatasetNodeStatus(
             phase=report.phase if report.phase == NodePhase.READY else NodePhase.DOWNLOADING,
-            progress=status.progress,
+            progress=progress,
             bytes_from_origin=report.bytes_from_origin,
-            bytes_from_peers=joined.base_from_peers + status.total_payload_download,
+            bytes_from_peers=joined.base_from_peers + download_total,
             bytes_uploaded=report.bytes_uploaded + max(0, uploaded),
-            peers=status.num_peers,
+            peers=peers,
             digest=report.digest,
         )
-        key = _key(namespace, item.name)
-        if status.is_seeding and report.phase != NodePhase.READY:
-            updated = self._verify(item, namespace, updated, digest)
-        elif not status.is_seeding and time.monotonic() - joined.resume_saved_at > RESUME_INTERVAL:
-            self._save_resume(namespace, item.name, joined)
+        complete = (
+            dataset.fully_published
+            and len(joined.parts) == dataset.status.part_count
+            and all(s.is_seeding for s in statuses.values())
+        )
+        if complete and report.phase != NodePhase.READY:
+            updated = self._verify(item, namespace, joined, updated, dataset.status.digest)
+        elif time.monotonic() - joined.resume_saved_at > RESUME_INTERVAL:
+            for index, status in statuses.items():
+                if not status.is_seeding:
+                    self._save_resume(namespace, item.name, index, joined.parts[index])
+            joined.resume_saved_at = time.monotonic()
         if updated != report.model_copy(update={"updated_at": None}):
             updated.updated_at = datetime.now(UTC)
             self._report(item.name, namespace, updated)
-        log.debug("dataset %s: %.1f%% from %d peers", key, 100 * status.progress, status.num_peers)
+        log.debug("dataset %s/%s: %.1f%% from %d peers", namespace, item.name, 100 * progress, peers)
 
     def _verify(
-        self, item: Typed, namespace: str, report: DatasetNodeStatus, expected: str | None
+        self, item: Typed, namespace: str, joined: Joined, report: DatasetNodeStatus, expected: str | None
     ) -> DatasetNodeStatus:
         """Every piece was checked as it arrived; this checks the whole against the seeder's digest."""
         data = self.mount_point(namespace, item.name) / DATA_DIR
         # Seeding is reported before libtorrent's write buffer reaches the files.
-        self.torrent.flush(self._joined[_key(namespace, item.name)].info_hash)
+        for info_hash in joined.parts.values():
+            self.torrent.flush(info_hash)
         digest = build_manifest(data).digest
         if digest != expected:
             log.warning(
@@ -509,7 +562,8 @@ class DatasetAgent:
                     "digest": digest,
                 }
             )
-        self._save_resume(namespace, item.name, self._joined[_key(namespace, item.name)])
+        for index, info_hash in joined.parts.items():
+            self._save_resume(namespace, item.name, index, info_hash)
         log.info("dataset %s/%s ready and verified", namespace, item.name)
         return report.model_copy(
             update={
@@ -521,14 +575,13 @@ class DatasetAgent:
             }
         )
 
-    def _save_resume(self, namespace: str, name: str, joined: Joined) -> None:
+    def _save_resume(self, namespace: str, name: str, index: int, info_hash: str) -> None:
         try:
-            data = self.torrent.save_resume(joined.info_hash, timeout=10)
+            data = self.torrent.save_resume(info_hash, timeout=10)
         except TorrentSessionError:
-            log.debug("no resume data for %s/%s yet", namespace, name, exc_info=True)
+            log.debug("no resume data for %s/%s part %d yet", namespace, name, index, exc_info=True)
             return
-        _write_atomically(self._local(namespace, name, ".resume"), data)
-        joined.resume_saved_at = time.monotonic()
+        _write_atomically(self._local(namespace, name, index, ".resume"), data)
 
     # -- status, mounts ---------------------------------------------------------------------------
 
@@ -563,12 +616,12 @@ class DatasetAgent:
                 for mount in namespace_dir.iterdir():
                     if (
                         mount.is_dir()
+                        and not mount.name.endswith(".parts")
                         and dataset_volume_name(namespace_dir.name, mount.name, self.node_name) == volume
                     ):
                         if mounter.is_mount_point(str(mount)):
                             mounter.unmount(str(mount))
-                        for suffix in (".torrent", ".resume"):
-                            self._local(namespace_dir.name, mount.name, suffix).unlink(missing_ok=True)
+                        shutil.rmtree(self._parts_dir(namespace_dir.name, mount.name), ignore_errors=True)
                         mount.rmdir()
 
     def _unmount_source(self, volume: str) -> None:
@@ -581,13 +634,68 @@ class DatasetAgent:
     def _leave(self, key: str) -> None:
         joined = self._joined.pop(key, None)
         if joined is not None:
-            self.torrent.remove(joined.info_hash)
+            for info_hash in joined.parts.values():
+                self.torrent.remove(info_hash)
             log.info("dataset %s: left the swarm", key)
         namespace, name = key.split("/", 1)
         # A dataset that is gone must not keep a stalled-looking series (and its alert) alive.
         for gauge in (metrics.DATASET_PROGRESS, metrics.P2P_PEERS):
             with contextlib.suppress(KeyError):
                 gauge.remove(self.node_name, namespace, name)
+
+
+@dataclass
+class _FetchProgress:
+    """The seeder's progress through the origin, reported every few seconds while it reads."""
+
+    agent: DatasetAgent
+    name: str
+    namespace: str
+    total: int
+    done: int = 0
+    reported_at: float = field(default_factory=time.monotonic)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, count: int) -> None:
+        """Called by every origin stream as bytes land."""
+        metrics.DATASET_BYTES.labels(node=self.agent.node_name, source="origin").inc(count)
+        with self._lock:
+            self.done += count
+            done = self.done
+            if time.monotonic() - self.reported_at <= 2:
+                return
+            self.reported_at = time.monotonic()
+        # Outside the lock: the other streams keep reading while this one talks to the API.
+        self.agent._report(
+            self.name,
+            self.namespace,
+            DatasetNodeStatus(
+                phase=NodePhase.DOWNLOADING,
+                progress=min(1.0, done / (self.total or 1)),
+                bytes_from_origin=done,
+            ),
+        )
+
+
+def wake_shape(item: Typed) -> object:
+    """What an agent acts on in a Dataset: a change here starts a pass at once, not at the next tick.
+
+    Progress reports (every agent's, every few seconds) are left out, or N agents would wake each
+    other N times over.
+    """
+    dataset: Dataset = item.model
+    status = dataset.status
+    return (
+        item.metadata.get("deletionTimestamp"),
+        dataset.spec,
+        tuple(status.target_nodes),
+        status.seeder,
+        status.total_bytes,
+        status.part_count,
+        len(status.parts),
+        status.digest,
+        _failed(dataset),
+    )
 
 
 def no_copy_coming(dataset: Dataset | None, namespace: str, name: str, node: str) -> tuple[str, str] | None:

@@ -7,6 +7,7 @@ half a dataset is worse than none, and the condition names the offending entry.
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 import urllib.request
@@ -38,8 +39,11 @@ class OriginFile:
 
 
 class Origin(Protocol):
+    ranged: bool
+    """`open` honours `start` and `length`; otherwise a file is read whole, from one stream."""
+
     def list_files(self) -> list[OriginFile]: ...
-    def open(self, file: OriginFile) -> BinaryIO: ...
+    def open(self, file: OriginFile, start: int = 0, length: int | None = None) -> BinaryIO: ...
 
 
 def checked_listing(entries: list[tuple[str, int, str]]) -> list[OriginFile]:
@@ -85,8 +89,15 @@ class S3Origin:
                 entries.append((key[len(start) :], int(obj["Size"]), key))
         return checked_listing(entries)
 
-    def open(self, file: OriginFile) -> BinaryIO:
-        return self._client().get_object(Bucket=self.bucket, Key=file.locator)["Body"]
+    ranged = True
+
+    def open(self, file: OriginFile, start: int = 0, length: int | None = None) -> BinaryIO:
+        if length is None:
+            return self._client().get_object(Bucket=self.bucket, Key=file.locator)["Body"]
+        if length == 0:
+            return io.BytesIO()  # S3 refuses an empty range
+        span = f"bytes={start}-{start + length - 1}"
+        return self._client().get_object(Bucket=self.bucket, Key=file.locator, Range=span)["Body"]
 
 
 class HttpOrigin:
@@ -111,7 +122,11 @@ class HttpOrigin:
             entries.append((name, int(length), url))
         return checked_listing(entries)
 
-    def open(self, file: OriginFile) -> BinaryIO:
+    ranged = False
+    """Range support varies by server and a server ignoring it would send the whole file each time."""
+
+    def open(self, file: OriginFile, start: int = 0, length: int | None = None) -> BinaryIO:
+        assert start == 0 and length in (None, file.size), "an HTTP origin is read one whole file at a time"
         return urllib.request.urlopen(file.locator, timeout=self.timeout)
 
 
@@ -146,5 +161,9 @@ class DirectoryOrigin:
                 else:
                     yield path
 
-    def open(self, file: OriginFile) -> BinaryIO:
-        return open_beneath(self.root, PurePosixPath(file.locator))
+    ranged = True
+
+    def open(self, file: OriginFile, start: int = 0, length: int | None = None) -> BinaryIO:
+        stream = open_beneath(self.root, PurePosixPath(file.locator))
+        stream.seek(start)
+        return stream

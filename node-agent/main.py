@@ -20,7 +20,7 @@ from kubernetes import client
 
 from cairn.background import Coalescing
 from cairn.events import EventRecorder
-from cairn.kube import ResourceClient, load_api_client
+from cairn.kube import ResourceClient, load_api_client, trigger_on_change
 from cairn.logs import setup_logging
 
 from . import metrics
@@ -29,7 +29,7 @@ from .checkpoint_local import local_copy_directory
 from .checkpoint_replicas import ReplicaKeeper
 from .checkpoint_tiering import CheckpointTierer
 from .checkpoint_watcher import CheckpointWatcher
-from .dataset_agent import DatasetAgent
+from .dataset_agent import DatasetAgent, wake_shape
 from .disk_classify import parse_class_overrides
 from .disk_manager import DiskManager, DiskPolicy
 from .disk_probe import ProbeScope
@@ -140,7 +140,16 @@ def start_dataset_agent(
         torrent,
     )
     reconciler.before_remove = agent.release_volume
-    Coalescing("datasets", agent.run_pass, stop, min_interval=1.0, period=2.0).start()
+    passes = Coalescing("datasets", agent.run_pass, stop, min_interval=0.2, period=2.0).start()
+    trigger_on_change(agent.datasets, wake_shape, passes.trigger, stop, "dataset-watch")
+    # A copy's volume carved: mount it and start at once.
+    publish = reconciler.on_change
+
+    def volumes_changed() -> None:
+        publish()
+        passes.trigger()
+
+    reconciler.on_change = volumes_changed
     return agent
 
 
@@ -225,7 +234,7 @@ def main(argv: list[str] | None = None) -> None:
             watcher.staging_path_of,
             stop,
             replica_directory=replicas.replica_directory,
-            dataset_torrent=datasets.torrent_bytes if datasets else lambda namespace, name: None,
+            dataset_torrent=datasets.torrent_bytes if datasets else lambda namespace, name, part: None,
         )
     # A pass also runs every few seconds: it resumes uploads interrupted by a restart and retries failures.
     tiering = Coalescing("tiering", tierer.run_pass, stop, min_interval=1.0, period=10.0).start()

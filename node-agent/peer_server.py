@@ -2,10 +2,10 @@
 
     GET /v1/checkpoints/<namespace>/<name>/manifest
     GET /v1/checkpoints/<namespace>/<name>/files/<relative path>
-    GET /v1/datasets/<namespace>/<name>/torrent
+    GET /v1/datasets/<namespace>/<name>/parts/<index>/torrent
 
-The last hands a Dataset's .torrent to agents joining its swarm. It needs no vouching either: the
-joining agent checks it against the info-hash in the Dataset's status.
+The last hands one part's .torrent of a Dataset to agents joining its swarm. It needs no vouching
+either: the joining agent checks it against that part's info-hash in the Dataset's status.
 
 Only nodes of the cluster may ask (403 otherwise), and only for a file the copy's manifest names,
 where that manifest's digest is the one the Checkpoint records (404 with the reason otherwise). The
@@ -41,7 +41,7 @@ log = logging.getLogger("cairn.node.peer")
 PREFIX = "/v1/checkpoints/"
 DATASET_PREFIX = "/v1/datasets/"
 _DNS_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
-DatasetTorrent = Callable[[str, str], bytes | None]
+DatasetTorrent = Callable[[str, str, int], bytes | None]
 """(namespace, name) -> the .torrent of this node's copy of a Dataset, or None."""
 Locate = Callable[[str, str], tuple[Path, str] | None]
 """(namespace, name) -> (the copy's directory, the manifest digest the Checkpoint records), or None."""
@@ -101,7 +101,7 @@ class PeerServer(ThreadingHTTPServer):
         address: str,
         locate: Locate,
         allowed: Callable[[str], bool],
-        dataset_torrent: DatasetTorrent = lambda namespace, name: None,
+        dataset_torrent: DatasetTorrent = lambda namespace, name, part: None,
     ) -> None:
         self.dataset_torrent = dataset_torrent
         self.locate = locate
@@ -165,13 +165,21 @@ class _Handler(BaseHTTPRequestHandler):
             log.debug("peer %s went away mid-response", self.client_address[0])
 
     def _send_torrent(self) -> None:
-        parts = self.path.split("?", 1)[0][len(DATASET_PREFIX) :].split("/")
-        if len(parts) != 3 or parts[2] != "torrent" or not all(_DNS_NAME.fullmatch(p) for p in parts[:2]):
+        segments = self.path.split("?", 1)[0][len(DATASET_PREFIX) :].split("/")
+        if (
+            len(segments) != 5
+            or segments[2] != "parts"
+            or not re.fullmatch(r"[0-9]{1,4}", segments[3])
+            or segments[4] != "torrent"
+            or not all(_DNS_NAME.fullmatch(s) for s in segments[:2])
+        ):
             raise _NotServed(HTTPStatus.NOT_FOUND, f"no such endpoint {self.path}")
-        torrent = self.server.dataset_torrent(parts[0], parts[1])
+        namespace, name, part = segments[0], segments[1], int(segments[3])
+        torrent = self.server.dataset_torrent(namespace, name, part)
         if torrent is None:
             raise _NotServed(
-                HTTPStatus.NOT_FOUND, f"dataset {parts[0]}/{parts[1]} has no torrent on this node"
+                HTTPStatus.NOT_FOUND,
+                f"dataset {namespace}/{name} has no torrent for part {part} on this node",
             )
         self._send_bytes(torrent, "application/x-bittorrent")
 
@@ -330,7 +338,7 @@ def start_peer_restore_server(
     staging_path_of: Callable[[str], Path | None],
     stop: threading.Event,
     replica_directory: Callable[[Checkpoint, str, str], Path | None] = lambda checkpoint, ns, name: None,
-    dataset_torrent: DatasetTorrent = lambda namespace, name: None,
+    dataset_torrent: DatasetTorrent = lambda namespace, name, part: None,
 ) -> PeerServer:
     """The node agent's peer server: copies come from Checkpoint status, clients from StorageNodes.
 

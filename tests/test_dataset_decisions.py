@@ -68,7 +68,7 @@ def test_summary_counts_ready_targets_and_bytes() -> None:
         "a": DatasetNodeStatus(phase=NodePhase.READY, bytes_from_origin=100),
         "b": DatasetNodeStatus(phase=NodePhase.DOWNLOADING, bytes_from_peers=40),
     }
-    summary = summarize(["a", "b"], reports, "ab" * 32, failed=False)
+    summary = summarize(["a", "b"], reports, True, failed=False)
     assert (summary.phase, summary.ready, summary.bytes_from_origin, summary.bytes_from_peers) == (
         DatasetPhase.DISTRIBUTING,
         "1/2",
@@ -76,9 +76,9 @@ def test_summary_counts_ready_targets_and_bytes() -> None:
         40,
     )
     reports["b"] = DatasetNodeStatus(phase=NodePhase.READY)
-    assert summarize(["a", "b"], reports, "ab" * 32, failed=False).phase == DatasetPhase.READY
-    assert summarize(["a"], {}, None, failed=False).phase == DatasetPhase.SEEDING
-    assert summarize(["a"], {}, None, failed=True).phase == DatasetPhase.FAILED
+    assert summarize(["a", "b"], reports, True, failed=False).phase == DatasetPhase.READY
+    assert summarize(["a"], {}, False, failed=False).phase == DatasetPhase.SEEDING
+    assert summarize(["a"], {}, False, failed=True).phase == DatasetPhase.FAILED
 
 
 def test_a_source_is_exactly_one_kind() -> None:

@@ -164,9 +164,9 @@ def test_four_nodes_load_a_dataset_reading_the_origin_once_despite_a_killed_peer
     swarm.apply(dataset_manifest("corpus", swarm.bucket, "corpus-v1", nodes, swarm.bed.s3.endpoint))
 
     wait_until(
-        lambda: swarm.dataset("corpus").get("status", {}).get("infoHash"),
+        lambda: swarm.dataset("corpus").get("status", {}).get("parts"),
         180,
-        "the seeder to publish",
+        "the seeder to publish a part",
         context=lambda: swarm.diagnosis("corpus"),
     )
     seeder = swarm.dataset("corpus")["status"]["seeder"]
