@@ -214,8 +214,13 @@ class DatasetAgent:
         status = dataset.status
         key = _key(namespace, item.name)
         busy = self._busy.get(key)
-        if busy is not None and busy.is_alive():
-            return  # the seeder's fetch is running in its own thread
+        if busy is not None:
+            if busy.is_alive():
+                return  # the seeder's fetch is running in its own thread
+            # It just ended, after this pass listed the Dataset: acting on that older status would
+            # report the seeder Downloading over the Ready it has just written.
+            del self._busy[key]
+            return
         report = status.nodes.get(self.node_name, DatasetNodeStatus())
         seeder = status.seeder == self.node_name
         if seeder and status.total_bytes is None and not _failed(dataset):
@@ -475,7 +480,14 @@ class DatasetAgent:
             if n.status.endpoints.p2p_address
         }
         status = dataset.status
-        names = part_peers(self.node_name, status.seeder, status.target_nodes, index, stalled)
+        names = part_peers(
+            self.node_name,
+            status.seeder,
+            status.target_nodes,
+            index,
+            stalled=stalled,
+            origin_read=dataset.fully_published,
+        )
         told = joined.told.setdefault(index, set())
         new = [addresses[name] for name in names if name in addresses and addresses[name] not in told]
         if new:

@@ -73,17 +73,24 @@ def first_hop(seeder: str | None, targets: Sequence[str], index: int) -> str | N
     return others[index % len(others)] if others else None
 
 
-def part_peers(me: str, seeder: str | None, targets: Sequence[str], index: int, stalled: bool) -> list[str]:
+def part_peers(
+    me: str, seeder: str | None, targets: Sequence[str], index: int, *, stalled: bool, origin_read: bool
+) -> list[str]:
     """The nodes `me` connects to for part `index`.
 
-    The seeder connects to the first hop only; the others to every other target, and to the seeder
-    only as the first hop, or once `stalled` (no progress for a while: the first hop is down, or
-    no other node holds what this one lacks, as for a node joining alone).
+    Until the seeder has read the whole origin (`origin_read`), it connects to the part's first hop
+    only, and the others to every other target, and to the seeder only as the first hop or once
+    `stalled` (no progress for a while: the first hop is down, or no other node holds what this
+    one lacks, as for a node joining alone). After that, the seeder's uplink has nothing else to
+    do, and it serves everyone.
     """
+    others = [t for t in targets if t not in (me, seeder)]
     if me == seeder:
+        if origin_read:
+            return sorted(others)
         hop = first_hop(seeder, targets, index)
         return [hop] if hop else []
-    peers = [t for t in targets if t not in (me, seeder)]
-    if seeder is not None and seeder in targets and (stalled or me == first_hop(seeder, targets, index)):
-        peers.append(seeder)
-    return sorted(peers)
+    wants_seeder = stalled or origin_read or me == first_hop(seeder, targets, index)
+    if seeder is not None and seeder in targets and wants_seeder:
+        others.append(seeder)
+    return sorted(others)

@@ -42,7 +42,7 @@ PREFIX = "/v1/checkpoints/"
 DATASET_PREFIX = "/v1/datasets/"
 _DNS_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
 DatasetTorrent = Callable[[str, str, int], bytes | None]
-"""(namespace, name) -> the .torrent of this node's copy of a Dataset, or None."""
+"""(namespace, name, part index) -> that part's .torrent on this node, or None."""
 Locate = Callable[[str, str], tuple[Path, str] | None]
 """(namespace, name) -> (the copy's directory, the manifest digest the Checkpoint records), or None."""
 

@@ -54,26 +54,30 @@ def test_many_small_files_never_make_more_parts_than_the_status_can_list() -> No
 
 
 TARGETS = ["a", "b", "c", "d"]
+READING = {"stalled": False, "origin_read": False}
+"""The seeder is still reading the origin and no part has stalled."""
 
 
 def test_the_seeder_sends_each_part_to_one_first_hop_and_the_hop_rotates() -> None:
     hops = [first_hop("a", TARGETS, index) for index in range(6)]
     assert hops == ["b", "c", "d", "b", "c", "d"]
-    assert [part_peers("a", "a", TARGETS, index, stalled=False) for index in range(3)] == [
-        ["b"],
-        ["c"],
-        ["d"],
-    ]
+    first_hops = [part_peers("a", "a", TARGETS, index, **READING) for index in range(3)]
+    assert first_hops == [["b"], ["c"], ["d"]]
 
 
 def test_other_nodes_reach_the_seeder_only_as_first_hop_or_when_stalled() -> None:
-    assert part_peers("b", "a", TARGETS, 0, stalled=False) == ["a", "c", "d"]  # b is part 0's hop
-    assert part_peers("c", "a", TARGETS, 0, stalled=False) == ["b", "d"]
-    assert part_peers("c", "a", TARGETS, 0, stalled=True) == ["a", "b", "d"]
+    assert part_peers("b", "a", TARGETS, 0, **READING) == ["a", "c", "d"]  # b is part 0's hop
+    assert part_peers("c", "a", TARGETS, 0, **READING) == ["b", "d"]
+    assert part_peers("c", "a", TARGETS, 0, stalled=True, origin_read=False) == ["a", "b", "d"]
+
+
+def test_once_the_origin_is_read_the_seeder_serves_everyone() -> None:
+    assert part_peers("a", "a", TARGETS, 0, stalled=False, origin_read=True) == ["b", "c", "d"]
+    assert part_peers("c", "a", TARGETS, 0, stalled=False, origin_read=True) == ["a", "b", "d"]
 
 
 def test_a_lone_node_or_a_seeder_that_is_no_target_still_works() -> None:
-    assert part_peers("a", "a", ["a"], 0, stalled=False) == []
-    assert part_peers("b", "a", ["a", "b"], 0, stalled=False) == ["a"]  # the only other node is the hop
+    assert part_peers("a", "a", ["a"], 0, **READING) == []
+    assert part_peers("b", "a", ["a", "b"], 0, **READING) == ["a"]  # the only other node is the hop
     # A seeder that is not a target any more is never dialled; the targets share among themselves.
-    assert part_peers("b", "z", ["b", "c"], 0, stalled=True) == ["c"]
+    assert part_peers("b", "z", ["b", "c"], 0, stalled=True, origin_read=True) == ["c"]
