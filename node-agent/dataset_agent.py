@@ -73,7 +73,6 @@ DATA_DIR = "data"
 RESUME_INTERVAL = 10.0
 STALL_SECONDS = 3.0
 """A part that gained nothing for this long is asked of the seeder too (see `part_peers`)."""
-FETCH_CHUNK = 8 * 1024 * 1024
 
 
 def _key(namespace: str, name: str) -> str:
@@ -89,7 +88,7 @@ class Joined:
     parts: dict[int, str] = field(default_factory=dict)
     """Part index to info-hash."""
     told: dict[int, set[tuple[str, int]]] = field(default_factory=dict)
-    """Per part, the peers its torrent has been given (given again, seeds that hung up reconnect)."""
+    """Per part, the peers its torrent was given; never twice, or seeds that rightly hung up reconnect."""
     last_progress: dict[int, tuple[int, float]] = field(default_factory=dict)
     """Per part, bytes held and since when: a part that stops moving asks the seeder too."""
     resume_saved_at: float = 0.0
