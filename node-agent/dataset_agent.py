@@ -94,6 +94,7 @@ class Joined:
     resume_saved_at: float = 0.0
     counted_download: int = 0
     counted_upload: int = 0
+    counted_redundant: int = 0
 
 
 @dataclass
@@ -514,7 +515,12 @@ class DatasetAgent:
         uploaded = upload_total - joined.counted_upload
         metrics.DATASET_BYTES.labels(node=self.node_name, source="peer").inc(max(0, downloaded))
         metrics.P2P_UPLOAD_BYTES.labels(node=self.node_name).inc(max(0, uploaded))
+        redundant_total = sum(s.total_redundant_bytes for s in statuses.values())
+        metrics.P2P_REDUNDANT_BYTES.labels(node=self.node_name).inc(
+            max(0, redundant_total - joined.counted_redundant)
+        )
         joined.counted_download, joined.counted_upload = download_total, upload_total
+        joined.counted_redundant = redundant_total
         peers = max(s.num_peers for s in statuses.values())
         total = dataset.status.total_bytes or 1
         progress = min(1.0, sum(s.total_done for s in statuses.values()) / total)

@@ -46,6 +46,11 @@ P2P_UPLOAD_BYTES = Counter(
 P2P_HASH_FAILURES = Counter(
     "cairn_p2p_hash_failures_total", "Dataset pieces received that failed their hash check.", ["node"]
 )
+P2P_REDUNDANT_BYTES = Counter(
+    "cairn_p2p_redundant_bytes_total",
+    "Dataset bytes received more than once (one block from two peers); included in the peer bytes.",
+    ["node"],
+)
 P2P_BANNED_PEERS = Counter("cairn_p2p_banned_peers_total", "Peers banned for sending bad data.", ["node"])
 P2P_PEERS = Gauge("cairn_p2p_peers", "Peers connected for a dataset.", ["node", "namespace", "dataset"])
 

@@ -269,6 +269,8 @@ class TransferStatus:
     total_payload_upload: int
     total_failed_bytes: int
     """Bytes received that failed their hash check."""
+    total_redundant_bytes: int
+    """Bytes received more than once (the same block from two peers, as at the end of a download)."""
     errors: tuple[str, ...] = ()
 
 
@@ -490,6 +492,7 @@ class TorrentNode:
             total_payload_download=int(found.total_payload_download),
             total_payload_upload=int(found.total_payload_upload),
             total_failed_bytes=int(found.total_failed_bytes),
+            total_redundant_bytes=int(found.total_redundant_bytes),
             errors=(found.errc.message(),) if found.errc.value() else (),
         )
 
