@@ -138,20 +138,14 @@ def dd_write(directory: Path, layout: Layout, block: int) -> float:
     directory.mkdir(parents=True)
     started = time.perf_counter()
     for name, size in layout.files:
-        subprocess.run(
-            [
-                "dd",
-                "if=/dev/zero",
-                f"of={directory / name}",
-                f"bs={block}",
-                f"count={size}",
-                "iflag=count_bytes",
-                "conv=fsync",
-                "status=none",
-            ],
-            check=True,
-        )
+        dd_zeros(directory / name, size, block)
     return time.perf_counter() - started
+
+
+def dd_zeros(path: Path, size: int, block: int) -> None:
+    """`size` zero bytes to `path` in writes of `block` bytes, then one fsync."""
+    command = ["dd", "if=/dev/zero", f"of={path}", f"bs={block}", f"count={size}", "iflag=count_bytes"]
+    subprocess.run([*command, "conv=fsync", "status=none"], check=True)
 
 
 def sync_upload(s3: Any, bucket: str, prefix: str, directory: Path, layout: Layout) -> float:
@@ -177,19 +171,7 @@ def prefill(staging: Path, block: int) -> tuple[int, float]:
     size = stats.f_bavail * stats.f_frsize - 64 * MiB
     path = staging / "prefill"
     started = time.perf_counter()
-    subprocess.run(
-        [
-            "dd",
-            "if=/dev/zero",
-            f"of={path}",
-            f"bs={block}",
-            f"count={size}",
-            "iflag=count_bytes",
-            "conv=fsync",
-            "status=none",
-        ],
-        check=True,
-    )
+    dd_zeros(path, size, block)
     seconds = time.perf_counter() - started
     path.unlink()
     return size, seconds

@@ -598,25 +598,11 @@ def stop_cairn(swarm: Swarm) -> None:
 
 
 def manifest(swarm: Swarm, name: str, piece_size: int) -> dict[str, Any]:
-    spec: dict[str, Any] = {
-        "source": {
-            "s3": {
-                "url": f"s3://{swarm.bucket}/{swarm.prefix}/data",
-                "endpoint": swarm.origin.endpoint,
-                "credentialsSecretRef": {"name": SECRET},
-            }
-        },
-        "nodes": {"names": [n.name for n in swarm.nodes]},
-        "pool": "nvme",
-    }
-    if piece_size:
-        spec["pieceSize"] = piece_size
-    return {
-        "apiVersion": "cairn.dev/v1alpha1",
-        "kind": "Dataset",
-        "metadata": {"name": name, "namespace": NAMESPACE},
-        "spec": spec,
-    }
+    from tests.testbed.datasets import s3_dataset
+
+    url = f"s3://{swarm.bucket}/{swarm.prefix}/data"
+    names = [n.name for n in swarm.nodes]
+    return s3_dataset(name, NAMESPACE, url, swarm.origin.endpoint, SECRET, names, piece_size)
 
 
 class DatasetWatch:

@@ -27,6 +27,7 @@ from cairn.csi.proto import csi_pb2  # noqa: E402
 from tests.testbed import leaks  # noqa: E402
 from tests.testbed.bed import TestBed  # noqa: E402
 from tests.testbed.components import mount_capability, start_controller, start_node_agent  # noqa: E402
+from tests.testbed.datasets import s3_dataset  # noqa: E402
 from tests.testbed.kube_components import (  # noqa: E402
     register_csi_node,
     start_controller_manager,
@@ -275,24 +276,8 @@ def up() -> None:
     s3 = bed.s3.client()
     for index in range(6):
         s3.put_object(Bucket=corpus, Key=f"corpus/shard-{index:03d}.bin", Body=os.urandom(16 * MiB))
-    apply(
-        bed,
-        {
-            "apiVersion": "cairn.dev/v1alpha1",
-            "kind": "Dataset",
-            "metadata": {"name": "corpus", "namespace": NAMESPACE},
-            "spec": {
-                "source": {
-                    "s3": {
-                        "url": f"s3://{corpus}/corpus",
-                        "endpoint": bed.s3.endpoint,
-                        "credentialsSecretRef": {"name": "s3-creds"},
-                    }
-                },
-                "nodes": {"names": [node.name for node in nodes]},
-            },
-        },
-    )
+    names = [node.name for node in nodes]
+    apply(bed, s3_dataset("corpus", NAMESPACE, f"s3://{corpus}/corpus", bed.s3.endpoint, "s3-creds", names))
     wait_until(
         lambda: get(bed, "dataset", "corpus", "-n", NAMESPACE).get("status", {}).get("phase") == "Ready",
         300,

@@ -20,6 +20,7 @@ from tests.testbed.bed import TestBed
 from tests.testbed.cluster import Cluster, running_cluster
 from tests.testbed.components import mount_capability, start_node_agent
 from tests.testbed.controlplane import CAIRN_NAMESPACE
+from tests.testbed.datasets import s3_dataset
 from tests.testbed.nodes import SimulatedNode
 from tests.testbed.process import ManagedProcess
 from tests.testbed.waiting import wait_until
@@ -138,22 +139,14 @@ def test_a_claim_from_a_dataset_gets_a_read_only_copy_after_its_node_joins_the_s
     assert cluster.bed.s3 is not None
     written = upload_dataset(bed)
     cluster.apply(
-        {
-            "apiVersion": "cairn.dev/v1alpha1",
-            "kind": "Dataset",
-            "metadata": {"name": DATASET, "namespace": NAMESPACE},
-            "spec": {
-                "source": {
-                    "s3": {
-                        "url": f"s3://{bed.bucket}/{PREFIX}",
-                        "endpoint": cluster.bed.s3.endpoint,
-                        "credentialsSecretRef": {"name": SECRET},
-                    }
-                },
-                "nodes": {"names": [bed.holder.name]},
-                "pool": "nvme",
-            },
-        }
+        s3_dataset(
+            DATASET,
+            NAMESPACE,
+            f"s3://{bed.bucket}/{PREFIX}",
+            cluster.bed.s3.endpoint,
+            SECRET,
+            [bed.holder.name],
+        )
     )
     wait_until(
         lambda: bed.dataset().get("status", {}).get("phase") == "Ready",

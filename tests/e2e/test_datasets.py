@@ -18,6 +18,7 @@ import pytest
 
 from tests.testbed.bed import TestBed
 from tests.testbed.components import METRICS_PORT, start_controller, start_node_agent
+from tests.testbed.datasets import s3_dataset
 from tests.testbed.network import Shaping
 from tests.testbed.nodes import SimulatedNode
 from tests.testbed.process import ManagedProcess
@@ -73,22 +74,7 @@ class Swarm:
 
 
 def dataset_manifest(name: str, bucket: str, prefix: str, nodes: list[str], endpoint: str) -> dict:
-    return {
-        "apiVersion": "cairn.dev/v1alpha1",
-        "kind": "Dataset",
-        "metadata": {"name": name, "namespace": NAMESPACE},
-        "spec": {
-            "source": {
-                "s3": {
-                    "url": f"s3://{bucket}/{prefix}",
-                    "endpoint": endpoint,
-                    "credentialsSecretRef": {"name": "dataset-s3"},
-                }
-            },
-            "nodes": {"names": nodes},
-            "pool": "nvme",
-        },
-    }
+    return s3_dataset(name, NAMESPACE, f"s3://{bucket}/{prefix}", endpoint, "dataset-s3", nodes)
 
 
 @pytest.fixture(scope="module")

@@ -26,6 +26,7 @@ from tests.testbed.bed import TestBed
 from tests.testbed.checkpoints import write_dcp
 from tests.testbed.components import METRICS_PORT, mount_capability, start_controller, start_node_agent
 from tests.testbed.controlplane import free_port
+from tests.testbed.datasets import s3_dataset
 from tests.testbed.nodes import SimulatedNode
 from tests.testbed.process import ManagedProcess
 from tests.testbed.prometheus import PrometheusServer
@@ -235,25 +236,8 @@ def run_dataset_workload(bed: TestBed, bucket: str, nodes: list[SimulatedNode]) 
     client = bed.s3.client()
     for index in range(4):
         client.put_object(Bucket=bucket, Key=f"corpus/part-{index}.bin", Body=os.urandom(MiB))
-    apply(
-        bed,
-        {
-            "apiVersion": "cairn.dev/v1alpha1",
-            "kind": "Dataset",
-            "metadata": {"name": DATASET, "namespace": NAMESPACE},
-            "spec": {
-                "source": {
-                    "s3": {
-                        "url": f"s3://{bucket}/corpus",
-                        "endpoint": bed.s3.endpoint,
-                        "credentialsSecretRef": {"name": SECRET},
-                    }
-                },
-                "nodes": {"names": [node.name for node in nodes]},
-                "pool": "nvme",
-            },
-        },
-    )
+    names = [node.name for node in nodes]
+    apply(bed, s3_dataset(DATASET, NAMESPACE, f"s3://{bucket}/corpus", bed.s3.endpoint, SECRET, names))
     wait_until(
         lambda: get_json(bed, "dataset", DATASET).get("status", {}).get("phase") == "Ready",
         180,
