@@ -6,19 +6,21 @@ PY := $(VENV)/bin/python
 PYTEST := $(PY) -m pytest
 export LVM_SUPPRESS_FD_WARNINGS := 1
 
-.PHONY: help demo demo-down test unit e2e sanity bench lint fmt crds tools proto venv system-deps clean
+.PHONY: help demo demo-down test unit e2e sanity conformance bench lint fmt crds tools images proto venv system-deps clean
 
 help:
 	@echo "make demo    the cluster-in-a-box, left running (make demo-down removes it)"
 	@echo "make test    everything CI runs: setup, lint, unit tests and the e2e suite"
 	@echo "make sanity  csi-sanity (mount and block) against the driver on the test bed"
 	@echo "make e2e     the e2e suite only"
+	@echo "make conformance  Kubernetes' external storage e2e suite against Cairn on kubelet nodes"
 	@echo "make bench   benchmarks;  make crds  regenerate deploy/crds;  make lint  ruff"
+	@echo "make images  the container images (cairn, test-bed sidecars, e2e lookalikes) in .cache/images"
 
 demo: system-deps proto
-	@echo "make demo: the first run builds etcd, kube-apiserver, kube-scheduler, external-provisioner,"
-	@echo "MinIO and helm from source (about 9 minutes on 2 cores, progress below); later runs reuse them."
-	@$(MAKE) --no-print-directory tools
+	@echo "make demo: the first run builds the Kubernetes parts, containerd, MinIO and helm from source, and"
+	@echo "the images from the Dockerfile (about 25 minutes on 2 cores, progress below); later runs reuse them."
+	@$(MAKE) --no-print-directory tools images
 	$(PY) tools/demo.py up
 
 demo-down: venv
@@ -45,6 +47,10 @@ proto: venv
 tools:
 	$(PYTHON) tools/build_tools.py
 
+# Needs root (mmdebstrap, buildah). A cold build takes several minutes; a warm one about a second.
+images: system-deps tools
+	$(PYTHON) tools/build_images.py
+
 crds: venv
 	$(PY) -m cairn.api.crd --out deploy/crds
 
@@ -59,17 +65,21 @@ fmt: venv
 unit: proto
 	$(PYTEST) tests -m "not root and not e2e"
 
-e2e: system-deps proto tools
+e2e: system-deps proto tools images
 	$(PYTEST) tests/e2e
 
 sanity: system-deps proto tools
 	$(PYTEST) tests/e2e/test_csi_sanity.py -s -q
 
+# Builds e2e.test, runs the External Storage specs on kubelet nodes; reports in .cache/conformance.
+conformance: system-deps proto tools images
+	$(PY) tools/conformance.py
+
 BENCHMARKS ?= publish_scaling create_latency hash_choice tier_upload checkpoint_stall p2p_loopback p2p_seed
 bench: system-deps proto tools
 	@for b in $(BENCHMARKS); do echo "== bench/$$b.py"; $(PY) -m bench.$$b || exit 1; done
 
-test: system-deps proto tools lint
+test: system-deps proto tools images lint
 	$(PYTEST) tests
 
 clean:

@@ -10,6 +10,7 @@ the pin it was built from, so a warm run costs one stat per tool.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -39,10 +40,22 @@ class GoTool:
     method: str = "install"
     ldflags: str = ""
     extra_binaries: dict[str, str] = field(default_factory=dict)
+    # The package is a Go test package: build its test binary (`go test -c`), as e2e.test is built.
+    test_binary: bool = False
 
     @property
     def pin(self) -> str:
+        if self.method == "local":
+            return f"{self.module} {source_digest(REPO_ROOT / self.package)} {self.ldflags}"
         return f"{self.module}@{self.version} {self.package} {self.ldflags}"
+
+
+def source_digest(directory: Path) -> str:
+    """Digest of a local module's files, so an edit rebuilds it and nothing else does."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(directory)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
 
 
 _K8S_LDFLAGS = (
@@ -66,7 +79,64 @@ TOOLS: dict[str, GoTool] = {
                 "kubectl": "k8s.io/kubernetes/cmd/kubectl",
                 "kube-controller-manager": "k8s.io/kubernetes/cmd/kube-controller-manager",
                 "kube-scheduler": "k8s.io/kubernetes/cmd/kube-scheduler",
+                # The bed's kubelet nodes: a real kubelet each, and kube-proxy for Service IPs
+                # (pods reach the apiserver through the `kubernetes` Service, as in any cluster).
+                "kubelet": "k8s.io/kubernetes/cmd/kubelet",
+                "kube-proxy": "k8s.io/kubernetes/cmd/kube-proxy",
             },
+        ),
+        # Kubernetes' own e2e suite, for its External Storage specs (`make conformance`).
+        GoTool(
+            name="e2e.test",
+            module="k8s.io/kubernetes",
+            version=KUBERNETES_VERSION,
+            package="k8s.io/kubernetes/test/e2e",
+            method="wrapper",
+            ldflags=_K8S_LDFLAGS,
+            test_binary=True,
+        ),
+        # The Ginkgo CLI at the version e2e.test links, to run its specs in parallel processes.
+        GoTool(
+            name="ginkgo",
+            module="github.com/onsi/ginkgo/v2",
+            version="v2.28.1",
+            package="github.com/onsi/ginkgo/v2/ginkgo",
+            ldflags="-s -w",
+        ),
+        # One containerd per kubelet node. Static (no cgo): the bed copies nothing but the binaries.
+        GoTool(
+            name="containerd",
+            module="github.com/containerd/containerd/v2",
+            version="v2.2.9",
+            package="github.com/containerd/containerd/v2/cmd/containerd",
+            ldflags="-s -w",
+            extra_binaries={
+                "ctr": "github.com/containerd/containerd/v2/cmd/ctr",
+                "containerd-shim-runc-v2": "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2",
+            },
+        ),
+        # Stand-ins for node-driver-registrar and livenessprobe, which the module proxy does not
+        # serve at any version; tests/testbed/sidecars/README.md says what they do.
+        GoTool(
+            name="testbed-registrar",
+            module="cairn.dev/testbed-sidecars",
+            version="local",
+            package="tests/testbed/sidecars",
+            method="local",
+            ldflags="-s -w",
+            extra_binaries={
+                "testbed-livenessprobe": "./cmd/testbed-livenessprobe",
+                "testbed-pause": "./cmd/testbed-pause",
+                "testbed-agnhost": "./cmd/testbed-agnhost",
+            },
+        ),
+        # The controller's second sidecar; v2.2.0 is the release built against Kubernetes 1.36.
+        GoTool(
+            name="csi-resizer",
+            module="github.com/kubernetes-csi/external-resizer/v2",
+            version="v2.2.0",
+            package="github.com/kubernetes-csi/external-resizer/v2/cmd/csi-resizer",
+            ldflags="-s -w",
         ),
         GoTool(
             name="etcd",
@@ -199,22 +269,32 @@ def build_tool(tool: GoTool) -> None:
     binaries = {tool.name: tool.package, **tool.extra_binaries}
     with tempfile.TemporaryDirectory(prefix=f"cairn-build-{tool.name}-") as tmp:
         work = Path(tmp)
-        if tool.method == "install":
+        if tool.method == "local":
+            source = REPO_ROOT / tool.package
+            local = {tool.name: f"./cmd/{tool.name}", **tool.extra_binaries}
+            for binary, package in local.items():
+                run_go(
+                    ["build", "-trimpath", f"-ldflags={tool.ldflags}", "-o", str(BIN_DIR / binary), package],
+                    source,
+                    binary,
+                )
+        elif tool.method == "install":
             env_bin = work / "bin"
             env_bin.mkdir()
             os.environ["GOBIN"] = str(env_bin)
             try:
-                run_go(
-                    ["install", "-trimpath", f"-ldflags={tool.ldflags}", f"{tool.package}@{tool.version}"],
-                    work,
-                    tool.name,
-                )
+                for binary, package in binaries.items():
+                    run_go(
+                        ["install", "-trimpath", f"-ldflags={tool.ldflags}", f"{package}@{tool.version}"],
+                        work,
+                        binary,
+                    )
+                    built = env_bin / Path(package).name
+                    if package.endswith("/v3") and not built.exists():
+                        built = env_bin / "v3"
+                    shutil.move(str(built), BIN_DIR / binary)
             finally:
                 os.environ.pop("GOBIN", None)
-            built = env_bin / Path(tool.package).name
-            if tool.package.endswith("/v3") and not built.exists():
-                built = env_bin / "v3"
-            shutil.move(str(built), BIN_DIR / tool.name)
         else:
             run_go(["mod", "init", "cairn.dev/toolwrapper"], work, tool.name, quiet=True)
             replaces = wrapper_replaces(module_gomod(tool.module, tool.version, work))
@@ -223,8 +303,9 @@ def build_tool(tool: GoTool) -> None:
                 run_go(["mod", "edit", *(f"-replace={r}" for r in replaces)], work, tool.name, quiet=True)
             run_go(["get", f"{tool.module}@{tool.version}"], work, tool.name)
             for binary, package in binaries.items():
+                verb = ["test", "-c"] if tool.test_binary else ["build"]
                 run_go(
-                    ["build", "-trimpath", f"-ldflags={tool.ldflags}", "-o", str(BIN_DIR / binary), package],
+                    [*verb, "-trimpath", f"-ldflags={tool.ldflags}", "-o", str(BIN_DIR / binary), package],
                     work,
                     f"{tool.name}/{binary}",
                 )

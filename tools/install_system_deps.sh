@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # Debian packages the test bed needs; installs only what is missing so a warm run is instant.
 # prometheus is the real server the dashboard e2e scrapes the bed with (tests/testbed/prometheus.py).
+# buildah, mmdebstrap and uidmap build the container images without a registry (tools/build_images.py);
+# runc, the CNI plugins, iptables and conntrack are what the kubelet nodes' containerd, CNI bridge and
+# kube-proxy run (tests/testbed/kubelet.py).
 set -euo pipefail
-needed=(lvm2 xfsprogs e2fsprogs fdisk util-linux mount iproute2 openssl prometheus)
+needed=(lvm2 xfsprogs e2fsprogs fdisk util-linux mount iproute2 openssl prometheus buildah mmdebstrap uidmap
+  runc containernetworking-plugins iptables conntrack)
 missing=()
 for pkg in "${needed[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.testbed.bed import TestBed
+from tests.testbed.user_cluster import UserCluster, start_user_cluster
 
 
 @pytest.fixture(scope="session")
@@ -37,3 +38,17 @@ def bucket(bed: TestBed) -> Iterator[str]:
     for upload in client.list_multipart_uploads(Bucket=name).get("Uploads", []):
         client.abort_multipart_upload(Bucket=name, Key=upload["Key"], UploadId=upload["UploadId"])
     client.delete_bucket(Bucket=name)
+
+
+@pytest.fixture(scope="session")
+def user_cluster(run_id: str, leak_check: None) -> Iterator[UserCluster]:
+    """Two kubelet nodes with two 2 GiB loop disks each, and the chart installed with helm."""
+    cluster = start_user_cluster(run_id, nodes=2, disks=2, disk_size=2 * 1024 * 1024 * 1024)
+    print(
+        "\nkubelet bed up in "
+        + ", ".join(f"{what} {seconds:.1f}s" for what, seconds in cluster.bed.timings.items())
+    )
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .controlplane import ControlPlane
+from .kubelet import HostSysctls, KubeletNode, pod_subnet_for
 from .network import free_subnet
 from .nodes import MiB, SimulatedCluster, SimulatedNode, register_node_object, unregister_node_object
 from .s3 import S3Server
@@ -24,16 +25,27 @@ class TestBed:
     __test__ = False  # a fixture, not a test class
     run_id: str
     workdir: Path | None = None
+    # One letter telling this bed's network apart from another bed's in the same run.
+    instance: str = ""
     timings: dict[str, float] = field(default_factory=dict)
+    # Image archives every kubelet node's containerd imports, and the pod sandbox image among them.
+    node_images: list[Path] = field(default_factory=list)
+    sandbox_image: str = ""
+    kubelets: dict[str, KubeletNode] = field(default_factory=dict)
+    host_sysctls: HostSysctls | None = None
 
     def __post_init__(self) -> None:
         # The run id in the path lets the leak check tell this run's loops and mounts from others'.
         if self.workdir is None:
             self.workdir = Path(tempfile.mkdtemp(prefix=f"{self.run_id}-bed-", dir="/var/tmp"))
 
-    def start(self, *, with_s3: bool = True) -> TestBed:
-        self.cluster = SimulatedCluster(self.run_id, run_dir=self.workdir / "nodes", subnet=free_subnet())
-        self.control_plane = ControlPlane(self.workdir / "control-plane", self.run_id)
+    def start(self, *, with_s3: bool = True, install_cairn: bool = True) -> TestBed:
+        self.cluster = SimulatedCluster(
+            self.run_id, run_dir=self.workdir / "nodes", subnet=free_subnet(), instance=self.instance
+        )
+        self.control_plane = ControlPlane(
+            self.workdir / "control-plane", self.run_id, install_cairn=install_cairn
+        )
         self.s3: S3Server | None = None
         self._names = itertools.count()
         try:
@@ -53,25 +65,70 @@ class TestBed:
         step()
         self.timings[what] = time.monotonic() - started
 
-    def add_nodes(self, count: int, *, disks: int = 0, disk_size: int = 64 * MiB) -> list[SimulatedNode]:
-        """New simulated nodes with Node objects; names are unique for the whole run."""
+    def add_nodes(
+        self, count: int, *, disks: int = 0, disk_size: int = 64 * MiB, kubelet: bool = False
+    ) -> list[SimulatedNode]:
+        """New simulated nodes with Node objects; names are unique for the whole run.
+
+        With `kubelet`, each node runs a real kubelet, containerd and kube-proxy (`kubelet(node)`
+        gives them), and the kubelet registers the Node object itself.
+        """
         core = self.core_v1()
         nodes = []
         for _ in range(count):
             node = self.cluster.add_node(f"node{next(self._names)}", disks=disks, disk_size=disk_size)
-            register_node_object(core, node)
             nodes.append(node)
+            if kubelet:
+                self._start_kubelet(node)
+            else:
+                register_node_object(core, node)
         return nodes
+
+    def _start_kubelet(self, node: SimulatedNode) -> None:
+        if not self.sandbox_image:
+            raise RuntimeError("kubelet nodes need node_images and a sandbox_image set on the bed first")
+        if self.host_sysctls is None:
+            self.host_sysctls = HostSysctls()
+        assert self.workdir is not None
+        runtime = KubeletNode(
+            node,
+            self.control_plane,
+            self.workdir / "kubelet-nodes" / node.name,
+            pod_subnet_for(node.ip),
+            images=self.node_images,
+            sandbox_image=self.sandbox_image,
+        )
+        self.kubelets[node.name] = runtime
+        started = time.monotonic()
+        runtime.start()
+        self.timings[f"kubelet {node.name}"] = time.monotonic() - started
+
+    def kubelet(self, node: SimulatedNode) -> KubeletNode:
+        return self.kubelets[node.name]
 
     def remove_nodes(self, nodes: list[SimulatedNode]) -> None:
         core = self.core_v1()
         for node in nodes:
+            runtime = self.kubelets.pop(node.name, None)
+            if runtime is not None:
+                runtime.stop()
             unregister_node_object(core, node.name)
             # What its agent reported goes with the machine, so later tests never place volumes there.
             self.control_plane.kubectl(
                 "delete", "storagenode", node.name, "--ignore-not-found", "--wait=false"
             )
             self.cluster.remove_node(node)
+
+    def _stop_kubelets(self) -> None:
+        errors = []
+        for name, runtime in list(self.kubelets.items()):
+            try:
+                runtime.stop()
+            except Exception as error:  # stop every node, then report
+                errors.append(f"{name}: {error}")
+            del self.kubelets[name]
+        if errors:
+            raise RuntimeError("; ".join(errors))
 
     def core_v1(self, identity: str = "admin"):  # -> kubernetes.client.CoreV1Api
         from kubernetes import client
@@ -81,9 +138,11 @@ class TestBed:
     def stop(self) -> None:
         errors: list[str] = []
         for what, step in (
+            ("kubelets", self._stop_kubelets),
             ("s3", lambda: self.s3 and self.s3.stop()),
             ("control plane", self.control_plane.stop),
             ("nodes", self.cluster.close),
+            ("host sysctls", lambda: self.host_sysctls and self.host_sysctls.restore()),
         ):
             try:
                 step()

@@ -25,6 +25,8 @@ from .tools import REPO_ROOT, tool_path
 CAIRN_NAMESPACE = "cairn-system"
 COMPONENT_ACCOUNTS = ("cairn-controller", "cairn-node-agent")
 TOKEN_AUDIENCE = "https://kubernetes.default.svc.cluster.local"
+SERVICE_CIDR = "10.96.0.0/16"
+KUBERNETES_SERVICE_IP = "10.96.0.1"
 
 
 def free_port(address: str) -> int:
@@ -41,6 +43,8 @@ class ControlPlane:
     processes: list[ManagedProcess] = field(default_factory=list)
     kubeconfigs: dict[str, Path] = field(default_factory=dict)
     server_url: str = ""
+    # False: leave Cairn's CRDs, ServiceAccounts and RBAC to `helm install`, as on a user's cluster.
+    install_cairn: bool = True
 
     def __post_init__(self) -> None:
         self.pki = TestPki(self.workdir / "pki")
@@ -55,9 +59,13 @@ class ControlPlane:
             self._start_etcd()
             self._start_apiserver()
             self._write_admin_kubeconfig()
-            self.apply(*sorted((REPO_ROOT / "deploy" / "crds").glob("*.yaml")))
-            self._install_component_identities()
-            self.kubectl("wait", "--for", "condition=established", "--timeout=60s", "crd", "-l", "", "--all")
+            self._write_kube_proxy_kubeconfig()
+            if self.install_cairn:
+                self.apply(*sorted((REPO_ROOT / "deploy" / "crds").glob("*.yaml")))
+                self._install_component_identities()
+                self.kubectl(
+                    "wait", "--for", "condition=established", "--timeout=60s", "crd", "-l", "", "--all"
+                )
         except BaseException:
             self.stop()
             raise
@@ -109,9 +117,15 @@ class ControlPlane:
             "DNS:kubernetes",
             "DNS:kubernetes.default",
             "DNS:kubernetes.default.svc",
+            # Pods reach the apiserver through the `kubernetes` Service's cluster IP.
+            f"IP:{KUBERNETES_SERVICE_IP}",
         ]
         self.serving = self.pki.issue("apiserver", "/CN=kube-apiserver", server_sans=sans)
         self.admin = self.pki.issue("admin", "/O=system:masters/CN=cairn-testbed-admin")
+        # The apiserver's identity towards kubelets (logs, exec, port-forward).
+        self.kubelet_client = self.pki.issue(
+            "apiserver-kubelet-client", "/O=system:masters/CN=kube-apiserver"
+        )
         self.sa_keys = self.pki.service_account_keys()
 
     def _start_etcd(self) -> None:
@@ -163,12 +177,18 @@ class ControlPlane:
                 f"--tls-cert-file={self.serving.cert}",
                 f"--tls-private-key-file={self.serving.key}",
                 f"--client-ca-file={self.pki.ca.cert}",
-                "--authorization-mode=RBAC",
+                # Node: kubelets may read and write only what concerns their own node's pods.
+                "--authorization-mode=Node,RBAC",
+                "--enable-admission-plugins=NodeRestriction",
+                f"--kubelet-client-certificate={self.kubelet_client.cert}",
+                f"--kubelet-client-key={self.kubelet_client.key}",
+                f"--kubelet-certificate-authority={self.pki.ca.cert}",
+                "--kubelet-preferred-address-types=InternalIP,Hostname",
                 f"--service-account-issuer={TOKEN_AUDIENCE}",
                 f"--service-account-key-file={self.sa_keys.cert}",
                 f"--service-account-signing-key-file={self.sa_keys.key}",
                 f"--api-audiences={TOKEN_AUDIENCE}",
-                "--service-cluster-ip-range=10.96.0.0/16",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
                 "--allow-privileged=true",
                 "--profiling=false",
                 "--enable-priority-and-fairness=false",
@@ -182,7 +202,7 @@ class ControlPlane:
         context.load_cert_chain(str(self.admin.cert), str(self.admin.key))
         apiserver.wait_until(lambda: http_ok(f"{self.server_url}/readyz", context), 120, "ready")
 
-    def _write_kubeconfig(self, identity: str, user: dict[str, str]) -> Path:
+    def write_kubeconfig(self, identity: str, user: dict[str, str]) -> Path:
         path = self.workdir / "kubeconfigs" / f"{identity}.kubeconfig"
         path.parent.mkdir(parents=True, exist_ok=True)
         config = {
@@ -204,7 +224,7 @@ class ControlPlane:
         return path
 
     def _write_admin_kubeconfig(self) -> None:
-        self._write_kubeconfig(
+        self.write_kubeconfig(
             "admin", {"client-certificate": str(self.admin.cert), "client-key": str(self.admin.key)}
         )
 
@@ -244,7 +264,14 @@ class ControlPlane:
                 "--duration=24h",
                 f"--audience={TOKEN_AUDIENCE}",
             ).stdout.strip()
-            self._write_kubeconfig(account, {"token": token})
+            self.write_kubeconfig(account, {"token": token})
+
+    def _write_kube_proxy_kubeconfig(self) -> None:
+        # The apiserver's bootstrap RBAC binds this user to system:node-proxier.
+        proxy = self.pki.issue("kube-proxy", "/CN=system:kube-proxy")
+        self.write_kubeconfig(
+            "kube-proxy", {"client-certificate": str(proxy.cert), "client-key": str(proxy.key)}
+        )
 
 
 def http_ok(url: str, context: ssl.SSLContext | None = None) -> bool:

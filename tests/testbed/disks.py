@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .leaks import stacked_on
+
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 SECTOR = 512
 
@@ -125,7 +127,7 @@ class LoopDisks:
         Only at teardown: the simulated machine is going away, and its volumes with it.
         """
         for stacked, backing in sorted(attached_loops().items()):
-            if str(backing) != f"/dev/{device}":
+            if stacked_on(str(backing)) != f"/dev/{device}":
                 continue
             mounts = Path("/proc/self/mounts").read_text().splitlines()
             for target in reversed([m.split()[1] for m in mounts if m.split()[0] == f"/dev/{stacked}"]):

@@ -15,17 +15,33 @@ from cairn import DRIVER_NAME, TOPOLOGY_KEY
 from .process import ManagedProcess
 from .tools import tool_path
 
+VOLUME_CONTROLLERS = "persistentvolume-binder,persistentvolume-expander,pvc-protection,pv-protection"
+# What a cluster with kubelets needs: every default controller (namespaces, service accounts and the
+# root CA ConfigMap pods mount, Deployments and DaemonSets, attach-detach, node lifecycle...), but
+# the ones that need a cloud or pod CIDR allocation the bed does not do (its CNI config has them).
+ALL_CONTROLLERS = (
+    "*,-node-ipam-controller,-node-route-controller,-service-lb-controller,-cloud-node-lifecycle-controller"
+)
 
-def start_controller_manager(workdir: Path, run_id: str, kubeconfig: Path) -> ManagedProcess:
+
+def start_controller_manager(
+    workdir: Path,
+    run_id: str,
+    kubeconfig: Path,
+    *,
+    controllers: str = VOLUME_CONTROLLERS,
+    extra_args: tuple[str, ...] = (),
+) -> ManagedProcess:
     process = ManagedProcess(
         "kube-controller-manager",
         [
             str(tool_path("kube-controller-manager")),
             f"--kubeconfig={kubeconfig}",
-            "--controllers=persistentvolume-binder,persistentvolume-expander,pvc-protection,pv-protection",
+            f"--controllers={controllers}",
             "--leader-elect=false",
             "--secure-port=0",
             "--v=1",
+            *extra_args,
         ],
         run_id=run_id,
         log_dir=workdir / "logs",
@@ -38,6 +54,25 @@ def start_controller_manager(workdir: Path, run_id: str, kubeconfig: Path) -> Ma
         60,
         "started",
     )
+    return process
+
+
+def start_scheduler(workdir: Path, run_id: str, kubeconfig: Path) -> ManagedProcess:
+    process = ManagedProcess(
+        "kube-scheduler",
+        [
+            str(tool_path("kube-scheduler")),
+            f"--kubeconfig={kubeconfig}",
+            f"--authentication-kubeconfig={kubeconfig}",
+            f"--authorization-kubeconfig={kubeconfig}",
+            "--leader-elect=false",
+            "--secure-port=0",
+            "--v=1",
+        ],
+        run_id=run_id,
+        log_dir=workdir / "logs",
+    )
+    process.wait_until(lambda: "Starting Kubernetes Scheduler" in process.log_tail(200), 60, "started")
     return process
 
 

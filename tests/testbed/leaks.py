@@ -4,13 +4,16 @@ Every process the bed starts carries `CAIRN_TESTBED_RUN=<run id>` in its environ
 a process that outlives its parent (reparented to init) is still found. Mounts, loop
 devices and network namespaces are compared against a snapshot taken before the run:
 anything new at the end that belongs to this run is a leak. Network links in the host namespace are
-compared the same way, so a leaked bridge or host-side veth is reported too.
+compared the same way, so a leaked bridge or host-side veth is reported too. Kubelet nodes add two
+more: the cgroup roots named after the run (pods' processes carry no run tag, but live there), and the
+host sysctls a kubelet changes, which must be back to their values from before the run.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import subprocess
 import uuid
 from collections.abc import Sequence
@@ -18,6 +21,44 @@ from dataclasses import dataclass
 from pathlib import Path
 
 RUN_ENV = "CAIRN_TESTBED_RUN"
+
+# What a kubelet sets on the host kernel at start-up (its "kernel tunables"), whatever its flags say.
+KUBELET_SYSCTLS = (
+    "vm/overcommit_memory",
+    "vm/panic_on_oom",
+    "kernel/panic",
+    "kernel/panic_on_oops",
+    "kernel/keys/root_maxkeys",
+    "kernel/keys/root_maxbytes",
+    # Per network namespace, but the host's own must stay as it was: nodes get no route out otherwise.
+    "net/ipv4/ip_forward",
+)
+
+
+def read_sysctl(key: str) -> str:
+    return Path("/proc/sys", key).read_text().strip()
+
+
+def cgroup_hierarchies() -> list[Path]:
+    """Mount points of every cgroup hierarchy: the v1 controllers and the unified (v2) one."""
+    found = []
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        _device, mount_point, fs_type, *_ = line.split()
+        if fs_type in ("cgroup", "cgroup2"):
+            found.append(Path(mount_point))
+    return found
+
+
+def cgroups_of_run(run_id: str) -> list[Path]:
+    """Top-level cgroups named after this run: the cgroup roots of its kubelet nodes."""
+    prefix = f"cairn-{run_tag(run_id)}-"
+    return sorted(
+        child
+        for hierarchy in cgroup_hierarchies()
+        if hierarchy.is_dir()
+        for child in hierarchy.iterdir()
+        if child.is_dir() and child.name.startswith(prefix)
+    )
 
 
 def new_run_id() -> str:
@@ -77,6 +118,19 @@ def loop_devices() -> dict[str, str]:
     return devices
 
 
+_LOOP_DEVICE = re.compile(r"^(?:/dev)?/(loop\d+)$")
+
+
+def stacked_on(backing: str) -> str | None:
+    """The loop device a loop's backing path names, if it is one (an LV activated in loop mode).
+
+    A node agent in a container attaches with its own /dev (a bind of the host's), which the kernel
+    reports relative to that mount: "/loop3", not "/dev/loop3".
+    """
+    match = _LOOP_DEVICE.match(backing)
+    return f"/dev/{match.group(1)}" if match else None
+
+
 def network_namespaces() -> set[str]:
     out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
     return {line.split()[0] for line in out.splitlines() if line.strip()}
@@ -100,6 +154,7 @@ class SystemSnapshot:
     loops: frozenset[str]
     netns: frozenset[str]
     links: frozenset[str] = frozenset()
+    sysctls: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def take(cls) -> SystemSnapshot:
@@ -108,6 +163,7 @@ class SystemSnapshot:
             frozenset(loop_devices()),
             frozenset(network_namespaces()),
             frozenset(network_links()),
+            tuple((key, read_sysctl(key)) for key in KUBELET_SYSCTLS),
         )
 
 
@@ -133,11 +189,18 @@ def find_leaks(run_id: str, before: SystemSnapshot, owned_dirs: Sequence[Path] =
     new_loops = sorted(after.loops - before.loops)
     ours = {d for d in new_loops if owned(backing.get(d, ""))}
     # Loops stacked on our loops (LVs activated in loop mode) are ours too.
-    while stacked := {d for d in new_loops if d not in ours and backing.get(d, "") in ours}:
+    while stacked := {d for d in new_loops if d not in ours and stacked_on(backing.get(d, "")) in ours}:
         ours |= stacked
     leaks = [f"process {pid}: {cmd}" for pid, cmd in processes_of_run(run_id)]
     leaks += [f"mount {m}" for m in sorted(after.mounts - before.mounts - _PERSISTENT_MOUNTS) if owned(m)]
     leaks += [f"loop device {d} -> {backing.get(d, '?')}" for d in sorted(ours)]
     leaks += [f"network namespace {n}" for n in sorted(after.netns - before.netns) if run_id in n]
     leaks += [f"network link {n}" for n in sorted(after.links - before.links) if tag in n]
+    leaks += [f"cgroup {c}" for c in cgroups_of_run(run_id)]
+    was = dict(before.sysctls)
+    leaks += [
+        f"sysctl {key.replace('/', '.')} = {value} (was {was[key]})"
+        for key, value in after.sysctls
+        if key in was and was[key] != value
+    ]
     return leaks

@@ -193,6 +193,8 @@ class ClusterNetwork:
 
     run_id: str
     subnet: str = DEFAULT_SUBNET
+    # Tells apart two networks of one run (the kubelet bed beside the main one); one letter.
+    instance: str = ""
     nodes: dict[str, NodeLink] = field(default_factory=dict)
     _next_index: int = 0
     _bridge_created: bool = False
@@ -201,8 +203,10 @@ class ClusterNetwork:
         self.network = ipaddress.IPv4Network(self.subnet)
         # Interface names are capped at 15 bytes, so derive a short tag from the run id.
         self.tag = run_tag(self.run_id)
-        self.bridge = f"cairnbr{self.tag}"
-        self.veth_prefix = f"cv{self.tag}"
+        if len(self.instance) > 1:
+            raise ValueError(f"network instance {self.instance!r} must be one letter (names are 15 bytes)")
+        self.bridge = f"cairnb{self.instance or 'r'}{self.tag}"
+        self.veth_prefix = f"c{self.instance or 'v'}{self.tag}"
 
     @property
     def gateway(self) -> str:
@@ -213,7 +217,8 @@ class ClusterNetwork:
         return self.network.prefixlen
 
     def namespace_for(self, node: str) -> str:
-        return f"{self.run_id}-{node}"
+        # "." keeps the main network's prefix ("<run>-") from matching another instance's ("<run>.k-").
+        return f"{self.run_id}.{self.instance}-{node}" if self.instance else f"{self.run_id}-{node}"
 
     def setup(self) -> None:
         if self._bridge_created:
@@ -301,7 +306,7 @@ class ClusterNetwork:
             if ifname.startswith(self.veth_prefix):
                 errors += [e for e in (_ip_gone_ok(["ip", "link", "del", ifname]),) if e]
         for ns in sorted(netns_names()):
-            if ns.startswith(f"{self.run_id}-"):
+            if ns.startswith(self.namespace_for("")):
                 errors += [e for e in (_ip_gone_ok(["ip", "netns", "del", ns]),) if e]
         if self._bridge_created or self.bridge in host_links():
             errors += [e for e in (_ip_gone_ok(["ip", "link", "del", self.bridge]),) if e]

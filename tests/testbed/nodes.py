@@ -132,11 +132,12 @@ class SimulatedCluster:
         *,
         run_dir: Path | None = None,
         subnet: str = DEFAULT_SUBNET,
+        instance: str = "",
     ) -> None:
         self.run_id = run_id or leaks.new_run_id()
         self._own_run_dir = run_dir is None
         self.run_dir = Path(run_dir or tempfile.mkdtemp(prefix=f"{self.run_id}-", dir="/var/tmp"))
-        self.network = ClusterNetwork(self.run_id, subnet)
+        self.network = ClusterNetwork(self.run_id, subnet, instance)
         self.disks = LoopDisks(self.run_dir / "disks")
         self.nodes: list[SimulatedNode] = []
 
