@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PYTEST := $(PY) -m pytest
 export LVM_SUPPRESS_FD_WARNINGS := 1
 
-.PHONY: help demo demo-down test unit e2e sanity conformance bench lint fmt crds tools images proto venv system-deps clean
+.PHONY: help demo demo-down test unit e2e sanity conformance bench lint fmt crds tools images tools-and-images proto venv system-deps clean
 
 help:
 	@echo "make demo    the cluster-in-a-box, left running (make demo-down removes it)"
@@ -20,7 +20,7 @@ help:
 demo: system-deps proto
 	@echo "make demo: the first run builds the Kubernetes parts, containerd, MinIO and helm from source, and"
 	@echo "the images from the Dockerfile (about 25 minutes on 2 cores, progress below); later runs reuse them."
-	@$(MAKE) --no-print-directory tools images
+	@$(MAKE) --no-print-directory tools-and-images
 	$(PY) tools/demo.py up
 
 demo-down: venv
@@ -51,6 +51,16 @@ tools:
 images: system-deps tools
 	$(PYTHON) tools/build_images.py
 
+# What test, e2e and conformance need, cold in as little time as possible: the cairn image needs
+# no Go tool, so it builds (mostly downloads and copies) while the tools compile (mostly CPU); the
+# other images need the tools' binaries and come after.
+tools-and-images: system-deps
+	@set -o pipefail; \
+	($(PYTHON) tools/build_images.py cairn 2>&1 | sed -u 's/^/[cairn image] /') & image=$$!; \
+	$(PYTHON) tools/build_tools.py; tools=$$?; wait $$image; built=$$?; \
+	test $$tools -eq 0 -a $$built -eq 0
+	$(PYTHON) tools/build_images.py
+
 crds: venv
 	$(PY) -m cairn.api.crd --out deploy/crds
 
@@ -65,21 +75,21 @@ fmt: venv
 unit: proto
 	$(PYTEST) tests -m "not root and not e2e"
 
-e2e: system-deps proto tools images
+e2e: system-deps proto tools-and-images
 	$(PYTEST) tests/e2e
 
 sanity: system-deps proto tools
 	$(PYTEST) tests/e2e/test_csi_sanity.py -s -q
 
 # Builds e2e.test, runs the External Storage specs on kubelet nodes; reports in .cache/conformance.
-conformance: system-deps proto tools images
+conformance: system-deps proto tools-and-images
 	$(PY) tools/conformance.py
 
 BENCHMARKS ?= publish_scaling create_latency hash_choice tier_upload checkpoint_stall p2p_loopback p2p_seed
 bench: system-deps proto tools
 	@for b in $(BENCHMARKS); do echo "== bench/$$b.py"; $(PY) -m bench.$$b || exit 1; done
 
-test: system-deps proto tools images lint
+test: system-deps proto tools-and-images lint
 	$(PYTEST) tests
 
 clean:

@@ -43,15 +43,22 @@ class StagedVolume:
     """Staged and published read-only whatever the CO asks: a Dataset's copy is shared, verified data."""
 
 
-def stage_mount_flags(requested: Sequence[str], read_only: bool) -> list[str]:
+def stage_mount_flags(requested: Sequence[str], read_only: bool, fs_type: str = "") -> list[str]:
     """The options NodeStage mounts with: the CO's, with "ro" forced (and "rw" dropped) when read-only.
 
     Read-only at the staging mount too, not only at the bind mounts: the staging path is on the host,
     and whatever could write there would change the data every pod on the node reads.
+
+    xfs gets "nouuid": a clone is a byte copy of its source, UUID included, and XFS refuses to mount
+    a filesystem whose UUID is already mounted on the node. A clone of a mounted source also carries
+    a log to replay, so giving it a new UUID at clone time (xfs_admin -U) is not possible.
     """
+    flags = list(requested)
+    if fs_type == "xfs" and "nouuid" not in flags:
+        flags.append("nouuid")
     if not read_only:
-        return list(requested)
-    return [*(flag for flag in requested if flag not in ("rw", "ro")), "ro"]
+        return flags
+    return [*(flag for flag in flags if flag not in ("rw", "ro")), "ro"]
 
 
 class NodeService(csi_pb2_grpc.NodeServicer):
@@ -122,7 +129,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
                     "Cairn never reformats a device that holds data"
                 )
             mounter.ensure_directory(target)
-            flags = stage_mount_flags(capability.mount.mount_flags, volume.read_only)
+            flags = stage_mount_flags(capability.mount.mount_flags, volume.read_only, fs_type)
             mounter.mount(volume.device, target, fs_type, flags)
         self.on_staged(volume.name, target)
         return csi_pb2.NodeStageVolumeResponse()

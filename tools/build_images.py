@@ -935,12 +935,22 @@ def _ensure_one(image: Image) -> list[str]:
 
 def ensure(names: list[str] | None = None) -> dict[str, Path]:
     """Build what is missing or stale; return every reference of `names` (default: all) -> archive."""
+    return {ref: IMAGES[name].archive for name, refs in ensure_named(names).items() for ref in refs}
+
+
+def ensure_named(names: list[str] | None = None) -> dict[str, list[str]]:
+    """Build what is missing or stale; return each image's references, its main one first.
+
+    Use these rather than image_ref() after a build: the references are those of the archives just
+    made, even if a source file changed meanwhile.
+    """
     names = list(IMAGES) if names is None else names
     unknown = [n for n in names if n not in IMAGES]
     if unknown:
         raise ValueError(f"unknown image(s) {unknown}; known: {', '.join(IMAGES)}")
     started = time.monotonic()
-    archives = {ref: IMAGES[name].archive for name in names for ref in _ensure_one(IMAGES[name])}
+    built = {name: _ensure_one(IMAGES[name]) for name in names}
+    archives = {ref: IMAGES[name].archive for name, refs in built.items() for ref in refs}
     with _locked("index"):
         try:
             index = {k: Path(v) for k, v in json.loads(INDEX_FILE.read_text()).items()}
@@ -951,7 +961,7 @@ def ensure(names: list[str] | None = None) -> dict[str, Path]:
         index.update(archives)
         write_atomic(INDEX_FILE, json.dumps({k: str(v) for k, v in sorted(index.items())}, indent=2) + "\n")
     log(f"{len(names)} images ready in {CACHE_DIR} ({time.monotonic() - started:.1f}s)")
-    return archives
+    return built
 
 
 def main() -> None:

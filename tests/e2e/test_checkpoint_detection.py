@@ -1,4 +1,9 @@
-"""A training job's checkpoints on a Cairn volume become Checkpoint objects, and only finished ones."""
+"""A training job's checkpoints on a Cairn volume become Checkpoint objects, and only finished ones.
+
+The volume is staged by the kubelet stand-in (tests/testbed/kubelet_standin.py): the tests write into
+it behind the agent's back at exact moments, a commit marker before its files finish, a file changed
+after its commit, which no pod does on demand. A trainer pod on real kubelets is in test_user_path.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ import pytest
 
 from tests.testbed.bed import TestBed
 from tests.testbed.components import Driver, mount_capability, running_driver
+from tests.testbed.kubelet_standin import standin_claim_volume
 from tests.testbed.waiting import wait_until
 
 MiB = 1024 * 1024
@@ -30,8 +36,8 @@ def staged(bed: TestBed) -> Iterator[tuple[Driver, Path]]:
     bed.control_plane.kubectl("apply", "-f", "-", input_text=json.dumps(policy))
     with (
         running_driver(bed, "checkpoints", disks=1, disk_size=256 * MiB) as driver,
-        driver.staged_claim_volume(
-            "trainer-ckpt", 64 * MiB, pvc="trainer", namespace=NAMESPACE, policy="train-policy"
+        standin_claim_volume(
+            driver, "trainer-ckpt", 64 * MiB, pvc="trainer", namespace=NAMESPACE, policy="train-policy"
         ) as (_volume, staging),
     ):
         try:

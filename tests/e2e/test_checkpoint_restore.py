@@ -1,4 +1,8 @@
-"""`cairn checkpoint restore` on another node: from the peer, then from S3, never a corrupt byte."""
+"""`cairn checkpoint restore` on another node: from the peer, then from S3, never a corrupt byte.
+
+The volume is staged by the kubelet stand-in (tests/testbed/kubelet_standin.py): the tests delete the
+local copy and a replica under the agents and corrupt objects in S3 between steps.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ import pytest
 from tests.testbed.bed import TestBed
 from tests.testbed.checkpoints import write_dcp
 from tests.testbed.components import Driver, mount_capability, running_driver, start_node_agent
+from tests.testbed.kubelet_standin import standin_claim_volume
 from tests.testbed.nodes import SimulatedNode
 from tests.testbed.process import ManagedProcess
 from tests.testbed.waiting import wait_until
@@ -88,8 +93,8 @@ def cluster(bed: TestBed, restore_bucket: str) -> Iterator[Cluster]:
     )
     with (
         running_driver(bed, "restore", disks=1, disk_size=256 * MiB) as driver,
-        driver.staged_claim_volume(
-            "restore-trainer", 64 * MiB, pvc=PVC, namespace=NAMESPACE, policy="restore-policy"
+        standin_claim_volume(
+            driver, "restore-trainer", 64 * MiB, pvc=PVC, namespace=NAMESPACE, policy="restore-policy"
         ) as (_volume, staging),
     ):
         # Node B joins only now, so the volume above could only land on node A.

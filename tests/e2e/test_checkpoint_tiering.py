@@ -1,4 +1,9 @@
-"""The node agent tiers recorded checkpoints to the real S3 server, survives kill -9, and keeps retention."""
+"""The node agent tiers recorded checkpoints to the real S3 server, survives kill -9, and keeps retention.
+
+The volume is staged by the kubelet stand-in (tests/testbed/kubelet_standin.py): the agent is killed
+with kill -9 while a multipart upload is in flight, and restarted with the same state, which a
+kubelet does not do on demand. A trainer pod on real kubelets is in test_user_path.
+"""
 
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ from tests.testbed.components import (
     running_driver,
     start_node_agent,
 )
+from tests.testbed.kubelet_standin import standin_claim_volume
 from tests.testbed.waiting import wait_until
 
 MiB = 1024 * 1024
@@ -87,8 +93,8 @@ def trainer(bed: TestBed, tiering_bucket: str) -> Iterator[Trainer]:
     )
     with (
         running_driver(bed, "tiering", disks=1, disk_size=512 * MiB) as driver,
-        driver.staged_claim_volume(
-            "tiered-trainer", 256 * MiB, pvc="llm", namespace=NAMESPACE, policy="tiered"
+        standin_claim_volume(
+            driver, "tiered-trainer", 256 * MiB, pvc="llm", namespace=NAMESPACE, policy="tiered"
         ) as (_volume, staging),
     ):
         try:

@@ -27,6 +27,7 @@ from tests.testbed.checkpoints import write_dcp
 from tests.testbed.components import METRICS_PORT, mount_capability, start_controller, start_node_agent
 from tests.testbed.controlplane import free_port
 from tests.testbed.datasets import s3_dataset
+from tests.testbed.kubelet_standin import KubeletStandIn
 from tests.testbed.nodes import SimulatedNode
 from tests.testbed.process import ManagedProcess
 from tests.testbed.prometheus import PrometheusServer
@@ -208,15 +209,8 @@ def run_checkpoint_workload(
     volume = created.volume.volume_id
     node = created.volume.accessible_topology[0].segments[TOPOLOGY_KEY]
     node_socket = agents[node][1]
-    staging = workdir / "staging" / volume
-    staging.mkdir(parents=True)
-    with grpc.insecure_channel(f"unix://{node_socket}") as channel:
-        csi_pb2_grpc.NodeStub(channel).NodeStageVolume(
-            csi_pb2.NodeStageVolumeRequest(
-                volume_id=volume, staging_target_path=str(staging), volume_capability=CAPABILITY
-            ),
-            timeout=60,
-        )
+    # The kubelet stand-in: the workload writes its checkpoint straight into the staged volume.
+    staging = KubeletStandIn(node_socket, workdir).stage(volume, capability=CAPABILITY)
     write_dcp(staging / "ckpt" / "step_1", [3 * MiB, 2 * MiB], metadata_bytes=2048)
     wait_until(
         lambda: (

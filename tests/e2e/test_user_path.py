@@ -235,43 +235,156 @@ def test_mounts_survive_a_node_agent_restart_and_the_new_agent_serves_new_pods(
         cluster.delete("pvc", name)
 
 
-def test_a_pod_reads_a_dataset_seeded_onto_its_node(user_cluster: UserCluster) -> None:
+def node_mounts_of(cluster: UserCluster, pod: str, path: str, node: str) -> list[str]:
+    """Every mount point on the pod's node of the device mounted at `path` in the pod: the
+    kubelet's staging path and the pod's volume directory."""
+    (device,) = [
+        line.split()[0]
+        for line in cluster.exec(pod, "cat", "/proc/mounts").splitlines()
+        if line.split()[1] == path
+    ]
+    table = cluster.bed.kubelets[node].run(["findmnt", "-rn", "-o", "TARGET,SOURCE"]).stdout
+    return [target for target, source in (line.split() for line in table.splitlines()) if source == device]
+
+
+def test_a_pod_on_a_node_without_a_copy_reads_a_dataset_its_node_fetched_from_peers(
+    user_cluster: UserCluster,
+) -> None:
     cluster = user_cluster
     s3 = cluster.bed.s3
     assert s3 is not None
+    holder, consumer = cluster.nodes[0].name, cluster.nodes[1].name
     bucket = s3.create_bucket("corpus-user-path")
-    files = {f"shard-{i:02d}.bin": os.urandom(3 * MiB + i) for i in range(4)}
+    # Sizes that straddle piece boundaries, in two directories.
+    files = {
+        "train/shard-0000.bin": os.urandom(10 * MiB),
+        "train/shard-0001.bin": os.urandom(9 * MiB + 4093),
+        "val/shard-0000.bin": os.urandom(5 * MiB - 4093),
+    }
     client = s3.client()
     for name, data in files.items():
         client.put_object(Bucket=bucket, Key=f"corpus/{name}", Body=data)
     cluster.apply(s3.credentials_secret("corpus-s3", "default"))
-    node = cluster.nodes[0].name
-    names = [n.name for n in cluster.nodes]
-    cluster.apply(s3_dataset("corpus", "default", f"s3://{bucket}/corpus", s3.endpoint, "corpus-s3", names))
-    wait_until(
-        lambda: cluster.get("dataset", "corpus").get("status", {}).get("phase") == "Ready",
-        180,
-        "the Dataset Ready",
+    cluster.apply(
+        s3_dataset("corpus", "default", f"s3://{bucket}/corpus", s3.endpoint, "corpus-s3", [holder])
     )
+
+    def dataset() -> dict:
+        return cluster.get("dataset", "corpus").get("status", {})
+
+    wait_until(lambda: dataset().get("phase") == "Ready", 180, "the holder to seed the Dataset")
+    assert dataset()["targetNodes"] == [holder], "the consumer's node must not hold a copy yet"
+
+    # The reader runs on the node without a copy: its claim makes that node join the swarm.
     claim = cluster.claim(
         "corpus-copy",
         CLASS,
         "64Mi",
         dataSourceRef={"apiGroup": "cairn.dev", "kind": "Dataset", "name": "corpus"},
     )
-    cluster.apply(claim)
-    cluster.apply(cluster.pod("reader", "sleep 3600", claim="corpus-copy", node=node))
-    cluster.wait_pod("reader", timeout=180)
+    cluster.apply(claim, cluster.pod("reader", "sleep 3600", claim="corpus-copy", node=consumer))
+    cluster.wait_pod("reader", timeout=240)
+    status = dataset()
+    assert consumer in status["targetNodes"], status["targetNodes"]
+    report = status["nodes"][consumer]
+    assert report["phase"] == "Ready" and report["digest"] == status["digest"], report
+    assert report.get("bytesFromOrigin", 0) == 0 and report["bytesFromPeers"] >= sum(map(len, files.values()))
+    events = cluster.get("events", "--field-selector", "involvedObject.name=corpus-copy")["items"]
+    assert {"Populating", "Populated"} <= {e["reason"] for e in events}
+    wait_until(
+        lambda: not cluster.get("pvc", "-n", CAIRN_NAMESPACE)["items"],
+        60,
+        "the populator's prime claim to go",
+    )
+
     for name, data in files.items():
         assert cluster.exec("reader", "md5sum", f"/data/{name}").split()[0] == hashlib.md5(data).hexdigest()
-    # A dataset copy is read-only in the pod.
-    assert (
-        "Read-only file system"
-        in cluster.kubectl("exec", "reader", "--", "touch", "/data/new", check=False).stderr
-    )
+    # Read-only in the pod, and on the node: at the kubelet's staging path and the pod's directory.
+    refused = cluster.kubectl("exec", "reader", "--", "touch", "/data/train/extra.bin", check=False)
+    assert "Read-only file system" in refused.stderr
+    mounts = node_mounts_of(cluster, "reader", "/data", consumer)
+    assert any("globalmount" in m for m in mounts) and any("/pods/" in m for m in mounts), mounts
+    for mount in mounts:
+        attempt = cluster.bed.kubelets[consumer].run(["touch", f"{mount}/val/extra.bin"], check=False)
+        assert attempt.returncode != 0 and "Read-only file system" in attempt.stderr, (mount, attempt.stderr)
     cluster.delete("pod", "reader")
     cluster.delete("pvc", "corpus-copy")
     cluster.delete("dataset", "corpus")
+
+
+LOCAL_ONLY_POLICY = {
+    "apiVersion": "cairn.dev/v1alpha1",
+    "kind": "CheckpointPolicy",
+    "metadata": {"name": "local-only", "namespace": "default"},
+    "spec": {"commit": {"settleSeconds": 1}},
+}
+
+
+def test_a_pod_resumes_from_a_claim_filled_with_a_checkpoint(user_cluster: UserCluster) -> None:
+    cluster = user_cluster
+    cluster.apply(LOCAL_ONLY_POLICY)
+    cluster.apply(
+        cluster.storage_class("cairn-local-checkpoints", **{"cairn.dev/checkpoint-policy": "local-only"})
+    )
+    cluster.apply(cluster.claim("first-run", "cairn-local-checkpoints", "64Mi"))
+    script = dcp_writer_script("/data/ckpt", [7], shards=2, shard_mib=3) + "; sleep 3600"
+    cluster.apply(cluster.pod("first-run", script, claim="first-run"))
+    cluster.wait_pod("first-run")
+
+    def recorded() -> str | None:
+        items = cluster.get("checkpoints", "-l", "cairn.dev/pvc=first-run")["items"]
+        return items[0]["metadata"]["name"] if items else None
+
+    wait_until(lambda: recorded() is not None, 60, "the checkpoint to be recorded")
+    checkpoint = recorded()
+    shards = ("__0_0.distcp", "__1_0.distcp", ".metadata")
+    written = {n: cluster.exec("first-run", "md5sum", f"/data/ckpt/step_7/{n}").split()[0] for n in shards}
+
+    claim = cluster.claim(
+        "resumed",
+        "cairn-local-checkpoints",
+        "64Mi",
+        dataSourceRef={"apiGroup": "cairn.dev", "kind": "Checkpoint", "name": checkpoint},
+    )
+    cluster.apply(claim, cluster.pod("resumed", "sleep 3600", claim="resumed"))
+    cluster.wait_pod("resumed", timeout=180)
+    events = cluster.get("events", "--field-selector", "involvedObject.name=resumed")["items"]
+    assert {"Populating", "Populated"} <= {e["reason"] for e in events}
+    wait_until(
+        lambda: not cluster.get("pvc", "-n", CAIRN_NAMESPACE)["items"],
+        60,
+        "the populator's prime claim to go",
+    )
+    restored = {n: cluster.exec("resumed", "md5sum", f"/data/ckpt/step_7/{n}").split()[0] for n in shards}
+    assert restored == written
+    for name in ("first-run", "resumed"):
+        cluster.delete("pod", name)
+        cluster.delete("pvc", name)
+
+
+def test_a_claim_from_a_missing_checkpoint_waits_with_an_event(user_cluster: UserCluster) -> None:
+    cluster = user_cluster
+    cluster.apply(LOCAL_ONLY_POLICY)
+    cluster.apply(
+        cluster.storage_class("cairn-local-checkpoints", **{"cairn.dev/checkpoint-policy": "local-only"})
+    )
+    claim = cluster.claim(
+        "from-nothing",
+        "cairn-local-checkpoints",
+        "16Mi",
+        dataSourceRef={"apiGroup": "cairn.dev", "kind": "Checkpoint", "name": "no-such-checkpoint"},
+    )
+    cluster.apply(claim, cluster.pod("waiting", "sleep 3600", claim="from-nothing"))
+
+    def warned() -> bool:
+        events = cluster.get("events", "--field-selector", "involvedObject.name=from-nothing")["items"]
+        return any(event["reason"] == "CheckpointNotFound" for event in events)
+
+    wait_until(warned, 60, "a CheckpointNotFound event on the claim")
+    assert cluster.get("pvc", "from-nothing")["status"].get("phase") != "Bound"
+    assert cluster.get("pod", "waiting")["status"].get("phase") == "Pending"
+    cluster.delete("pod", "waiting")
+    cluster.delete("pvc", "from-nothing")
 
 
 def test_a_trainer_pod_writes_checkpoints_that_get_tiered_to_s3(user_cluster: UserCluster) -> None:

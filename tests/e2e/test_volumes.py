@@ -1,4 +1,9 @@
-"""The volume path end to end: the controller and a node agent on the bed, through their CSI sockets."""
+"""The volume path end to end: the controller and a node agent on the bed, through their CSI sockets.
+
+Volumes are staged by the kubelet stand-in (tests/testbed/kubelet_standin.py): the tests unmount
+them behind the agent's back, put a foreign filesystem on a device, and force stale watch events,
+faults no kubelet produces on demand. Pods on real kubelets are in test_user_path.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ from cairn.csi.proto import csi_pb2
 
 from tests.testbed.bed import TestBed
 from tests.testbed.components import Driver, mount_capability, running_driver
+from tests.testbed.kubelet_standin import KubeletStandIn
 from tests.testbed.waiting import wait_until
 
 MiB = 1024 * 1024
@@ -44,19 +50,15 @@ def delete(driver: Driver, volume_id: str) -> None:
 
 
 def stage(driver: Driver, volume_id: str, path: Path, fs_type: str = "ext4") -> None:
-    path.mkdir(parents=True, exist_ok=True)
-    driver.node_stub().NodeStageVolume(
-        csi_pb2.NodeStageVolumeRequest(
-            volume_id=volume_id, staging_target_path=str(path), volume_capability=mount_capability(fs_type)
-        ),
-        timeout=60,
+    # The kubelet stand-in: these tests write to staged volumes, unmount them and put foreign
+    # filesystems on their devices behind the agent's back.
+    KubeletStandIn(driver.node_socket, driver.workdir).stage(
+        volume_id, path=path, capability=mount_capability(fs_type)
     )
 
 
 def unstage(driver: Driver, volume_id: str, path: Path) -> None:
-    driver.node_stub().NodeUnstageVolume(
-        csi_pb2.NodeUnstageVolumeRequest(volume_id=volume_id, staging_target_path=str(path)), timeout=60
-    )
+    KubeletStandIn(driver.node_socket, driver.workdir, staged=[(volume_id, path)]).unstage(volume_id, path)
 
 
 def test_a_carved_volume_keeps_its_data_through_later_updates(bed: TestBed, driver: Driver) -> None:

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 from cairn import DRIVER_NAME
 
 from .components import Driver, running_driver
-from .kube_components import register_csi_node, start_controller_manager, start_csi_provisioner
+from .kube_components import start_controller_manager, start_csi_provisioner
+from .kubelet_standin import register_csi_node
 from .process import ManagedProcess
 from .waiting import wait_until
 

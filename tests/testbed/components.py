@@ -154,47 +154,6 @@ class Driver:
     def node_stub(self) -> csi_pb2_grpc.NodeStub:
         return csi_pb2_grpc.NodeStub(grpc.insecure_channel(f"unix://{self.node_socket}"))
 
-    @contextmanager
-    def staged_claim_volume(
-        self, name: str, size: int, *, pvc: str, namespace: str, policy: str | None = None
-    ) -> Iterator[tuple[str, Path]]:
-        """A volume created and staged as for a claim (the parameters external-provisioner adds with
-        --extra-create-metadata, plus the class's checkpoint policy); unstaged and deleted after."""
-        parameters = {"csi.storage.k8s.io/pvc/name": pvc, "csi.storage.k8s.io/pvc/namespace": namespace}
-        if policy:
-            parameters["cairn.dev/checkpoint-policy"] = policy
-        capability = mount_capability()
-        volume = (
-            self.controller_stub()
-            .CreateVolume(
-                csi_pb2.CreateVolumeRequest(
-                    name=name,
-                    capacity_range=csi_pb2.CapacityRange(required_bytes=size),
-                    volume_capabilities=[capability],
-                    parameters=parameters,
-                ),
-                timeout=60,
-            )
-            .volume.volume_id
-        )
-        staging = self.workdir / "staging" / volume
-        staging.mkdir(parents=True)
-        node = self.node_stub()
-        node.NodeStageVolume(
-            csi_pb2.NodeStageVolumeRequest(
-                volume_id=volume, staging_target_path=str(staging), volume_capability=capability
-            ),
-            timeout=60,
-        )
-        try:
-            yield volume, staging
-        finally:
-            node.NodeUnstageVolume(
-                csi_pb2.NodeUnstageVolumeRequest(volume_id=volume, staging_target_path=str(staging)),
-                timeout=60,
-            )
-            self.controller_stub().DeleteVolume(csi_pb2.DeleteVolumeRequest(volume_id=volume), timeout=60)
-
 
 @contextmanager
 def running_driver(bed: TestBed, name: str, *, disks: int, disk_size: int) -> Iterator[Driver]:

@@ -1,16 +1,13 @@
 """Upstream Kubernetes components the bed runs in front of Cairn: the real CO side of CSI.
 
 kube-controller-manager binds PVCs to the PVs external-provisioner creates; csi-provisioner
-turns PVCs into CreateVolume calls. The one stand-in is `register_csi_node`, which publishes
-the CSINode that a kubelet would publish after node-driver-registrar registers the driver.
+turns PVCs into CreateVolume calls. (A kubelet's own part is in kubelet.py, or, where a test needs
+a fault no kubelet produces, in kubelet_standin.py.)
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
-
-from cairn import DRIVER_NAME, TOPOLOGY_KEY
 
 from .process import ManagedProcess
 from .tools import tool_path
@@ -99,14 +96,3 @@ def start_csi_provisioner(
     )
     process.wait_until(lambda: "Started provisioner controller" in process.log_tail(400), 60, "started")
     return process
-
-
-def register_csi_node(storage_v1_api: Any, node_name: str) -> None:
-    """What kubelet does once node-driver-registrar has registered Cairn's node plugin."""
-    body = {
-        "apiVersion": "storage.k8s.io/v1",
-        "kind": "CSINode",
-        "metadata": {"name": node_name},
-        "spec": {"drivers": [{"name": DRIVER_NAME, "nodeID": node_name, "topologyKeys": [TOPOLOGY_KEY]}]},
-    }
-    storage_v1_api.create_csi_node(body)

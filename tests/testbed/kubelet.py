@@ -8,8 +8,10 @@ A kubelet node is a machine of its own as far as the kubelet can tell:
   runtime use whatever their flags say (`/var/lib/kubelet`, `/var/lib/containerd`, `/run`,
   `/var/log`, `/etc/lvm`) are the node's own directories. Mounts the node makes (the kubelet's,
   the CSI driver's) stay in the node; host mounts (new loop disks) reach it;
+- its **PID namespace**, whose init (testbed-pause) takes every process of the node along when it
+  ends, pods included;
 - its **cgroup root** in every cgroup-v1 hierarchy (and the unified one), so two kubelets never
-  clean up each other's pods, and teardown can find every process a pod left;
+  clean up each other's pods;
 - its loop disks (the simulated node's) and its `system:node:<name>` credentials.
 
 Kernel-wide settings the kubelet changes (a few sysctls) are recorded by `HostSysctls` before
@@ -61,11 +63,6 @@ class HostSysctls:
 
     def __init__(self, keys: Sequence[str] = KUBELET_SYSCTLS) -> None:
         self.saved = {key: read_sysctl(key) for key in keys}
-
-    def changed(self) -> dict[str, tuple[str, str]]:
-        """Key -> (before, now) for every value that differs from the recorded one."""
-        now = {key: read_sysctl(key) for key in self.saved}
-        return {key: (self.saved[key], now[key]) for key in self.saved if now[key] != self.saved[key]}
 
     def restore(self) -> None:
         for key, value in self.saved.items():

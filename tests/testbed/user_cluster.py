@@ -206,10 +206,10 @@ def start_user_cluster(
     workdir: Path | None = None,
 ) -> UserCluster:
     """Kubelet nodes with loop disks, kube-controller-manager and kube-scheduler, and the chart."""
-    references = build_images.ensure()
-    images = {name: build_images.image_ref(name) for name in build_images.IMAGES}
+    built = build_images.ensure_named()
+    images = {name: refs[0] for name, refs in built.items()}
     bed = TestBed(run_id, workdir=workdir, instance=instance)
-    bed.node_images = sorted(set(references.values()))
+    bed.node_images = sorted({build_images.IMAGES[name].archive for name in built})
     bed.sandbox_image = images["pause"]
     bed.start(with_s3=True, install_cairn=False)
     cluster = UserCluster(bed, [], images)

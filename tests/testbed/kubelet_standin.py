@@ -1,0 +1,132 @@
+"""The kubelet stand-in: a test playing the kubelet's side of CSI against a node agent process.
+
+The user's path runs on real kubelets (tests/e2e/test_user_path.py, `make conformance`, `make demo`).
+This stand-in remains only for tests that need what no kubelet does on demand, and each says which:
+writing behind the agent's back into a staged volume at exact moments (a commit marker before its
+files, a file changed after its commit), killing the agent with `kill -9` in the middle of an
+upload, deleting a local copy or corrupting a replica under the agent, unmounting a volume behind
+the agent's back, or staging onto a device that already holds someone's filesystem.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from cairn.csi.proto import csi_pb2, csi_pb2_grpc
+
+from cairn import DRIVER_NAME, TOPOLOGY_KEY
+
+from .components import Driver, mount_capability
+
+
+@dataclass
+class KubeletStandIn:
+    """Stages and publishes volumes through one node agent's socket, as a kubelet would."""
+
+    node_socket: Path
+    workdir: Path
+    staged: list[tuple[str, Path]] = field(default_factory=list)
+    published: list[tuple[str, Path]] = field(default_factory=list)
+
+    def node(self) -> csi_pb2_grpc.NodeStub:
+        return csi_pb2_grpc.NodeStub(grpc.insecure_channel(f"unix://{self.node_socket}"))
+
+    def stage(
+        self,
+        volume_id: str,
+        *,
+        path: Path | None = None,
+        capability: csi_pb2.VolumeCapability | None = None,
+    ) -> Path:
+        staging = path or self.workdir / "kubelet-standin" / "staging" / volume_id
+        staging.mkdir(parents=True, exist_ok=True)
+        self.node().NodeStageVolume(
+            csi_pb2.NodeStageVolumeRequest(
+                volume_id=volume_id,
+                staging_target_path=str(staging),
+                volume_capability=capability or mount_capability(),
+            ),
+            timeout=60,
+        )
+        self.staged.append((volume_id, staging))
+        return staging
+
+    def publish(self, volume_id: str, staging: Path, *, readonly: bool = False) -> Path:
+        target = self.workdir / "kubelet-standin" / "pods" / volume_id
+        self.node().NodePublishVolume(
+            csi_pb2.NodePublishVolumeRequest(
+                volume_id=volume_id,
+                staging_target_path=str(staging),
+                target_path=str(target),
+                volume_capability=mount_capability(),
+                readonly=readonly,
+            ),
+            timeout=60,
+        )
+        self.published.append((volume_id, target))
+        return target
+
+    def unpublish(self, volume_id: str, target: Path) -> None:
+        self.node().NodeUnpublishVolume(
+            csi_pb2.NodeUnpublishVolumeRequest(volume_id=volume_id, target_path=str(target)), timeout=60
+        )
+        self.published.remove((volume_id, target))
+
+    def unstage(self, volume_id: str, staging: Path) -> None:
+        self.node().NodeUnstageVolume(
+            csi_pb2.NodeUnstageVolumeRequest(volume_id=volume_id, staging_target_path=str(staging)),
+            timeout=60,
+        )
+        self.staged.remove((volume_id, staging))
+
+    def release_all(self) -> None:
+        """Unpublish, then unstage, everything this stand-in staged, newest first."""
+        for volume_id, target in reversed(list(self.published)):
+            self.unpublish(volume_id, target)
+        for volume_id, staging in reversed(list(self.staged)):
+            self.unstage(volume_id, staging)
+
+
+def register_csi_node(storage_v1_api: Any, node_name: str) -> None:
+    """The CSINode a kubelet publishes once the registrar registered Cairn's node plugin."""
+    body = {
+        "apiVersion": "storage.k8s.io/v1",
+        "kind": "CSINode",
+        "metadata": {"name": node_name},
+        "spec": {"drivers": [{"name": DRIVER_NAME, "nodeID": node_name, "topologyKeys": [TOPOLOGY_KEY]}]},
+    }
+    storage_v1_api.create_csi_node(body)
+
+
+@contextmanager
+def standin_claim_volume(
+    driver: Driver, name: str, size: int, *, pvc: str, namespace: str, policy: str | None = None
+) -> Iterator[tuple[str, Path]]:
+    """A volume created as external-provisioner would for a claim (the parameters it adds with
+    --extra-create-metadata, plus the class's checkpoint policy) and staged by the stand-in;
+    unstaged and deleted after."""
+    parameters = {"csi.storage.k8s.io/pvc/name": pvc, "csi.storage.k8s.io/pvc/namespace": namespace}
+    if policy:
+        parameters["cairn.dev/checkpoint-policy"] = policy
+    created = driver.controller_stub().CreateVolume(
+        csi_pb2.CreateVolumeRequest(
+            name=name,
+            capacity_range=csi_pb2.CapacityRange(required_bytes=size),
+            volume_capabilities=[mount_capability()],
+            parameters=parameters,
+        ),
+        timeout=60,
+    )
+    volume = created.volume.volume_id
+    kubelet = KubeletStandIn(driver.node_socket, driver.workdir)
+    staging = kubelet.stage(volume)
+    try:
+        yield volume, staging
+    finally:
+        kubelet.release_all()
+        driver.controller_stub().DeleteVolume(csi_pb2.DeleteVolumeRequest(volume_id=volume), timeout=60)
