@@ -64,9 +64,11 @@ tools-and-images: system-deps
 crds: venv
 	$(PY) -m cairn.api.crd --out deploy/crds
 
+# ruff, then the import contracts and the type checker (tools/lint.py; README, "Layout").
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(PY) tools/lint.py
 
 fmt: venv
 	$(VENV)/bin/ruff check --fix .

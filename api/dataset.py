@@ -176,10 +176,6 @@ class Dataset(Resource):
         )
 
 
-DATASET_LABEL = "cairn.dev/dataset"
-"""On a dataset's LocalVolumes: `<namespace>.<name>`."""
-
-
 def dataset_label(namespace: str, name: str) -> str:
     return f"{namespace}.{name}"
 

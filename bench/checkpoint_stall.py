@@ -47,10 +47,10 @@ from typing import Any
 
 import grpc
 from boto3.s3.transfer import TransferConfig
-from cairn.api.checkpoint import Checkpoint
-from cairn.csi.proto import csi_pb2
 from kubernetes import client
 
+from cairn.api.checkpoint import Checkpoint
+from cairn.csi.proto import csi_pb2
 from cairn.kube import ResourceClient
 from tests.testbed.bed import TestBed
 from tests.testbed.components import Driver, mount_capability, running_driver

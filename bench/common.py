@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from cairn.csi.proto import csi_pb2_grpc
 
+from cairn.csi.proto import csi_pb2_grpc
 from tests.testbed.bed import TestBed
 from tests.testbed.leaks import SystemSnapshot, find_leaks, new_run_id
 

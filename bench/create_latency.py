@@ -14,8 +14,7 @@ import tempfile
 import time
 
 from cairn.csi.proto import csi_pb2
-from cairn.node_agent.lvm_report import device_filter_config
-
+from cairn.node_agent.lvm.report import device_filter_config
 from tests.testbed.components import mount_capability, start_controller, start_node_agent
 
 from .common import CsiClients, bench_bed, percentile, report, timed

@@ -21,7 +21,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import blake3
-from cairn.node_agent.checkpoint_manifest import ALL_CORES, CHUNK_BYTES, Hasher
+
+from cairn.node_agent.manifests import ALL_CORES, CHUNK_BYTES, Hasher
 
 from .common import report
 

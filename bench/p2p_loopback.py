@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cairn.node_agent.torrent_session import (
+from cairn.node_agent.p2p.session import (
     TorrentFinished,
     TorrentNode,
     lan_settings,

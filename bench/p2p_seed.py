@@ -176,8 +176,8 @@ def _wait_for_go() -> None:
 
 
 def _s3_origin(spec: dict[str, Any]) -> Any:
-    from cairn.node_agent.checkpoint_upload import s3_client
-    from cairn.node_agent.dataset_origin import S3Origin
+    from cairn.node_agent.datasets.origin import S3Origin
+    from cairn.s3 import s3_client
 
     return S3Origin(
         lambda: s3_client(spec["endpoint"], spec["access_key"], spec["secret_key"]),
@@ -188,7 +188,7 @@ def _s3_origin(spec: dict[str, Any]) -> Any:
 
 def _fetch(origin: Any, files: list[Any], data: Path) -> int:
     """Each file once, in order, written and fsynced: the seeder's read of the origin minus its digest."""
-    from cairn.node_agent.dataset_origin import CHUNK
+    from cairn.node_agent.datasets.origin import CHUNK
 
     fetched = 0
     for file in files:
@@ -215,7 +215,7 @@ def pull_worker(spec: dict[str, Any]) -> None:
 
 
 def swarm_worker(spec: dict[str, Any]) -> None:
-    from cairn.node_agent.torrent_session import TorrentFinished, TorrentNode, make_torrent
+    from cairn.node_agent.p2p.session import TorrentFinished, TorrentNode, make_torrent
 
     from .p2p_loopback import fsync_tree
 
@@ -402,7 +402,7 @@ class Origin:
         return f"http://{self.node.ip}:{ORIGIN_PORT}"
 
     def client(self) -> Any:
-        from cairn.node_agent.checkpoint_upload import s3_client
+        from cairn.s3 import s3_client
 
         return s3_client(self.endpoint, self.access_key, self.secret_key)
 
@@ -559,7 +559,6 @@ def start_agents(swarm: Swarm) -> None:
 def wait_for_pools(swarm: Swarm, needed: int, timeout: float = 180.0) -> None:
     from cairn.api.disk import StorageNode
     from cairn.api.volume import PoolClass
-
     from cairn.kube import ResourceClient
     from tests.testbed.waiting import wait_until
 
@@ -861,9 +860,9 @@ def swarm_summary(run: WorkerRun, seeder: str) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def running_swarm(args: argparse.Namespace, size: int) -> Iterator[Swarm]:
-    from cairn.controller.dataset_planner import volume_bytes
     from kubernetes import client
 
+    from cairn.controller.datasets.planner import volume_bytes
     from tests.testbed.network import Shaping
 
     from .common import bench_bed

@@ -12,7 +12,6 @@ import shutil
 from pathlib import Path
 
 from cairn.csi.proto import csi_pb2
-
 from tests.testbed.components import mount_capability, start_controller, start_node_agent
 
 from .common import CsiClients, bench_bed, median, report, timed

@@ -15,8 +15,10 @@ import time
 import uuid
 
 from boto3.s3.transfer import TransferConfig
-from cairn.node_agent.checkpoint_manifest import build_manifest
-from cairn.node_agent.checkpoint_upload import CheckpointUploader, S3Location, s3_client
+
+from cairn.node_agent.checkpoints.upload import CheckpointUploader
+from cairn.node_agent.manifests import build_manifest
+from cairn.s3 import S3Location, s3_client
 
 from .common import bench_bed, report
 

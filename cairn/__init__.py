@@ -1,7 +1,6 @@
 """Cairn: Kubernetes storage for AI clusters."""
 
-DRIVER_NAME = "lvm.cairn.dev"
-TOPOLOGY_KEY = "topology.cairn.dev/node"
-API_GROUP = "cairn.dev"
-API_VERSION = "v1alpha1"
+from cairn.api.names import API_GROUP, API_VERSION, DRIVER_NAME, TOPOLOGY_KEY
+
+__all__ = ["API_GROUP", "API_VERSION", "DRIVER_NAME", "TOPOLOGY_KEY", "__version__"]
 __version__ = "0.1.0"

@@ -63,8 +63,8 @@ def _api_client(kubeconfig: str | None):  # -> kubernetes.client.ApiClient
 def restore_command(args: argparse.Namespace) -> None:
     from kubernetes.client.exceptions import ApiException
 
-    from cairn.node_agent.checkpoint_fetch import RestoreError, RestoreProgress, restore
-    from cairn.node_agent.checkpoint_sources import SourcesError, sources_for
+    from cairn.node_agent.checkpoints.restore.engine import RestoreError, RestoreProgress, restore
+    from cairn.node_agent.checkpoints.restore.sources import SourcesError, sources_for
 
     api_client = _api_client(args.kubeconfig)
     try:

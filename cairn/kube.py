@@ -6,17 +6,19 @@ rest of the code handles typed models and never raw dicts.
 
 from __future__ import annotations
 
+import builtins
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 
 from cairn import API_GROUP, API_VERSION
 from cairn.api.base import Resource
+from cairn.s3 import ReadSecret, SecretForbidden, SecretMissing
 
 log = logging.getLogger("cairn.kube")
 R = TypeVar("R", bound=Resource)
@@ -53,37 +55,37 @@ def _send_bearer_tokens(configuration: client.Configuration) -> None:
     refresh(configuration)
 
 
-class Typed:
+class Typed(Generic[R]):
     """A resource object as it came from the apiserver: the model plus its metadata."""
 
-    def __init__(self, model: R, metadata: dict[str, Any]) -> None:  # type: ignore[type-var]
+    def __init__(self, model: R, metadata: dict[str, Any]) -> None:
         self.model = model
         self.metadata = metadata
 
     @property
     def name(self) -> str:
-        return self.metadata["name"]
+        return str(self.metadata["name"])
 
     @property
     def resource_version(self) -> str:
-        return self.metadata.get("resourceVersion", "")
+        return str(self.metadata.get("resourceVersion", ""))
 
 
-class ResourceClient:
+class ResourceClient(Generic[R]):
     """CRUD and watch for one Cairn kind."""
 
-    def __init__(self, api_client: client.ApiClient, kind: type[R]) -> None:  # type: ignore[type-var]
+    def __init__(self, api_client: client.ApiClient, kind: type[R]) -> None:
         self.api = client.CustomObjectsApi(api_client)
         self.kind = kind
 
-    def _parse(self, obj: dict[str, Any]) -> Typed:
+    def _parse(self, obj: dict[str, Any]) -> Typed[R]:
         body = {"spec": obj.get("spec", {}), "status": obj.get("status") or {}}
         return Typed(self.kind.model_validate(body), obj.get("metadata", {}))
 
     def _scope(self, namespace: str | None) -> dict[str, Any]:
         return {"namespace": namespace} if self.kind.NAMESPACED else {}
 
-    def get(self, name: str, namespace: str | None = None) -> Typed | None:
+    def get(self, name: str, namespace: str | None = None) -> Typed[R] | None:
         try:
             if self.kind.NAMESPACED:
                 obj = self.api.get_namespaced_custom_object(
@@ -102,9 +104,9 @@ class ResourceClient:
         name: str,
         model: R,
         *,
-        labels: dict[str, str] | None = None,  # type: ignore[type-var]
+        labels: dict[str, str] | None = None,
         namespace: str | None = None,
-    ) -> Typed:
+    ) -> Typed[R]:
         body = {
             "apiVersion": f"{API_GROUP}/{API_VERSION}",
             "kind": self.kind.KIND,
@@ -134,10 +136,10 @@ class ResourceClient:
             raise
         return True
 
-    def list(self, *, label_selector: str = "", namespace: str | None = None) -> list[Typed]:
+    def list(self, *, label_selector: str = "", namespace: str | None = None) -> builtins.list[Typed[R]]:
         return self._list_raw(label_selector, namespace)[0]
 
-    def _list_raw(self, label_selector: str, namespace: str | None) -> tuple[list[Typed], str]:
+    def _list_raw(self, label_selector: str, namespace: str | None) -> tuple[builtins.list[Typed[R]], str]:
         if self.kind.NAMESPACED and namespace:
             result = self.api.list_namespaced_custom_object(
                 API_GROUP, API_VERSION, namespace, self.kind.PLURAL, label_selector=label_selector
@@ -148,24 +150,24 @@ class ResourceClient:
             )
         return [self._parse(o) for o in result["items"]], result["metadata"].get("resourceVersion", "")
 
-    def patch_spec(self, name: str, spec: dict[str, Any], namespace: str | None = None) -> Typed:
+    def patch_spec(self, name: str, spec: dict[str, Any], namespace: str | None = None) -> Typed[R]:
         return self._merge_patch(name, {"spec": spec}, namespace)
 
     def patch_metadata(
         self, name: str, metadata: dict[str, Any], *, resource_version: str = "", namespace: str | None = None
-    ) -> Typed:
+    ) -> Typed[R]:
         """Merge-patch metadata; with a resource version the patch fails (409) if the object moved."""
         body: dict[str, Any] = {"metadata": dict(metadata)}
         if resource_version:
             body["metadata"]["resourceVersion"] = resource_version
         return self._merge_patch(name, body, namespace)
 
-    def patch_status(self, name: str, status: dict[str, Any], namespace: str | None = None) -> Typed:
+    def patch_status(self, name: str, status: dict[str, Any], namespace: str | None = None) -> Typed[R]:
         return self._merge_patch(name, {"status": status}, namespace, subresource="status")
 
     def _merge_patch(
         self, name: str, body: dict[str, Any], namespace: str | None, subresource: str = ""
-    ) -> Typed:
+    ) -> Typed[R]:
         # The generated client would label a dict body json-patch; name the content type explicitly.
         suffix = f"_{subresource}" if subresource else ""
         if self.kind.NAMESPACED:
@@ -185,7 +187,7 @@ class ResourceClient:
         field_selector: str = "",
         resource_version: str = "",
         timeout_seconds: int = 300,
-    ) -> Iterator[tuple[str, Typed]]:
+    ) -> Iterator[tuple[str, Typed[R]]]:
         """Events (ADDED/MODIFIED/DELETED) from a resource version; ends after timeout_seconds."""
         w = watch.Watch()
         kwargs: dict[str, Any] = {
@@ -208,7 +210,7 @@ class ResourceClient:
 
     def informer(
         self,
-        on_event: Callable[[str, Typed], None],
+        on_event: Callable[[str, Typed[R]], None],
         *,
         label_selector: str = "",
         stop: Callable[[], bool] = lambda: False,
@@ -231,8 +233,8 @@ class ResourceClient:
 
 
 def trigger_on_change(
-    resources: ResourceClient,
-    shape: Callable[[Typed], object],
+    resources: ResourceClient[R],
+    shape: Callable[[Typed[R]], object],
     trigger: Callable[[], None],
     stop: threading.Event,
     name: str,
@@ -245,7 +247,7 @@ def trigger_on_change(
     """
     seen: dict[tuple[str, str], object] = {}
 
-    def on_event(kind: str, item: Typed) -> None:
+    def on_event(kind: str, item: Typed[R]) -> None:
         key = (item.metadata.get("namespace", ""), item.name)
         if kind == "DELETED":
             seen.pop(key, None)
@@ -264,3 +266,21 @@ def trigger_on_change(
 
 
 _UNSEEN = object()
+
+
+def secret_reader(api_client: client.ApiClient) -> ReadSecret:
+    """Reads one Secret's data by (namespace, name): `get` only, never list or watch."""
+    core_v1 = client.CoreV1Api(api_client)
+
+    def read(namespace: str, name: str) -> dict[str, str]:
+        try:
+            secret = core_v1.read_namespaced_secret(name, namespace)
+        except ApiException as error:
+            if error.status == 404:
+                raise SecretMissing(f"{namespace}/{name}") from None
+            if error.status == 403:
+                raise SecretForbidden(f"{namespace}/{name}") from None
+            raise
+        return dict(secret.data or {})
+
+    return read

@@ -9,25 +9,24 @@ import signal
 import socket
 import threading
 
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
 from cairn.api.checkpoint import Checkpoint
 from cairn.api.dataset import Dataset
 from cairn.api.disk import StorageNode
 from cairn.api.volume import LocalVolume, PoolClass
+from cairn.controller import metrics
+from cairn.controller.datasets.controller import DatasetController
+from cairn.controller.populator import VolumePopulator
+from cairn.controller.volumes.service import ControllerService
 from cairn.csi.identity import IdentityService
 from cairn.csi.proto import csi_pb2_grpc
 from cairn.csi.server import serve
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
-
 from cairn.events import EventRecorder
 from cairn.kube import ResourceClient, load_api_client
 from cairn.leader import LeaseElector
 from cairn.logs import setup_logging
-
-from . import metrics
-from .datasets import DatasetController
-from .populator import VolumePopulator
-from .service import ControllerService
 
 log = logging.getLogger("cairn.controller")
 

@@ -14,13 +14,13 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import grpc
-from cairn.api.dataset import DatasetPhase
-from cairn.api.volume import PoolClass, VolumePhase
-from cairn.csi.errors import CsiError
 from prometheus_client import REGISTRY, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from cairn.api.dataset import DatasetPhase
+from cairn.api.volume import PoolClass, VolumePhase
+from cairn.csi.errors import CsiError
 from cairn.kube import ResourceClient
 
 log = logging.getLogger("cairn.controller.metrics")

@@ -23,22 +23,18 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from cairn.api.volume import PopulateSource
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from cairn import API_GROUP, DRIVER_NAME
+from cairn.api.names import POPULATE_FOR_ANNOTATION, POPULATE_FROM_ANNOTATION, PRIME_CLAIM_PREFIX
+from cairn.api.volume import PopulateSource
 from cairn.events import EventRecorder
 from cairn.kube import ResourceClient
 
 log = logging.getLogger("cairn.controller.populator")
-POPULATE_FROM = "cairn.dev/populate-from"
-"""On a prime claim: `<Kind>/<namespace>/<name>`, Kind being Checkpoint or Dataset."""
 SOURCE_KINDS = ("Checkpoint", "Dataset")
-POPULATE_FOR = "cairn.dev/populate-for"
-"""On a prime claim: `<namespace>/<name>` of the claim the volume is for."""
 SELECTED_NODE = "volume.kubernetes.io/selected-node"
-PRIME_PREFIX = "cairn-populate-"
 
 
 # -- pure decisions --------------------------------------------------------------------------------
@@ -53,15 +49,15 @@ def source_ref(claim: client.V1PersistentVolumeClaim) -> tuple[str, str, str] | 
 
 
 def prime_name(claim: client.V1PersistentVolumeClaim) -> str:
-    return f"{PRIME_PREFIX}{claim.metadata.uid}"
+    return f"{PRIME_CLAIM_PREFIX}{claim.metadata.uid}"
 
 
 def prime_claim(
     claim: client.V1PersistentVolumeClaim, source: tuple[str, str, str], populator_namespace: str
 ) -> dict[str, Any]:
     annotations = {
-        POPULATE_FROM: "/".join(source),
-        POPULATE_FOR: f"{claim.metadata.namespace}/{claim.metadata.name}",
+        POPULATE_FROM_ANNOTATION: "/".join(source),
+        POPULATE_FOR_ANNOTATION: f"{claim.metadata.namespace}/{claim.metadata.name}",
     }
     selected = (claim.metadata.annotations or {}).get(SELECTED_NODE)
     if selected:
@@ -83,14 +79,15 @@ def prime_claim(
 def populate_request(annotations: dict[str, str] | None) -> tuple[PopulateSource, str, str] | None:
     """From a prime claim's annotations: what to restore, and the (namespace, name) it is for."""
     annotations = annotations or {}
-    if POPULATE_FROM not in annotations or POPULATE_FOR not in annotations:
+    if POPULATE_FROM_ANNOTATION not in annotations or POPULATE_FOR_ANNOTATION not in annotations:
         return None
-    kind, _, rest = annotations[POPULATE_FROM].partition("/")
+    kind, _, rest = annotations[POPULATE_FROM_ANNOTATION].partition("/")
     namespace, _, name = rest.partition("/")
-    for_namespace, _, for_name = annotations[POPULATE_FOR].partition("/")
+    for_namespace, _, for_name = annotations[POPULATE_FOR_ANNOTATION].partition("/")
     if kind not in SOURCE_KINDS or not (namespace and name and for_namespace and for_name):
-        raise ValueError(f"malformed populate annotations {annotations[POPULATE_FROM]!r}")
-    return PopulateSource(kind=kind, namespace=namespace, name=name), for_namespace, for_name
+        raise ValueError(f"malformed populate annotations {annotations[POPULATE_FROM_ANNOTATION]!r}")
+    source = PopulateSource.model_validate({"kind": kind, "namespace": namespace, "name": name})
+    return source, for_namespace, for_name
 
 
 # -- the loop ------------------------------------------------------------------------------------
@@ -123,7 +120,9 @@ class VolumePopulator:
             if source is not None and not claim.spec.volume_name and self._ours(claim):
                 self._populate(claim, source)
         for claim in claims:
-            if claim.metadata.namespace == self.namespace and claim.metadata.name.startswith(PRIME_PREFIX):
+            if claim.metadata.namespace == self.namespace and claim.metadata.name.startswith(
+                PRIME_CLAIM_PREFIX
+            ):
                 self._finish_prime(claim, by_key)
 
     def _ours(self, claim: client.V1PersistentVolumeClaim) -> bool:

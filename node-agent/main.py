@@ -13,35 +13,33 @@ from cairn.api.checkpoint import Checkpoint, CheckpointPolicy
 from cairn.api.dataset import Dataset
 from cairn.api.disk import AgentEndpoints, LocalDisk, StorageNode
 from cairn.api.volume import LocalVolume, LocalVolumeSpec, PoolClass
+from cairn.background import Coalescing
 from cairn.csi.identity import IdentityService
 from cairn.csi.proto import csi_pb2_grpc
 from cairn.csi.server import serve
-from kubernetes import client
-
-from cairn.background import Coalescing
 from cairn.events import EventRecorder
-from cairn.kube import ResourceClient, load_api_client, trigger_on_change
+from cairn.kube import ResourceClient, load_api_client, secret_reader, trigger_on_change
 from cairn.logs import setup_logging
-
-from . import metrics
-from .checkpoint_fetch import split_address
-from .checkpoint_local import local_copy_directory
-from .checkpoint_replicas import ReplicaKeeper
-from .checkpoint_tiering import CheckpointTierer
-from .checkpoint_watcher import CheckpointWatcher
-from .dataset_agent import DatasetAgent, wake_shape
-from .disk_classify import parse_class_overrides
-from .disk_manager import DiskManager, DiskPolicy
-from .disk_probe import ProbeScope
-from .disk_watch import watch_block_events
-from .lvm import Lvm
-from .node_service import NodeService
-from .peer_server import start_peer_restore_server
-from .staged_volumes import StagedVolumes
-from .storage_node import StorageNodePublisher
-from .torrent_session import TorrentNode
-from .volume_populate import PopulateError, copy_dataset_into, populate_volume, restore_into_volume
-from .volume_reconciler import VolumeReconciler
+from cairn.node_agent import metrics
+from cairn.node_agent.checkpoints.local import checkpoint_locator, local_copy_directory
+from cairn.node_agent.checkpoints.replicas import ReplicaKeeper
+from cairn.node_agent.checkpoints.tiering import CheckpointTierer
+from cairn.node_agent.checkpoints.watcher import CheckpointWatcher
+from cairn.node_agent.datasets.agent import DatasetAgent, wake_shape
+from cairn.node_agent.disks.classify import parse_class_overrides
+from cairn.node_agent.disks.manager import DiskManager, DiskPolicy
+from cairn.node_agent.disks.probe import ProbeScope
+from cairn.node_agent.disks.watch import watch_block_events
+from cairn.node_agent.lvm.adapter import Lvm
+from cairn.node_agent.p2p.addresses import split_address
+from cairn.node_agent.p2p.peer_server import start_peer_server
+from cairn.node_agent.p2p.session import TorrentNode
+from cairn.node_agent.volumes.index import PopulateError
+from cairn.node_agent.volumes.node_service import NodeService
+from cairn.node_agent.volumes.populate import copy_dataset_into, populate_volume, restore_into_volume
+from cairn.node_agent.volumes.reconciler import VolumeReconciler
+from cairn.node_agent.volumes.staged import StagedVolumes
+from cairn.node_agent.volumes.storage_node import StorageNodePublisher
 
 log = logging.getLogger("cairn.node")
 
@@ -216,7 +214,7 @@ def main(argv: list[str] | None = None) -> None:
         args.node_name,
         ResourceClient(api_client, Checkpoint),
         ResourceClient(api_client, CheckpointPolicy),
-        client.CoreV1Api(api_client),
+        secret_reader(api_client),
         args.state_dir,
         watcher.staging_path_of,
         EventRecorder(api_client, "cairn-node-agent"),
@@ -227,13 +225,17 @@ def main(argv: list[str] | None = None) -> None:
     )
     Coalescing("replicas", replicas.run_pass, stop, min_interval=1.0, period=5.0).start()
     if args.peer_restore_address:
-        start_peer_restore_server(
+        storage_nodes = ResourceClient(api_client, StorageNode)
+        start_peer_server(
             args.peer_restore_address,
-            api_client,
-            args.node_name,
-            watcher.staging_path_of,
+            checkpoint_locator(
+                ResourceClient(api_client, Checkpoint),
+                args.node_name,
+                watcher.staging_path_of,
+                replicas.replica_directory,
+            ),
+            lambda: [item.model for item in storage_nodes.list()],
             stop,
-            replica_directory=replicas.replica_directory,
             dataset_torrent=datasets.torrent_bytes if datasets else lambda namespace, name, part: None,
         )
     # A pass also runs every few seconds: it resumes uploads interrupted by a restart and retries failures.

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from cairn.api.disk import DiskState
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+from cairn.api.disk import DiskState
 
 DISK_CAPACITY = Gauge(
     "cairn_disk_capacity_bytes", "Size of a disk the agent found.", ["node", "disk", "class"]

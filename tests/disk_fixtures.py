@@ -7,7 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from cairn.node_agent.disk_facts import DiskFacts
+from cairn.node_agent.disks.facts import DiskFacts
 
 FIXTURE_DIR = Path(__file__).parent / "fixtures" / "disks"
 # What pyudev still reports without udevd: the kernel's uevent (recorded on the dev VM).

@@ -10,7 +10,8 @@ import os
 from pathlib import Path
 
 import pytest
-from cairn.node_agent.checkpoint_commit import (
+
+from cairn.node_agent.checkpoints.commit import (
     DEFAULT_RULES,
     CandidateCheckpoint,
     CommitKind,

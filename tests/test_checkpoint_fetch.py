@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+
 from cairn.api.checkpoint import (
     Checkpoint,
     CheckpointSpec,
@@ -21,7 +22,7 @@ from cairn.api.checkpoint import (
     RemoteCopy,
 )
 from cairn.api.disk import AgentEndpoints, StorageNode, StorageNodeSpec, StorageNodeStatus
-from cairn.node_agent.checkpoint_fetch import (
+from cairn.node_agent.checkpoints.restore.engine import (
     PARTIAL_MARK,
     LocalDirectorySource,
     PeerSource,
@@ -33,16 +34,16 @@ from cairn.node_agent.checkpoint_fetch import (
     checkpoint_url_path,
     restore,
 )
-from cairn.node_agent.checkpoint_manifest import (
+from cairn.node_agent.checkpoints.restore.plan import SourceKind
+from cairn.node_agent.checkpoints.restore.sources import SourcesError, build_sources
+from cairn.node_agent.manifests import (
     MANIFEST_NAME,
     Manifest,
     ManifestEntry,
     build_manifest,
     verify_tree,
 )
-from cairn.node_agent.checkpoint_restore import SourceKind
-from cairn.node_agent.checkpoint_sources import SourcesError, build_sources
-from cairn.node_agent.peer_server import AllowedPeers, PeerServer, peer_hosts
+from cairn.node_agent.p2p.peer_server import AllowedPeers, PeerServer, peer_hosts
 
 MiB = 1024 * 1024
 NAMESPACE = "team-a"

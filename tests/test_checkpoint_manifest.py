@@ -9,21 +9,21 @@ from pathlib import Path, PurePosixPath
 
 import blake3
 import pytest
-from cairn.node_agent import checkpoint_manifest
-from cairn.node_agent.checkpoint_manifest import (
+
+from cairn.node_agent import manifests as checkpoint_manifest
+from cairn.node_agent.manifests import (
     ALL_CORES,
     MANIFEST_NAME,
     HashAlgorithm,
     Manifest,
     ManifestEntry,
     ManifestError,
-    UnsafePathError,
     build_manifest,
     hash_file,
-    safe_relative_path,
     verify_file,
     verify_tree,
 )
+from cairn.paths import UnsafePathError, safe_relative_path
 
 ALGORITHMS = pytest.mark.parametrize("algorithm", list(HashAlgorithm))
 

@@ -6,13 +6,12 @@ from collections import Counter
 
 from cairn.api.checkpoint import CheckpointPolicySpec, LocalCopy
 from cairn.api.disk import AgentEndpoints, StorageNode, StorageNodeSpec, StorageNodeStatus
-from cairn.node_agent.checkpoint_replicas import (
-    REPLICA_NODE_LABEL,
+from cairn.api.names import REPLICA_NODE_LABEL
+from cairn.node_agent.checkpoints.replicas import (
     choose_replica_node,
     keep_replica,
     wants_replica,
 )
-
 from tests.test_checkpoint_tiering import checkpoint
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cairn.node_agent.checkpoint_restore import (
+from cairn.node_agent.checkpoints.restore.plan import (
     CheckpointTiers,
     NodeCopy,
     Source,

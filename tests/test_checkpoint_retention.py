@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import pytest
-from cairn.node_agent.checkpoint_retention import CheckpointRecord, RetentionPlan, plan_retention
+
+from cairn.node_agent.checkpoints.retention import CheckpointRecord, RetentionPlan, plan_retention
 
 
 def tiered(*steps: int) -> list[CheckpointRecord]:

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+
 from cairn.api.checkpoint import (
     Checkpoint,
     CheckpointPolicySpec,
@@ -17,16 +18,16 @@ from cairn.api.checkpoint import (
     S3Target,
     SecretKeyRef,
 )
-from cairn.node_agent.checkpoint_local import local_copy_directory
-from cairn.node_agent.checkpoint_tiering import (
+from cairn.kube import Typed
+from cairn.node_agent.checkpoints.local import local_copy_directory
+from cairn.node_agent.checkpoints.tiering import (
     group_series,
     needs_upload,
     tier_lag_seconds,
 )
-from cairn.node_agent.checkpoint_upload import S3Location
-from cairn.node_agent.staged_volumes import StagedVolumes
-
-from cairn.kube import Typed
+from cairn.node_agent.checkpoints.upload import checkpoint_location
+from cairn.node_agent.volumes.staged import StagedVolumes
+from cairn.s3 import S3Location
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 TARGET = S3Target(endpoint="http://s3", bucket="b", credentials_secret_ref=SecretKeyRef(name="s"))
@@ -102,11 +103,11 @@ def test_series_are_one_directory_of_one_volume() -> None:
 
 
 def test_remote_keys_mirror_the_volume_and_refuse_traversal() -> None:
-    location = S3Location.for_checkpoint("b", "/runs/", "ns", "pvc", "ckpt/step_1")
+    location = checkpoint_location("b", "/runs/", "ns", "pvc", "ckpt/step_1")
     assert location.url == "s3://b/runs/ns/pvc/ckpt/step_1/"
     assert S3Location.from_url(location.url) == location
     with pytest.raises(ValueError, match="other"):
-        S3Location.for_checkpoint("b", "", "ns", "pvc", "../other")
+        checkpoint_location("b", "", "ns", "pvc", "../other")
 
 
 def test_a_local_copy_is_only_returned_inside_its_volume(tmp_path: Path) -> None:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from cairn.api.volume import PoolClass
-from cairn.controller.parameters import VALID_KEYS, parse_parameters
-from cairn.controller.placement import NodeCapacity, PoolCapacity, choose_placement
-from cairn.controller.sizing import DEFAULT_VOLUME_BYTES, resolve_size, size_fits_range
-from cairn.csi.errors import CsiError
 
 from cairn import TOPOLOGY_KEY
+from cairn.api.volume import PoolClass
+from cairn.controller.volumes.parameters import VALID_KEYS, parse_parameters
+from cairn.controller.volumes.placement import NodeCapacity, PoolCapacity, choose_placement
+from cairn.controller.volumes.sizing import DEFAULT_VOLUME_BYTES, resolve_size, size_fits_range
+from cairn.csi.errors import CsiError
 from cairn.units import GiB, MiB, human_bytes
 
 EXTENT = 4 * MiB

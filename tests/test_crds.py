@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from cairn.api.crd import crd_manifest, rendered_crds
 from cairn.api.registry import RESOURCES
 

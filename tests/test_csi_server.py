@@ -7,12 +7,12 @@ from pathlib import Path
 
 import grpc
 import pytest
+
+from cairn import DRIVER_NAME
 from cairn.csi.errors import ResourceExhausted
 from cairn.csi.identity import IdentityService
 from cairn.csi.proto import csi_pb2, csi_pb2_grpc
 from cairn.csi.server import serve, socket_path
-
-from cairn import DRIVER_NAME
 
 
 class _Controller(csi_pb2_grpc.ControllerServicer):

@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
+
 from cairn.api.dataset import (
     Dataset,
     DatasetNodes,
@@ -15,7 +17,7 @@ from cairn.api.dataset import (
     NodePhase,
 )
 from cairn.api.volume import LocalVolumeSpec, PopulateSource
-from cairn.controller.dataset_planner import (
+from cairn.controller.datasets.planner import (
     NodeInfo,
     choose_seeder,
     space_problem,
@@ -23,11 +25,10 @@ from cairn.controller.dataset_planner import (
     target_nodes,
     volume_bytes,
 )
-from cairn.node_agent.dataset_agent import no_copy_coming
-from cairn.node_agent.dataset_origin import DirectoryOrigin, OriginError, checked_listing
-from cairn.node_agent.node_service import stage_mount_flags
-from cairn.node_agent.volume_reconciler import serves_read_only
-from pydantic import ValidationError
+from cairn.node_agent.datasets.agent import no_copy_coming
+from cairn.node_agent.datasets.origin import DirectoryOrigin, OriginError, checked_listing
+from cairn.node_agent.volumes.node_service import stage_mount_flags
+from cairn.node_agent.volumes.reconciler import serves_read_only
 
 GiB = 1024**3
 NODES = [
@@ -118,8 +119,8 @@ def test_a_source_volume_with_a_link_or_a_fifo_is_refused(tmp_path: Path) -> Non
 
 
 def test_our_info_hash_matches_libtorrents_and_refuses_garbage(tmp_path: Path) -> None:
-    from cairn.node_agent.torrent_metadata import TorrentMetadataError, info_hash_of
-    from cairn.node_agent.torrent_session import make_torrent
+    from cairn.node_agent.p2p.metadata import TorrentMetadataError, info_hash_of
+    from cairn.node_agent.p2p.session import make_torrent
 
     data = tmp_path / "data"
     (data / "nested").mkdir(parents=True)

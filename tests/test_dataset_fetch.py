@@ -7,10 +7,11 @@ import threading
 from pathlib import Path
 
 import pytest
-from cairn.node_agent.checkpoint_manifest import build_manifest
-from cairn.node_agent.dataset_fetch import fetch_parts, spans_of
-from cairn.node_agent.dataset_origin import DirectoryOrigin, OriginError, OriginFile
-from cairn.node_agent.dataset_parts import plan_parts
+
+from cairn.node_agent.datasets.origin import DirectoryOrigin, OriginError, OriginFile
+from cairn.node_agent.datasets.origin_reads import fetch_parts, spans_of
+from cairn.node_agent.datasets.parts import plan_parts
+from cairn.node_agent.manifests import build_manifest
 
 MiB = 1024 * 1024
 

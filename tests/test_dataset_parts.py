@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cairn.node_agent.dataset_parts import (
+from cairn.node_agent.datasets.parts import (
     MAX_PARTS,
     MIN_PART_BYTES,
+    STRANDED_SECONDS,
     first_hop,
     part_peers,
     part_target_bytes,
     plan_parts,
+    stranded,
 )
 
 MiB = 1024 * 1024
@@ -81,3 +83,9 @@ def test_a_lone_node_or_a_seeder_that_is_no_target_still_works() -> None:
     assert part_peers("b", "a", ["a", "b"], 0, **READING) == ["a"]  # the only other node is the hop
     # A seeder that is not a target any more is never dialled; the targets share among themselves.
     assert part_peers("b", "z", ["b", "c"], 0, stalled=True, origin_read=True) == ["c"]
+
+
+def test_a_part_is_stranded_only_with_nobody_connected_for_long() -> None:
+    assert stranded(0, STRANDED_SECONDS)
+    assert not stranded(0, STRANDED_SECONDS - 1)  # peers may still be connecting
+    assert not stranded(1, 10 * STRANDED_SECONDS)  # a slow peer is still a peer

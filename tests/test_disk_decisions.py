@@ -10,19 +10,19 @@ import re
 from dataclasses import replace
 
 import pytest
+
 from cairn.api.disk import DiskState
 from cairn.api.volume import PoolClass
-from cairn.node_agent.disk_classify import ClassOverrides, classify, parse_class_overrides
-from cairn.node_agent.disk_facts import DiskFacts
-from cairn.node_agent.disk_identity import (
+from cairn.node_agent.disks.classify import ClassOverrides, classify, parse_class_overrides
+from cairn.node_agent.disks.facts import DiskFacts
+from cairn.node_agent.disks.identity import (
     DiskIdentity,
     disk_identity,
     localdisk_name,
     normalise_wwn,
     resolve_duplicates,
 )
-from cairn.node_agent.disk_safety import REASONS, Assessment, assess, wipe_allowed
-
+from cairn.node_agent.disks.safety import REASONS, Assessment, assess, wipe_allowed
 from tests.disk_fixtures import fixture_names, load_disk
 
 GiB = 1024**3

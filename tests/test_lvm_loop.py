@@ -20,9 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from cairn.node_agent.lvm import ActivationMode, Lvm, run_command
-from cairn.node_agent.lvm_errors import InsufficientSpace, LvInUse, LvNotFound, NotContiguous
-from cairn.node_agent.lvm_report import CAIRN_OWNED_TAG, device_filter_config, volume_tag
+
+from cairn.api.names import OWNED_TAG
+from cairn.node_agent.lvm.adapter import ActivationMode, Lvm, run_command
+from cairn.node_agent.lvm.errors import InsufficientSpace, LvInUse, LvNotFound, NotContiguous
+from cairn.node_agent.lvm.report import device_filter_config, volume_tag
 
 pytestmark = [
     pytest.mark.root,
@@ -129,7 +131,7 @@ def pool(bed: Bed) -> tuple[Lvm, str]:
 
 def test_volume_lifecycle_keeps_written_bytes_and_leaves_nothing_behind(bed: Bed) -> None:
     lvm, vg = bed.pool()
-    assert CAIRN_OWNED_TAG in lvm.get_vg(vg).tags
+    assert OWNED_TAG in lvm.get_vg(vg).tags
 
     info = lvm.lvcreate(vg, "data", 20 * MiB, tags=[volume_tag("pvc-1")])
     assert info.size_bytes == 20 * MiB

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from cairn.node_agent.lvm_errors import InsufficientSpace, LvmError, NotContiguous
-from cairn.node_agent.lvm_report import (
-    CAIRN_OWNED_TAG,
+
+from cairn.node_agent.lvm.errors import InsufficientSpace, LvmError, NotContiguous
+from cairn.node_agent.lvm.report import (
+    OWNED_TAG,
     ActivationMode,
     ErrorKind,
     LoopDevice,
@@ -116,7 +117,7 @@ def test_vgs_report_gives_sizes_counts_and_tags() -> None:
     assert cairn.free_bytes == 117440512
     assert cairn.extent_size_bytes == EXTENT
     assert (cairn.extent_count, cairn.free_extents) == (31, 28)
-    assert cairn.tags == (CAIRN_OWNED_TAG,)
+    assert cairn.tags == (OWNED_TAG,)
     assert cairn.owned_by_cairn
     assert foreign.tags == ()
     assert not foreign.owned_by_cairn
@@ -148,7 +149,7 @@ def test_lvs_segment_rows_are_grouped_per_volume_in_logical_order() -> None:
     assert a.extent_count == 5
     assert [s.start_extent for s in a.segments] == [0, 3]
     assert a.segments[0].pe_ranges == (PeRange("/dev/loop0", 0, 2),)
-    assert a.tags == (CAIRN_OWNED_TAG, "cairn.dev/volume=pvc-1")
+    assert a.tags == (OWNED_TAG, "cairn.dev/volume=pvc-1")
     assert a.owned_by_cairn
     assert a.volume_id == "pvc-1"
     assert not a.dm_active

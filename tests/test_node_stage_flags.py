@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cairn.node_agent.node_service import stage_mount_flags
+from cairn.node_agent.volumes.node_service import stage_mount_flags
 
 
 def test_xfs_is_staged_without_the_duplicate_uuid_check_so_a_clone_mounts_beside_its_source() -> None:

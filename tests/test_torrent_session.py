@@ -16,7 +16,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from cairn.node_agent.torrent_session import (
+
+from cairn.node_agent.p2p.session import (
     MAX_PIECE_SIZE,
     MIN_PIECE_SIZE,
     TARGET_PIECES,
@@ -317,14 +318,7 @@ def test_a_peer_serving_corrupt_data_is_banned_and_the_download_completes_from_t
 ) -> None:
     origin, meta = dataset
     corrupt = tmp_path / "corrupt-copy"
-    for path in origin.rglob("*"):
-        if path.is_file():
-            copy = corrupt / path.relative_to(origin)
-            copy.parent.mkdir(parents=True, exist_ok=True)
-            data = bytearray(path.read_bytes())
-            for offset in range(100, len(data), 16 * KiB):  # one flipped byte in every block
-                data[offset] ^= 0xFF
-            copy.write_bytes(bytes(data))
+    _corrupt_copy(origin, corrupt)
     good, bad, leecher = nodes(SEEDER), nodes(OTHER), nodes(LEECHER)
     info_hash = good.seed(meta.torrent, origin, already_verified=True)
     # seed_mode with every piece marked verified: the bad seeder never notices its own damage.
@@ -347,6 +341,57 @@ def test_a_peer_serving_corrupt_data_is_banned_and_the_download_completes_from_t
     assert banned == {OTHER}
     assert leecher.status(info_hash).total_failed_bytes > 0
     assert same_tree(origin, target)
+
+
+def _corrupt_copy(origin: Path, copy_root: Path) -> None:
+    for path in origin.rglob("*"):
+        if path.is_file():
+            copy = copy_root / path.relative_to(origin)
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            data = bytearray(path.read_bytes())
+            for offset in range(100, len(data), 16 * KiB):  # one flipped byte in every block
+                data[offset] ^= 0xFF
+            copy.write_bytes(bytes(data))
+
+
+def test_a_banned_address_is_forgiven_and_the_download_completes_from_it(
+    tmp_path: Path, nodes: Callable[[str], TorrentNode], dataset: tuple[Path, TorrentMeta]
+) -> None:
+    """libtorrent sometimes bans a good peer beside a corrupt one; a ban must not strand a download.
+
+    Made deterministic here: the only peer serves corrupt data and is banned, then a good seeder
+    takes its address, as a wrongly banned good peer would be.
+    """
+    origin, meta = dataset
+    corrupt = tmp_path / "corrupt-copy"
+    _corrupt_copy(origin, corrupt)
+    bad, leecher = nodes(OTHER), nodes(LEECHER)
+    info_hash = bad.seed(meta.torrent, corrupt, already_verified=True)
+    leecher.download(meta.torrent, tmp_path / "volume")
+    leecher.limit(info_hash, download=8 * MiB)  # the limit must outlive the rejoin
+    leecher.add_peers(info_hash, [(OTHER, bad.port)])
+    events: list[TorrentEvent] = []
+    wait_for(
+        lambda: bool(
+            events.extend(leecher.poll_alerts(0.05)) or any(isinstance(e, PeerBanned) for e in events)
+        ),
+        30,
+        "a ban",
+    )
+    bad.close()
+    good = nodes(OTHER)
+    good.seed(meta.torrent, origin, already_verified=True)
+    leecher.add_peers(info_hash, [(OTHER, good.port)])
+    time.sleep(3)
+    assert leecher.status(info_hash).total_done == 0, "a banned address was let back in"
+
+    leecher.forgive_peers(info_hash)
+    leecher.add_peers(info_hash, [(OTHER, good.port)])
+
+    wait_for(finished(leecher, info_hash), 30, "the download from the forgiven address")
+    leecher.flush(info_hash)
+    assert same_tree(origin, tmp_path / "volume")
+    assert leecher._handle(info_hash).download_limit() == 8 * MiB
 
 
 class _RangeServer(BaseHTTPRequestHandler):

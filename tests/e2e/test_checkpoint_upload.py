@@ -11,9 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
-from cairn.node_agent.checkpoint_manifest import MANIFEST_NAME, build_manifest
-from cairn.node_agent.checkpoint_upload import CheckpointUploader, S3Location, UploadError, s3_client
 
+from cairn.node_agent.checkpoints.upload import CheckpointUploader, UploadError
+from cairn.node_agent.manifests import MANIFEST_NAME, build_manifest
+from cairn.s3 import S3Location, s3_client
 from tests.testbed.bed import TestBed
 from tests.testbed.checkpoints import write_dcp
 from tests.testbed.leaks import process_env
@@ -102,7 +103,7 @@ def test_upload_resumes_after_kill_9_without_resending_finished_parts(
     argv = [
         sys.executable,
         "-m",
-        "cairn.node_agent.checkpoint_upload",
+        "cairn.node_agent.checkpoints.upload",
         "--dir",
         str(checkpoint),
         "--endpoint",

@@ -237,7 +237,11 @@ def test_a_peer_serving_corrupt_data_is_caught_and_the_download_completes(swarm:
         lambda: swarm.node_report("corpus", newcomer.name).get("phase") == "Ready",
         300,
         f"{newcomer.name} to hold a verified copy",
-        context=lambda: json.dumps(swarm.node_report("corpus", newcomer.name), indent=1),
+        context=lambda: (
+            json.dumps(swarm.node_report("corpus", newcomer.name), indent=1)
+            + "\n"
+            + swarm.agents[newcomer.name].log_tail()
+        ),
     )
     report = swarm.node_report("corpus", newcomer.name)
     assert report["digest"] == status["digest"]

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from cairn.node_agent.lvm_report import device_filter_config
 
+from cairn.node_agent.lvm.report import device_filter_config
 from tests.testbed.bed import TestBed
 from tests.testbed.components import node_agent_args, start_node_agent
 from tests.testbed.disks import LoopDisk

@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 import yaml
+
 from cairn.controller.main import parse_args as controller_args
 from cairn.node_agent.main import parse_args as node_agent_args
-
 from tests.testbed.bed import TestBed
 from tests.testbed.controlplane import CAIRN_NAMESPACE
 from tests.testbed.tools import REPO_ROOT, tool_path

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import grpc
 import pytest
-from cairn.csi.proto import csi_pb2, csi_pb2_grpc
 
 from cairn import TOPOLOGY_KEY
+from cairn.csi.proto import csi_pb2, csi_pb2_grpc
 from tests.testbed.bed import TestBed
 from tests.testbed.checkpoints import write_dcp
 from tests.testbed.components import METRICS_PORT, mount_capability, start_controller, start_node_agent

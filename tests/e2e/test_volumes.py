@@ -18,8 +18,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-from cairn.csi.proto import csi_pb2
 
+from cairn.csi.proto import csi_pb2
 from tests.testbed.bed import TestBed
 from tests.testbed.components import Driver, mount_capability, running_driver
 from tests.testbed.kubelet_standin import KubeletStandIn

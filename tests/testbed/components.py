@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import grpc
+
 from cairn.csi.proto import csi_pb2, csi_pb2_grpc
 
 from .nodes import SimulatedNode

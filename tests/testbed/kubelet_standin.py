@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from cairn.csi.proto import csi_pb2, csi_pb2_grpc
 
 from cairn import DRIVER_NAME, TOPOLOGY_KEY
+from cairn.csi.proto import csi_pb2, csi_pb2_grpc
 
 from .components import Driver, mount_capability
 

@@ -1,0 +1,80 @@
+"""Every name Cairn puts on the wire, spelled once: labels, annotations, finalizers, StorageClass
+parameters, LVM tags, pool VGs and the names of the objects Cairn makes.
+
+Users, dashboards and other components depend on these strings; a change here is an API change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+DRIVER_NAME = "lvm.cairn.dev"
+TOPOLOGY_KEY = "topology.cairn.dev/node"
+API_GROUP = "cairn.dev"
+API_VERSION = "v1alpha1"
+GROUP_VERSION = f"{API_GROUP}/{API_VERSION}"
+"""The apiVersion of every Cairn object."""
+
+# -- labels --------------------------------------------------------------------------------------
+NODE_LABEL = "cairn.dev/node"
+"""The node a LocalVolume, LocalDisk or Checkpoint belongs to."""
+POOL_LABEL = "cairn.dev/pool"
+CLASS_LABEL = "cairn.dev/class"
+"""A LocalDisk's class (nvme, ssd or hdd)."""
+PVC_LABEL = "cairn.dev/pvc"
+POLICY_LABEL = "cairn.dev/policy"
+REPLICA_NODE_LABEL = "cairn.dev/replica-node"
+"""The node that keeps a peer replica of a Checkpoint."""
+DATASET_LABEL = "cairn.dev/dataset"
+"""On a dataset's LocalVolumes: `<namespace>.<name>`."""
+OPT_OUT_LABEL = "cairn.dev/opt-out"
+"""On a LocalDisk: never claim this disk."""
+
+# -- annotations ---------------------------------------------------------------------------------
+WIPE_ANNOTATION = "cairn.dev/wipe"
+"""On a LocalDisk: the operator's consent to wipe it, naming the disk's own identity."""
+POPULATE_FROM_ANNOTATION = "cairn.dev/populate-from"
+"""On a prime claim: `<Kind>/<namespace>/<name>`, Kind being Checkpoint or Dataset."""
+POPULATE_FOR_ANNOTATION = "cairn.dev/populate-for"
+"""On a prime claim: `<namespace>/<name>` of the claim the volume is for."""
+
+# -- finalizers ----------------------------------------------------------------------------------
+VOLUME_FINALIZER = "cairn.dev/logical-volume"
+"""Held by the node agent until a LocalVolume's LV is removed."""
+DATASET_VOLUMES_FINALIZER = "cairn.dev/dataset-volumes"
+"""Held by the controller until every copy of a Dataset is gone."""
+
+# -- StorageClass parameters ---------------------------------------------------------------------
+POOL_PARAMETER = "cairn.dev/pool"
+FSTYPE_PARAMETER = "csi.storage.k8s.io/fstype"
+CHECKPOINT_POLICY_PARAMETER = "cairn.dev/checkpoint-policy"
+
+# -- LVM -----------------------------------------------------------------------------------------
+OWNED_TAG = "cairn.dev/owned"
+"""On every VG and LV Cairn makes: what orphan GC may consider at all."""
+VOLUME_TAG_PREFIX = "cairn.dev/volume="
+"""On an LV: the LocalVolume it belongs to, which proves ownership before anything replaces it."""
+
+
+def pool_vg(pool: str) -> str:
+    """The volume group that holds a pool's LVs on every node."""
+    return f"cairn-{pool}"
+
+
+# -- names of the objects Cairn makes ------------------------------------------------------------
+LOCAL_VOLUME_PREFIX = "lv-"
+_DIGEST_CHARS = 32
+_LOCAL_VOLUME_NAME = re.compile(rf"^{LOCAL_VOLUME_PREFIX}[0-9a-f]{{{_DIGEST_CHARS}}}$")
+PRIME_CLAIM_PREFIX = "cairn-populate-"
+"""The volume populator's own claims, in its namespace: `<prefix><uid of the user's claim>`."""
+
+
+def volume_name(csi_name: str) -> str:
+    """The LocalVolume of a CSI volume name: deterministic, so a retried CreateVolume finds its own
+    earlier work, and valid as a Kubernetes object name and an LV name whatever the CO sent."""
+    return LOCAL_VOLUME_PREFIX + hashlib.sha256(csi_name.encode()).hexdigest()[:_DIGEST_CHARS]
+
+
+def is_volume_name(name: str) -> bool:
+    return bool(_LOCAL_VOLUME_NAME.match(name))

@@ -1,0 +1,1 @@
+"""Dataset orchestration: targets, the seeder, per-copy volumes and the summary."""

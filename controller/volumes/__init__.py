@@ -1,0 +1,1 @@
+"""The CSI Controller service: validating requests, placing volumes, sizing, naming."""

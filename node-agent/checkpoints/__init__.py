@@ -1,0 +1,1 @@
+"""Checkpoints: commit detection, records, S3 tiering, retention, replicas and restore."""

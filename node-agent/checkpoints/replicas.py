@@ -1,0 +1,175 @@
+"""Peer replicas: with `peerReplicas: 1`, a second node keeps a verified copy of each local checkpoint.
+
+A node can die with its disk; S3 is slow to restore from. The replica sits between the two: the
+newest checkpoints, on another node, restorable over the cluster network.
+
+Who holds the replica is chosen once by the recording node (rendezvous hashing over the ready
+agents, so replicas spread evenly and a choice only moves when its node goes) and written as the
+label `cairn.dev/replica-node`. Each agent pulls the checkpoints labelled with its own name; it is
+a pull so that the copy goes through the verified restore path, and so that no node can push
+bytes onto another. A replica mirrors the local tier: once the recording node's copy is gone (by
+retention) or the Checkpoint is deleted, the replica is removed too.
+
+Replicas live under the agent's state directory (`<state>/replicas/<namespace>/<name>`), which
+the chart puts on the node's local disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from kubernetes import client
+
+from cairn.api.checkpoint import Checkpoint, CheckpointPolicySpec, LocalCopy
+from cairn.api.disk import StorageNode
+from cairn.api.names import REPLICA_NODE_LABEL
+from cairn.kube import ResourceClient, Typed
+from cairn.node_agent.checkpoints.restore.engine import RestoreError, count_restored_bytes, restore
+from cairn.node_agent.checkpoints.restore.sources import SourcesError, sources_for
+
+log = logging.getLogger("cairn.node.replicas")
+PARTIAL_SUFFIX = ".partial"
+
+
+def choose_replica_node(checkpoint_name: str, origin: str, nodes: Iterable[StorageNode]) -> str | None:
+    """The ready agent, other than the origin, that scores highest for this checkpoint; None if none."""
+    candidates = [
+        node.spec.node_name
+        for node in nodes
+        if node.spec.node_name != origin and node.status.ready and node.status.endpoints.peer_restore_address
+    ]
+    if not candidates:
+        return None
+    return max(candidates, key=lambda name: hashlib.sha256(f"{name}/{checkpoint_name}".encode()).digest())
+
+
+def wants_replica(checkpoint: Checkpoint, policy: CheckpointPolicySpec) -> bool:
+    local = checkpoint.status.local
+    return (
+        policy.peer_replicas >= 1 and local is not None and local.present and checkpoint.status.peer is None
+    )
+
+
+def keep_replica(checkpoint: Checkpoint | None, labels: dict[str, str], this_node: str) -> bool:
+    """A replica stays while it is still assigned here and the recording node keeps its own copy."""
+    if checkpoint is None or labels.get(REPLICA_NODE_LABEL) != this_node:
+        return False
+    local = checkpoint.status.local
+    return local is not None and local.present
+
+
+@dataclass
+class ReplicaKeeper:
+    node_name: str
+    api_client: client.ApiClient
+    checkpoints: ResourceClient
+    root: Path
+    """`<state>/replicas`: one directory per namespace, one per checkpoint under it."""
+
+    def directory(self, namespace: str, name: str) -> Path:
+        return self.root / namespace / name
+
+    def replica_directory(self, checkpoint: Checkpoint, namespace: str, name: str) -> Path | None:
+        """This node's replica of a checkpoint, if status says it is here and it is on disk."""
+        peer = checkpoint.status.peer
+        if peer is None or not peer.present or peer.node_name != self.node_name:
+            return None
+        directory = self.directory(namespace, name)
+        return directory if directory.is_dir() and not directory.is_symlink() else None
+
+    def run_pass(self) -> None:
+        assigned = self.checkpoints.list(label_selector=f"{REPLICA_NODE_LABEL}={self.node_name}")
+        for item in assigned:
+            if item.model.status.peer is None and keep_replica(
+                item.model, item.metadata.get("labels", {}), self.node_name
+            ):
+                self._pull(item)
+        self._collect_garbage()
+
+    def _pull(self, item: Typed) -> None:
+        namespace, name = item.metadata.get("namespace", ""), item.name
+        final = self.directory(namespace, name)
+        partial = final.with_name(name + PARTIAL_SUFFIX)
+        if partial.exists():
+            shutil.rmtree(partial)  # a pull cut short by a restart; start it over
+        if final.exists():
+            shutil.rmtree(final)  # on disk but not in status: its record was lost, so it is not trusted
+        try:
+            _checkpoint, sources = sources_for(self.api_client, namespace, name, self.node_name)
+            report = restore(item.model.spec.manifest_digest, sources, partial, hash_threads=1)
+        except (SourcesError, RestoreError) as error:
+            log.warning("replicating %s/%s failed: %s", namespace, name, error)
+            shutil.rmtree(partial, ignore_errors=True)
+            return
+        os.replace(partial, final)
+        count_restored_bytes(self.node_name, report)
+        current = self.checkpoints.get(name, namespace)
+        if current is None:
+            shutil.rmtree(final)
+            return
+        status = current.model.status.model_copy(deep=True)
+        status.peer = LocalCopy(
+            node_name=self.node_name, volume="", path=str(final.relative_to(self.root.parent)), present=True
+        )
+        self.checkpoints.patch_status(
+            name,
+            {"peer": status.peer.to_wire(), "tiers": status.restorable_tiers()},
+            namespace=namespace,
+        )
+        log.info(
+            "replica of %s/%s kept on %s: %d bytes from %s",
+            namespace,
+            name,
+            self.node_name,
+            report.total_bytes,
+            ",".join(kind.value for kind in report.tiers),
+        )
+
+    def _collect_garbage(self) -> None:
+        if not self.root.exists():
+            return
+        for namespace_dir in sorted(p for p in self.root.iterdir() if p.is_dir()):
+            for directory in sorted(p for p in namespace_dir.iterdir() if p.is_dir()):
+                if directory.name.endswith(PARTIAL_SUFFIX):
+                    continue
+                item = self.checkpoints.get(directory.name, namespace_dir.name)
+                labels = item.metadata.get("labels", {}) if item else {}
+                if keep_replica(item.model if item else None, labels, self.node_name):
+                    continue
+                shutil.rmtree(directory)
+                log.info("replica %s/%s removed", namespace_dir.name, directory.name)
+                if item is not None and item.model.status.peer is not None:
+                    status = item.model.status.model_copy(deep=True)
+                    status.peer = None
+                    self.checkpoints.patch_status(
+                        item.name,
+                        {"peer": None, "tiers": status.restorable_tiers()},
+                        namespace=namespace_dir.name,
+                    )
+
+
+def assign_replicas(
+    items: Iterable[Typed],
+    policy: CheckpointPolicySpec,
+    nodes: list[StorageNode],
+    origin: str,
+    checkpoints: ResourceClient,
+) -> None:
+    """The recording node's half: label each checkpoint that wants a replica with the node to hold it."""
+    for item in items:
+        if REPLICA_NODE_LABEL in item.metadata.get("labels", {}):
+            continue
+        if not wants_replica(item.model, policy):
+            continue
+        chosen = choose_replica_node(item.name, origin, nodes)
+        if chosen is None:
+            continue  # no other ready agent yet; the next pass tries again
+        checkpoints.patch_metadata(
+            item.name, {"labels": {REPLICA_NODE_LABEL: chosen}}, namespace=item.metadata.get("namespace")
+        )

@@ -1,0 +1,1 @@
+"""Restoring a checkpoint: the order of sources (plan), the sources, and the verified fetch."""

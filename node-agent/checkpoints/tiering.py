@@ -1,0 +1,471 @@
+"""The node agent's background tiering: upload each recorded checkpoint, verify it, apply retention.
+
+One pass lists the Checkpoints this node recorded (label cairn.dev/node), oldest step first, and
+uploads those not yet Tiered, one at a time: the parts of one checkpoint already go out
+concurrently, and one checkpoint at a time gets the oldest one safe soonest. The trainer never
+waits for any of it; detection runs in its own thread.
+
+Phases: Committed (recorded, local only) → Uploading → Tiered once every object is verified
+against the manifest. Failed carries a reason. A failure that can clear by itself (S3 unreachable,
+a Secret not there yet, a verification that did not pass) is retried with backoff; a checkpoint
+whose files changed after it was committed is never uploaded, because no copy of it can be trusted.
+
+After each pass, retention runs per series (one PVC's volume): `plan_retention` decides, this
+module deletes, and status always says what is left.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from kubernetes.client.exceptions import ApiException
+
+from cairn.api.base import condition
+from cairn.api.checkpoint import (
+    Checkpoint,
+    CheckpointPhase,
+    CheckpointPolicySpec,
+    RemoteCopy,
+    S3Target,
+)
+from cairn.api.names import GROUP_VERSION, NODE_LABEL
+from cairn.events import EventRecorder
+from cairn.kube import ResourceClient, Typed
+from cairn.node_agent import metrics
+from cairn.node_agent.checkpoints.local import local_copy_directory
+from cairn.node_agent.checkpoints.replicas import assign_replicas
+from cairn.node_agent.checkpoints.retention import CheckpointRecord, plan_retention
+from cairn.node_agent.checkpoints.upload import (
+    CheckpointUploader,
+    UploadError,
+    checkpoint_location,
+    state_path,
+)
+from cairn.node_agent.host.priority import run_in_background
+from cairn.node_agent.manifests import MANIFEST_NAME, Manifest, ManifestError
+from cairn.s3 import CredentialsError, ReadSecret, S3Location, client_from_secret
+from cairn.units import human_bytes
+
+log = logging.getLogger("cairn.node.tiering")
+UPLOADED = "Uploaded"
+PROGRESS_INTERVAL = 2.0
+"""Seconds between bytesUploaded patches: often enough to watch, rare enough to spare the apiserver."""
+MAX_BACKOFF = 300.0
+
+
+class PermanentFailure(Exception):
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class RetryableFailure(PermanentFailure):
+    pass
+
+
+# -- pure decisions --------------------------------------------------------------------------------
+
+PERMANENT_REASONS = frozenset({"ChangedAfterCommit", "ManifestMismatch"})
+"""Failures no retry can fix: the files no longer match what was committed."""
+
+
+def needs_upload(checkpoint: Checkpoint, policy: CheckpointPolicySpec) -> bool:
+    if policy.target is None:
+        return False  # local-only
+    if checkpoint.status.remote is not None and checkpoint.status.remote.verified_at is not None:
+        return False
+    return checkpoint.status.reason not in PERMANENT_REASONS
+
+
+def retention_record(checkpoint: Checkpoint) -> CheckpointRecord:
+    status = checkpoint.status
+    return CheckpointRecord(
+        step=checkpoint.spec.step,
+        has_local=status.local is not None and status.local.present,
+        remote_verified=status.remote is not None and status.remote.verified_at is not None,
+        remote_present=status.remote is not None,
+    )
+
+
+def tier_lag_seconds(checkpoints: Iterable[tuple[Checkpoint, datetime]], now: datetime) -> float:
+    """How long the oldest checkpoint not yet verified in S3 has waited; 0 when none waits."""
+    waiting = [
+        created
+        for checkpoint, created in checkpoints
+        if checkpoint.status.remote is None or checkpoint.status.remote.verified_at is None
+    ]
+    return max(0.0, (now - min(waiting)).total_seconds()) if waiting else 0.0
+
+
+@dataclass(frozen=True, order=True)
+class SeriesKey:
+    """One series: one directory of one PVC's volume, where a step names one checkpoint.
+
+    A job may write several streams into one volume (say `actor/step_100` and `critic/step_100`);
+    each keeps its own newest copies.
+    """
+
+    namespace: str
+    pvc: str
+    volume: str
+    directory: str
+
+
+def group_series(items: Iterable[Typed]) -> dict[SeriesKey, list[Typed]]:
+    series: dict[SeriesKey, list[Typed]] = defaultdict(list)
+    for item in items:
+        spec = item.model.spec
+        key = SeriesKey(
+            item.metadata.get("namespace", ""),
+            spec.pvc_name,
+            spec.volume,
+            str(PurePosixPath(spec.path).parent),
+        )
+        series[key].append(item)
+    return series
+
+
+# -- the worker -----------------------------------------------------------------------------------
+
+
+def _involved(item: Typed) -> dict[str, Any]:
+    return {
+        "apiVersion": GROUP_VERSION,
+        "kind": "Checkpoint",
+        "name": item.name,
+        "namespace": item.metadata.get("namespace"),
+        "uid": item.metadata.get("uid"),
+    }
+
+
+def _created(item: Typed) -> datetime:
+    stamp = item.metadata.get("creationTimestamp")
+    if isinstance(stamp, datetime):
+        return stamp
+    if isinstance(stamp, str):
+        return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    return datetime.now(UTC)
+
+
+@dataclass
+class CheckpointTierer:
+    node_name: str
+    checkpoints: ResourceClient
+    policies: ResourceClient
+    read_secret: ReadSecret
+    state_dir: Path
+    staging_path_of: Callable[[str], Path | None]
+    events: EventRecorder
+    storage_nodes: ResourceClient | None = None
+    """For choosing peer replica holders; without it no replicas are assigned."""
+    _retry_at: dict[str, float] = field(default_factory=dict)
+    _failures: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def upload_state_dir(self) -> Path:
+        return self.state_dir / "uploads"
+
+    def run_pass(self) -> None:
+        """One look at everything this node recorded; the Coalescing runner calls it."""
+        run_in_background()  # this thread reads and hashes what it uploads: the trainer comes first
+        with self._lock:  # one pass at a time, however often it is triggered
+            items = self.checkpoints.list(label_selector=f"{NODE_LABEL}={self.node_name}")
+            nodes = [n.model for n in self.storage_nodes.list()] if self.storage_nodes else []
+            remaining: dict[tuple[str, str], list[Typed]] = defaultdict(list)
+            lag_tracked: set[tuple[str, str]] = set()
+            for key, members in sorted(group_series(items).items()):
+                members.sort(key=lambda i: i.model.spec.step)
+                policy_object = self.policies.get(members[-1].model.spec.policy, namespace=key.namespace)
+                if policy_object is None:
+                    continue  # the watcher logs it; nothing can be uploaded or expired without one
+                policy: CheckpointPolicySpec = policy_object.model.spec
+                for item in members:
+                    if needs_upload(item.model, policy) and self._due(item):
+                        self._tier(item, policy)
+                left = self._apply_retention(key.namespace, members, policy)
+                if nodes:
+                    assign_replicas(left, policy, nodes, self.node_name, self.checkpoints)
+                remaining[(key.namespace, key.pvc)] += left
+                if policy.target is not None:
+                    lag_tracked.add((key.namespace, key.pvc))
+            self._record_phases(self.checkpoints.list(label_selector=f"{NODE_LABEL}={self.node_name}"))
+            now = datetime.now(UTC)
+            for namespace, pvc in lag_tracked:
+                series = [(item.model, _created(item)) for item in remaining[(namespace, pvc)]]
+                metrics.CHECKPOINT_TIER_LAG.labels(node=self.node_name, namespace=namespace, pvc=pvc).set(
+                    tier_lag_seconds(series, now)
+                )
+
+    # -- upload ---------------------------------------------------------------------------------
+
+    def _due(self, item: Typed) -> bool:
+        return time.monotonic() >= self._retry_at.get(self._key(item), 0.0)
+
+    @staticmethod
+    def _key(item: Typed) -> str:
+        return f"{item.metadata.get('namespace')}/{item.name}"
+
+    def _tier(self, item: Typed, policy: CheckpointPolicySpec) -> None:
+        namespace = item.metadata.get("namespace", "")
+        try:
+            self._upload_and_verify(item, policy)
+        except PermanentFailure as failure:
+            retry = isinstance(failure, RetryableFailure)
+            self._fail(item, failure.reason, str(failure), retry=retry)
+        except Exception as error:  # S3 or network trouble: retry with backoff
+            log.warning("tiering %s/%s failed", namespace, item.name, exc_info=True)
+            self._fail(item, "UploadError", f"upload failed, will retry: {error}", retry=True)
+        else:
+            self._retry_at.pop(self._key(item), None)
+            self._failures.pop(self._key(item), None)
+
+    def _upload_and_verify(self, item: Typed, policy: CheckpointPolicySpec) -> None:
+        namespace = item.metadata.get("namespace", "")
+        checkpoint: Checkpoint = item.model
+        target = policy.target
+        assert target is not None
+        directory = local_copy_directory(checkpoint, self.node_name, self.staging_path_of)
+        if directory is None:
+            # The volume is not staged here right now; it is picked up again once it is.
+            log.debug("checkpoint %s/%s has no reachable local copy; skipped", namespace, item.name)
+            return
+        manifest = self._manifest(directory, checkpoint)
+        try:
+            s3 = _policy_client(
+                self.read_secret, namespace, checkpoint.spec.policy, target, policy.upload.concurrency
+            )
+        except CredentialsError as error:
+            raise RetryableFailure(error.reason, str(error)) from None
+        location = checkpoint_location(
+            target.bucket, target.prefix, namespace, checkpoint.spec.pvc_name, checkpoint.spec.path
+        )
+        uploader = CheckpointUploader(
+            s3,
+            self.upload_state_dir,
+            concurrency=policy.upload.concurrency,
+            part_size=policy.upload.part_size_bytes,
+            bandwidth_bytes_per_second=policy.upload.bandwidth_limit_bytes_per_second,
+        )
+        previous = checkpoint.status.conditions
+        self.checkpoints.patch_status(
+            item.name,
+            {
+                "phase": CheckpointPhase.UPLOADING.value,
+                "reason": None,
+                "message": None,
+                "remote": {"url": location.url, "verifiedAt": None},
+                "conditions": [
+                    condition(UPLOADED, False, "Uploading", f"uploading to {location.url}", previous)
+                ],
+            },
+            namespace=namespace,
+        )
+        last_patch = [time.monotonic()]
+
+        def progress(sent: int) -> None:
+            if time.monotonic() - last_patch[0] >= PROGRESS_INTERVAL:
+                last_patch[0] = time.monotonic()
+                try:
+                    self.checkpoints.patch_status(item.name, {"bytesUploaded": sent}, namespace=namespace)
+                except ApiException:
+                    log.debug("progress patch for %s failed", item.name, exc_info=True)
+
+        started = time.monotonic()
+        try:
+            report = uploader.upload(directory, manifest, location, on_progress=progress)
+        except UploadError as error:
+            raise PermanentFailure("ChangedAfterCommit", str(error)) from None
+        problems = uploader.verify(manifest, location)
+        if problems:
+            raise RetryableFailure(
+                "RemoteVerificationFailed",
+                f"{len(problems)} object(s) in {location.url} do not match the manifest: "
+                + "; ".join(problems[:3]),
+            )
+        seconds = time.monotonic() - started
+        metrics.CHECKPOINT_BYTES.labels(node=self.node_name, operation="upload", tier="s3").inc(
+            report.bytes_sent
+        )
+        metrics.CHECKPOINT_UPLOAD_SECONDS.labels(node=self.node_name).observe(seconds)
+        resumed = (
+            f"; resumed an earlier attempt, keeping {report.parts_skipped} part(s) already in S3"
+            if report.parts_skipped
+            else ""
+        )
+        message = (
+            f"{human_bytes(manifest.total_bytes)} in {len(manifest.files)} files verified at "
+            f"{location.url}; sent {human_bytes(report.bytes_sent)} in {seconds:.1f}s{resumed}"
+        )
+        status = checkpoint.status.model_copy(deep=True)
+        status.remote = RemoteCopy(url=location.url, verified_at=datetime.now(UTC))
+        self.checkpoints.patch_status(
+            item.name,
+            {
+                "phase": CheckpointPhase.TIERED.value,
+                "reason": None,
+                "message": None,
+                "tiers": status.restorable_tiers(),
+                "remote": {"url": location.url, "verifiedAt": _stamp(datetime.now(UTC))},
+                "bytesUploaded": manifest.total_bytes,
+                "conditions": [condition(UPLOADED, True, "Verified", message, previous)],
+            },
+            namespace=namespace,
+        )
+        state_path(self.upload_state_dir, location).unlink(missing_ok=True)
+        self.events.record(_involved(item), "Tiered", message)
+        log.info("checkpoint %s/%s tiered: %s", namespace, item.name, message)
+
+    def _manifest(self, directory: Path, checkpoint: Checkpoint) -> Manifest:
+        try:
+            manifest = Manifest.from_json((directory / MANIFEST_NAME).read_text())
+        except (OSError, ManifestError, ValueError) as error:
+            raise PermanentFailure(
+                "ManifestMismatch", f"the checkpoint's manifest is unreadable: {error}"
+            ) from None
+        if manifest.digest != checkpoint.spec.manifest_digest:
+            raise PermanentFailure(
+                "ManifestMismatch",
+                f"the manifest beside the checkpoint has digest {manifest.digest}, but it was recorded "
+                f"with {checkpoint.spec.manifest_digest}; the checkpoint changed after its commit",
+            )
+        return manifest
+
+    def _fail(self, item: Typed, reason: str, message: str, *, retry: bool) -> None:
+        key = self._key(item)
+        if retry:
+            self._failures[key] += 1
+            delay = min(MAX_BACKOFF, 5.0 * 2 ** (self._failures[key] - 1))
+            self._retry_at[key] = time.monotonic() + delay
+            message = f"{message} (attempt {self._failures[key]}; next in {delay:.0f}s)"
+        namespace = item.metadata.get("namespace", "")
+        previous = item.model.status.conditions
+        try:
+            self.checkpoints.patch_status(
+                item.name,
+                {
+                    "phase": CheckpointPhase.FAILED.value,
+                    "reason": reason,
+                    "message": message,
+                    "conditions": [condition(UPLOADED, False, reason, message, previous)],
+                },
+                namespace=namespace,
+            )
+        except ApiException:
+            log.warning("could not record the failure of %s", key, exc_info=True)
+        self.events.record(_involved(item), reason, message, warning=True)
+        log.warning("checkpoint %s: %s: %s", key, reason, message)
+
+    # -- retention ------------------------------------------------------------------------------
+
+    def _apply_retention(
+        self, namespace: str, members: list[Typed], policy: CheckpointPolicySpec
+    ) -> list[Typed]:
+        """Carries out the series' retention plan; returns the series as it stands afterwards."""
+        # Re-read: the uploads above changed these objects.
+        fresh = [self.checkpoints.get(m.name, namespace=namespace) for m in members]
+        current = [item for item in fresh if item is not None]
+        if not current:
+            return []
+        retention = policy.retention
+        plan = plan_retention(
+            (retention_record(item.model) for item in current),
+            retention.keep_local,
+            retention.keep_remote_last,
+            retention.keep_remote_every,
+            local_only=policy.target is None,
+        )
+        by_step = {item.model.spec.step: item for item in current}
+        for step in sorted(plan.delete_local):
+            self._delete_local(by_step[step], namespace)
+        for step in sorted(plan.delete_remote):
+            self._delete_remote(by_step[step], namespace, policy)
+        if plan.delete_local or plan.delete_remote:
+            current = [
+                item
+                for item in (self.checkpoints.get(m.name, namespace=namespace) for m in current)
+                if item is not None
+            ]
+        return current
+
+    def _delete_local(self, item: Typed, namespace: str) -> None:
+        checkpoint: Checkpoint = item.model
+        directory = local_copy_directory(checkpoint, self.node_name, self.staging_path_of)
+        if directory is None:
+            return  # the volume is not staged here; retention waits until it is
+        shutil.rmtree(directory)
+        if not retention_record(checkpoint).remote_verified:
+            # Local-only policy: this was the last copy, so the record goes with it.
+            self.checkpoints.delete(item.name, namespace=namespace)
+            self.events.record(_involved(item), "Expired", f"local copy {checkpoint.spec.path} deleted")
+            return
+        status = checkpoint.status.model_copy(deep=True)
+        assert status.local is not None
+        status.local.present = False
+        self.checkpoints.patch_status(
+            item.name,
+            {"tiers": status.restorable_tiers(), "local": status.local.to_wire()},
+            namespace=namespace,
+        )
+        self.events.record(
+            _involved(item),
+            "LocalCopyDeleted",
+            f"local copy deleted by retention; S3 keeps {checkpoint.spec.path}",
+        )
+
+    def _delete_remote(self, item: Typed, namespace: str, policy: CheckpointPolicySpec) -> None:
+        checkpoint: Checkpoint = item.model
+        assert policy.target is not None and checkpoint.status.remote is not None
+        location = S3Location.from_url(checkpoint.status.remote.url)
+        s3 = _policy_client(
+            self.read_secret, namespace, checkpoint.spec.policy, policy.target, policy.upload.concurrency
+        )
+        keys = []
+        paginator = s3.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=location.bucket, Prefix=f"{location.prefix}/"):
+            keys += [{"Key": entry["Key"]} for entry in page.get("Contents", [])]
+        for start in range(0, len(keys), 1000):
+            s3.delete_objects(Bucket=location.bucket, Delete={"Objects": keys[start : start + 1000]})
+        # The plan deletes a remote copy only once no local copy is left, so nothing remains.
+        self.checkpoints.delete(item.name, namespace=namespace)
+        self.events.record(
+            _involved(item),
+            "Expired",
+            f"remote copy {location.url} deleted by retention ({len(keys)} objects)",
+        )
+
+    # -- metrics --------------------------------------------------------------------------------
+
+    def _record_phases(self, items: list[Typed]) -> None:
+        counts = {phase.value: 0 for phase in CheckpointPhase}
+        for item in items:
+            counts[item.model.status.phase.value] += 1
+        for phase, count in counts.items():
+            metrics.CHECKPOINTS.labels(node=self.node_name, phase=phase).set(count)
+
+
+def _stamp(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _policy_client(
+    read_secret: ReadSecret, namespace: str, policy: str, target: S3Target, concurrency: int
+) -> Any:
+    return client_from_secret(
+        read_secret,
+        namespace,
+        target.endpoint,
+        target.region,
+        target.credentials_secret_ref,
+        f"CheckpointPolicy {namespace}/{policy}",
+        concurrency,
+    )

@@ -1,0 +1,1 @@
+"""Datasets: reading the origin once, seeding, joining the swarm, and the per-node copies."""

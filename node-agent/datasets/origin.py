@@ -1,0 +1,169 @@
+"""A Dataset's origin: list its files, check every name, and read each file once.
+
+Names come from outside (object keys, URL paths, another volume's tree), so every one passes
+`safe_relative_path` before a byte is written, and the whole listing is refused if any fails:
+half a dataset is worse than none, and the condition names the offending entry.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any, BinaryIO, Protocol
+from urllib.parse import unquote, urlparse
+
+from cairn.node_agent.host.files import open_beneath
+from cairn.paths import UnsafePathError, safe_relative_path
+
+CHUNK = 8 * 1024 * 1024
+
+
+class OriginError(Exception):
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class OriginFile:
+    path: str
+    """Relative path inside the dataset, already checked."""
+    size: int
+    locator: str
+    """Where the origin keeps it: an object key, a URL, or a path under the source volume."""
+
+
+class Origin(Protocol):
+    ranged: bool
+    """`open` honours `start` and `length`; otherwise a file is read whole, from one stream."""
+
+    def list_files(self) -> list[OriginFile]: ...
+    def open(self, file: OriginFile, start: int = 0, length: int | None = None) -> BinaryIO: ...
+
+
+def checked_listing(entries: list[tuple[str, int, str]]) -> list[OriginFile]:
+    """Every name checked and unique; OriginError(UnsafeName) naming the first bad one."""
+    files: list[OriginFile] = []
+    seen: dict[str, str] = {}
+    for name, size, locator in entries:
+        try:
+            path = str(safe_relative_path(name))
+        except UnsafePathError as error:
+            raise OriginError("UnsafeName", f"the origin lists {name!r}, which is refused: {error}") from None
+        folded = path.casefold()
+        if folded in seen:
+            raise OriginError("DuplicateName", f"the origin lists both {seen[folded]!r} and {path!r}")
+        seen[folded] = path
+        files.append(OriginFile(path, size, locator))
+    # A name that is also a directory of another (a and a/b) cannot both be written.
+    directories = {
+        str(parent) for f in files for parent in PurePosixPath(f.path).parents if str(parent) != "."
+    }
+    clash = next((f.path for f in files if f.path in directories), None)
+    if clash:
+        raise OriginError("DuplicateName", f"the origin lists {clash!r} both as a file and as a directory")
+    return sorted(files, key=lambda f: f.path)
+
+
+class S3Origin:
+    def __init__(self, client: Callable[[], Any], bucket: str, prefix: str) -> None:
+        self._client = client
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+
+    def list_files(self) -> list[OriginFile]:
+        start = f"{self.prefix}/" if self.prefix else ""
+        entries = []
+        for page in (
+            self._client().get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=start)
+        ):
+            for obj in page.get("Contents", []):
+                key = obj["Key"]
+                if key.endswith("/") and obj["Size"] == 0:
+                    continue  # a "directory" placeholder some tools create
+                entries.append((key[len(start) :], int(obj["Size"]), key))
+        return checked_listing(entries)
+
+    ranged = True
+
+    def open(self, file: OriginFile, start: int = 0, length: int | None = None) -> BinaryIO:
+        if length is None:
+            return self._client().get_object(Bucket=self.bucket, Key=file.locator)["Body"]
+        if length == 0:
+            return io.BytesIO()  # S3 refuses an empty range
+        span = f"bytes={start}-{start + length - 1}"
+        return self._client().get_object(Bucket=self.bucket, Key=file.locator, Range=span)["Body"]
+
+
+class HttpOrigin:
+    def __init__(self, urls: list[str], timeout: float = 60.0) -> None:
+        self.urls = urls
+        self.timeout = timeout
+
+    def list_files(self) -> list[OriginFile]:
+        entries = []
+        for url in self.urls:
+            parsed = urlparse(url)
+            if parsed.scheme not in ("https", "http"):
+                raise OriginError("InvalidSource", f"{url!r} is not an http(s) URL")
+            name = unquote(parsed.path.rsplit("/", 1)[-1])
+            request = urllib.request.Request(url, method="HEAD")
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                length = response.headers.get("Content-Length")
+            if length is None:
+                raise OriginError(
+                    "UnknownSize", f"{url} gives no Content-Length; its size must be known up front"
+                )
+            entries.append((name, int(length), url))
+        return checked_listing(entries)
+
+    ranged = False
+    """Range support varies by server and a server ignoring it would send the whole file each time."""
+
+    def open(self, file: OriginFile, start: int = 0, length: int | None = None) -> BinaryIO:
+        assert start == 0 and length in (None, file.size), "an HTTP origin is read one whole file at a time"
+        return urllib.request.urlopen(file.locator, timeout=self.timeout)
+
+
+class DirectoryOrigin:
+    """A source volume's tree. Only regular files are taken: a link or a device file fails the listing."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def list_files(self) -> list[OriginFile]:
+        entries = []
+        for path in self._walk(self.root):
+            relative = path.relative_to(self.root).as_posix()
+            info = path.lstat()
+            if stat.S_ISLNK(info.st_mode):
+                raise OriginError("UnsafeName", f"{relative!r} is a symbolic link; links are refused")
+            if not stat.S_ISREG(info.st_mode):
+                raise OriginError(
+                    "UnsafeName", f"{relative!r} is not a regular file (a device, fifo or socket)"
+                )
+            entries.append((relative, info.st_size, relative))
+        return checked_listing(entries)
+
+    def _walk(self, directory: Path) -> Iterator[Path]:
+        with os.scandir(directory) as scan:
+            for entry in sorted(scan, key=lambda e: e.name):
+                path = Path(entry.path)
+                if entry.is_dir(follow_symlinks=False):
+                    if entry.name == "lost+found" and directory == self.root:
+                        continue
+                    yield from self._walk(path)
+                else:
+                    yield path
+
+    ranged = True
+
+    def open(self, file: OriginFile, start: int = 0, length: int | None = None) -> BinaryIO:
+        stream = open_beneath(self.root, PurePosixPath(file.locator))
+        stream.seek(start)
+        return stream

@@ -1,0 +1,1 @@
+"""Disk discovery: what each block device is, whether it is safe to claim, and the LocalDisks."""

@@ -1,0 +1,329 @@
+"""Carves, extends and removes the LocalVolumes assigned to this node.
+
+The controller only writes LocalVolume specs; this reconciler is the one place that turns
+them into LVs. LVM work on a VG is serialised by the LVM adapter, so two volumes created at
+once can never over-commit a pool. A finalizer keeps each LocalVolume until its LV is gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Callable
+
+from cairn.api.names import NODE_LABEL, VOLUME_FINALIZER, pool_vg
+from cairn.api.volume import LocalVolumeSpec, VolumeAccess, VolumePhase
+from cairn.kube import ResourceClient, Typed
+from cairn.node_agent.host.device_copy import CopyError, copy_device
+from cairn.node_agent.lvm.adapter import Lvm
+from cairn.node_agent.lvm.errors import (
+    InsufficientSpace,
+    LvAlreadyExists,
+    LvmError,
+    LvNotFound,
+    NotContiguous,
+    VgNotFound,
+)
+from cairn.node_agent.lvm.report import LvInfo, volume_tag
+from cairn.node_agent.volumes.index import PopulateError, StagedVolume
+
+log = logging.getLogger("cairn.node.volumes")
+
+
+def serves_read_only(spec: LocalVolumeSpec) -> bool:
+    """A volume filled from a Dataset is mounted read-only: consumers get the verified data as it is.
+
+    A Checkpoint restore is a training job's own state to resume and write on, so it stays writable.
+    """
+    return spec.populate_from is not None and spec.populate_from.kind == "Dataset"
+
+
+class VolumeReconciler:
+    def __init__(
+        self, node_name: str, lvm: Lvm, volumes: ResourceClient, on_change: Callable[[], None] = lambda: None
+    ) -> None:
+        self.node_name = node_name
+        self.lvm = lvm
+        self.volumes = volumes
+        self.on_change = on_change
+        self.publish_now: Callable[[], None] = lambda: None
+        self.before_remove: Callable[[str], None] = lambda name: None
+        """Lets go of a volume the agent itself uses (a dataset copy's mount) before its LV goes."""
+        self.populate: Callable[[str, LocalVolumeSpec, str], str] | None = None
+        """Fills a new volume (name, spec, device) from spec.populateFrom; raises PopulateError."""
+        self._index: dict[str, StagedVolume] = {}
+        self._filling: set[str] = set()
+        self._specs: dict[str, LocalVolumeSpec] = {}
+        self._index_lock = threading.Lock()
+        self._volume_locks: dict[str, threading.Lock] = {}
+
+    # -- what the node service asks --------------------------------------------------------
+
+    def lookup(self, volume_id: str) -> StagedVolume | None:
+        with self._index_lock:
+            return self._index.get(volume_id)
+
+    def health(self, volume_id: str) -> str | None:
+        """Why the volume is unhealthy, or None: the LV must exist and be active."""
+        volume = self.lookup(volume_id)
+        if volume is None:
+            return f"volume {volume_id} is not known on node {self.node_name}"
+        vg = pool_vg_of_device(volume)
+        try:
+            self.lvm.get_lv(vg, volume.name)
+        except LvmError as error:
+            return f"logical volume {vg}/{volume.name} is gone: {error}"
+        if self.lvm.device_path(vg, volume.name) is None:
+            return f"logical volume {vg}/{volume.name} is not active"
+        return None
+
+    def spec_of(self, volume_id: str) -> LocalVolumeSpec | None:
+        with self._index_lock:
+            return self._specs.get(volume_id)
+
+    def volume_count(self, vg: str) -> int:
+        with self._index_lock:
+            return sum(1 for volume in self._index.values() if pool_vg(volume.pool) == vg)
+
+    # -- reconcile ---------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        self.volumes.informer(self.handle, label_selector=f"{NODE_LABEL}={self.node_name}", stop=stop.is_set)
+
+    def handle(self, event: str, item: Typed) -> None:
+        lock = self._volume_locks.setdefault(item.name, threading.Lock())
+        with lock:
+            try:
+                self._reconcile(event, item)
+            except Exception:
+                log.exception("reconciling volume %s failed; it will be retried on the next event", item.name)
+
+    def _reconcile(self, event: str, item: Typed) -> None:
+        spec: LocalVolumeSpec = item.model.spec
+        if spec.node_name != self.node_name:
+            return
+        vg = pool_vg(spec.pool.value)
+        if event == "DELETED":
+            self._forget(item.name)
+            return
+        if item.metadata.get("deletionTimestamp"):
+            self._remove(item, vg)
+            return
+        status = item.model.status
+        if status.phase == VolumePhase.FAILED:
+            return
+        if status.phase == VolumePhase.PENDING:
+            # Events can be stale: the update that added our finalizer arrives after the volume
+            # is already carved. The index says what this agent has made.
+            if self.lookup(item.name) is None:
+                self._create(item, vg)
+            return
+        # Ready: after an agent restart, activate and index it again. An indexed volume is left
+        # alone, so a periodic re-list costs no lvm calls however many volumes there are.
+        if self.lookup(item.name) is None:
+            self._remember(item.name, self.lvm.activate(vg, item.name), spec)
+        if spec.size_bytes > (status.capacity_bytes or 0):
+            self._extend(item, vg)
+
+    def _create(self, item: Typed, vg: str) -> None:
+        spec: LocalVolumeSpec = item.model.spec
+        with self._index_lock:
+            if item.name in self._filling:
+                return  # carved already; its fill runs in its own thread
+        self._add_finalizer(item)
+        try:
+            try:
+                info = self.lvm.lvcreate(vg, item.name, spec.size_bytes, tags=[volume_tag(item.name)])
+            except LvAlreadyExists:
+                recreated = self._recreate(item, vg)
+                if recreated is None:
+                    return
+                info = recreated
+            device = self.lvm.activate(vg, item.name, info)
+        except (InsufficientSpace, NotContiguous) as error:
+            self._fail(item, type(error).__name__, str(error))
+            return
+        except VgNotFound:
+            self._fail(
+                item,
+                "PoolNotFound",
+                f"node {self.node_name} has no {spec.pool.value} pool (volume group {vg})",
+            )
+            return
+        if not (spec.source_volume or spec.populate_from):
+            self._ready(item, vg, info, device)
+            return
+        # A copy can take minutes (a dataset may even have to arrive first): not on the informer's
+        # thread, which must stay free to carve other volumes, including the one being waited for.
+        with self._index_lock:
+            self._filling.add(item.name)
+        threading.Thread(
+            target=self._fill_then_ready, args=(item, vg, info, device), name=f"fill-{item.name}", daemon=True
+        ).start()
+
+    def _fill_then_ready(self, item: Typed, vg: str, info: LvInfo, device: str) -> None:
+        spec: LocalVolumeSpec = item.model.spec
+        try:
+            if spec.source_volume and not self._clone_into(item, vg, device):
+                return
+            if spec.populate_from and not self._populate_into(item, vg, device):
+                return
+            self._ready(item, vg, info, device)
+        except Exception:
+            log.exception("filling volume %s failed; it will be retried on the next event", item.name)
+        finally:
+            with self._index_lock:
+                self._filling.discard(item.name)
+
+    def _ready(self, item: Typed, vg: str, info: LvInfo, device: str) -> None:
+        self._remember(item.name, device, item.model.spec)
+        self.volumes.patch_status(
+            item.name,
+            {
+                "phase": VolumePhase.READY.value,
+                "volumeGroup": vg,
+                "logicalVolume": item.name,
+                "capacityBytes": info.size_bytes,
+                "reason": None,
+                "message": None,
+            },
+        )
+        log.info("volume %s ready: %s/%s %d bytes on %s", item.name, vg, item.name, info.size_bytes, device)
+        self.on_change()
+
+    def _recreate(self, item: Typed, vg: str) -> LvInfo | None:
+        """An LV for a still-Pending volume: a crash came between lvcreate and the status patch.
+
+        It was never handed to anyone, but it may not have been wiped yet, so it is made again
+        from scratch; only after its tag proves it is this volume's own.
+        """
+        current = self.volumes.get(item.name)
+        if current is None or current.model.status.phase != VolumePhase.PENDING:
+            raise RuntimeError(f"volume {item.name} changed while being created; skipping a stale event")
+        existing = self.lvm.get_lv(vg, item.name)
+        if existing.volume_id != item.name:
+            self._fail(
+                item,
+                "NameConflict",
+                f"an LV named {vg}/{item.name} exists but is not tagged as this volume's; left untouched",
+            )
+            return None
+        self.lvm.lvremove(vg, item.name)
+        return self.lvm.lvcreate(vg, item.name, item.model.spec.size_bytes, tags=[volume_tag(item.name)])
+
+    def _clone_into(self, item: Typed, vg: str, device: str) -> bool:
+        """Copy the source volume's bytes; False (and the volume Failed) when that is impossible."""
+        source = self.lookup(item.model.spec.source_volume or "")
+        problem: tuple[str, str] | None = None
+        if source is None:
+            problem = (
+                "CloneSourceMissing",
+                f"clone source {item.model.spec.source_volume} is not on node {self.node_name}",
+            )
+        else:
+            try:
+                copy_device(source.device, device)
+            except CopyError as error:
+                problem = ("CloneFailed", str(error))
+        if problem is None:
+            return True
+        # The new LV was never handed out and is tagged as this volume's: remove it before the
+        # finalizer goes, or a deleted Failed volume would leave an orphaned LV behind.
+        self.lvm.lvremove(vg, item.name)
+        self._fail(item, *problem)
+        return False
+
+    def _populate_into(self, item: Typed, vg: str, device: str) -> bool:
+        """Restore the requested data; False (and the volume Failed, its LV removed) when that fails."""
+        try:
+            if self.populate is None:
+                raise PopulateError(
+                    "PopulateUnsupported", f"the agent on {self.node_name} cannot populate volumes"
+                )
+            done = self.populate(item.name, item.model.spec, device)
+        except PopulateError as error:
+            problem = (error.reason, str(error))
+        except Exception as error:  # a failed restore must not leave a half-filled volume Ready
+            log.warning("populating %s failed", item.name, exc_info=True)
+            problem = ("PopulateFailed", f"{type(error).__name__}: {error}")
+        else:
+            log.info("volume %s populated: %s", item.name, done)
+            return True
+        # As with a failed clone: the LV was never handed out, so it goes before the finalizer does.
+        self.lvm.lvremove(vg, item.name)
+        self._fail(item, *problem)
+        return False
+
+    def _extend(self, item: Typed, vg: str) -> None:
+        spec: LocalVolumeSpec = item.model.spec
+        try:
+            info = self.lvm.lvextend(vg, item.name, spec.size_bytes)
+        except (InsufficientSpace, NotContiguous) as error:
+            self.volumes.patch_status(item.name, {"expansionError": str(error)})
+            return
+        self.volumes.patch_status(item.name, {"capacityBytes": info.size_bytes, "expansionError": None})
+        log.info("volume %s extended to %d bytes", item.name, info.size_bytes)
+        self.on_change()
+
+    def _remove(self, item: Typed, vg: str) -> None:
+        if VOLUME_FINALIZER not in item.metadata.get("finalizers", []):
+            return
+        self.before_remove(item.name)
+        # Already gone is fine: a retry after a crash, or a create that never happened.
+        with contextlib.suppress(LvNotFound, VgNotFound):
+            self.lvm.lvremove(vg, item.name)
+        self._forget(item.name)
+        # Report the freed space before letting go: DeleteVolume returns when the finalizer is gone,
+        # and a CreateVolume right after it must not be refused on a stale free-space figure.
+        try:
+            self.publish_now()
+        except Exception:  # the periodic publish corrects it soon; the LV is gone either way
+            log.warning("could not publish freed space after removing %s", item.name, exc_info=True)
+        remaining = [f for f in item.metadata.get("finalizers", []) if f != VOLUME_FINALIZER]
+        self.volumes.patch_metadata(
+            item.name, {"finalizers": remaining or None}, resource_version=item.resource_version
+        )
+        log.info("volume %s removed", item.name)
+        self.on_change()
+
+    def _add_finalizer(self, item: Typed) -> None:
+        finalizers = item.metadata.get("finalizers", [])
+        if VOLUME_FINALIZER not in finalizers:
+            self.volumes.patch_metadata(
+                item.name,
+                {"finalizers": [*finalizers, VOLUME_FINALIZER]},
+                resource_version=item.resource_version,
+            )
+
+    def _fail(self, item: Typed, reason: str, message: str) -> None:
+        log.warning("volume %s failed: %s", item.name, message)
+        self.volumes.patch_status(
+            item.name, {"phase": VolumePhase.FAILED.value, "reason": reason, "message": message}
+        )
+        # Nothing is on disk, so the finalizer has nothing left to guard.
+        current = self.volumes.get(item.name)
+        if current is not None:
+            remaining = [f for f in current.metadata.get("finalizers", []) if f != VOLUME_FINALIZER]
+            self.volumes.patch_metadata(item.name, {"finalizers": remaining or None})
+
+    def _remember(self, name: str, device: str, spec: LocalVolumeSpec) -> None:
+        with self._index_lock:
+            self._specs[name] = spec
+            self._index[name] = StagedVolume(
+                name=name,
+                device=device,
+                access=VolumeAccess(spec.access),
+                fs_type=spec.fs_type,
+                pool=spec.pool.value,
+                read_only=serves_read_only(spec),
+            )
+
+    def _forget(self, name: str) -> None:
+        with self._index_lock:
+            self._specs.pop(name, None)
+            self._index.pop(name, None)
+
+
+def pool_vg_of_device(volume: StagedVolume) -> str:
+    return pool_vg(volume.pool)
