@@ -57,6 +57,7 @@ from tests.testbed.components import Driver, mount_capability, running_driver
 from tests.testbed.waiting import wait_until
 
 from .common import bench_bed, report
+from .host import cpu_seconds
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -65,7 +66,6 @@ NAMESPACE = "default"
 POLICY = "bench-stall"
 SECRET = "bench-stall-s3"
 PVC = "trainer"
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 # -- the checkpoint and its writers ---------------------------------------------------------------
@@ -195,14 +195,6 @@ def quiet_host(timeout: float = 60.0) -> float:
 
 
 # -- watching the agent ------------------------------------------------------------------------------
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of every thread of `pid` (and of children it has reaped), from /proc."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rpartition(")")[2].split()
-    # fields[0] is field 3 (state); utime, stime, cutime, cstime are fields 14 to 17.
-    return sum(int(value) for value in fields[11:15]) / CLOCK_TICKS
 
 
 @dataclass

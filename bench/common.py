@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -42,6 +43,8 @@ def report(
 ) -> float:
     """Write bench/results/<name>.json and print the RESULT line; returns the ratio."""
     ratio = value / baseline if baseline else float("inf")
+    # A ratio on this noisy machine means something only beside how busy the host was.
+    load = [round(x, 2) for x in os.getloadavg()]
     RESULTS.mkdir(parents=True, exist_ok=True)
     record = {
         "name": name,
@@ -51,11 +54,13 @@ def report(
         "unit": unit,
         "params": params,
         "goal": goal,
+        "host_load_average": load,
     }
     (RESULTS / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
     print(
         f"RESULT {name} ratio={ratio:.3f} value={value:.6g} baseline={baseline:.6g} {unit}"
-        + (f"  (goal {goal})" if goal else ""),
+        + (f"  (goal {goal})" if goal else "")
+        + f"  load {load[0]} {load[1]} {load[2]}",
         flush=True,
     )
     return ratio

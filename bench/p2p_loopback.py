@@ -69,7 +69,7 @@ def fsync_tree(root: Path) -> None:
                 os.close(handle)
 
 
-def cpu_seconds(who: int) -> float:
+def rusage_cpu_seconds(who: int) -> float:
     usage = resource.getrusage(who)
     return usage.ru_utime + usage.ru_stime
 
@@ -77,12 +77,12 @@ def cpu_seconds(who: int) -> float:
 def run_cp(source: Path, target_dir: Path) -> tuple[float, float]:
     """(seconds, CPU seconds of cp) for one copy plus fsync."""
     target_dir.mkdir(parents=True)
-    cpu = cpu_seconds(resource.RUSAGE_CHILDREN)
+    cpu = rusage_cpu_seconds(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     subprocess.run(["cp", str(source), str(target_dir / source.name)], check=True)
     fsync_tree(target_dir)
     seconds = time.perf_counter() - started
-    return seconds, cpu_seconds(resource.RUSAGE_CHILDREN) - cpu
+    return seconds, rusage_cpu_seconds(resource.RUSAGE_CHILDREN) - cpu
 
 
 def run_p2p(
@@ -102,7 +102,7 @@ def run_p2p(
         info_hash = seeder.seed(torrent, source_dir, already_verified=True)
         leecher.download(torrent, target_dir)
         leecher.poll_alerts()
-        cpu = cpu_seconds(resource.RUSAGE_SELF)
+        cpu = rusage_cpu_seconds(resource.RUSAGE_SELF)
         asked = time.perf_counter()
         leecher.add_peers(info_hash, [(SEEDER, seeder.port)])
         while (already := leecher.status(info_hash).total_done) == 0:
@@ -116,7 +116,7 @@ def run_p2p(
         leecher.flush(info_hash)
         fsync_tree(target_dir)
         finished = time.perf_counter()
-        cpu = cpu_seconds(resource.RUSAGE_SELF) - cpu
+        cpu = rusage_cpu_seconds(resource.RUSAGE_SELF) - cpu
         status = leecher.status(info_hash)
         if status.total_done != status.total_wanted or status.total_failed_bytes:
             raise SystemExit(f"transfer incomplete or corrupt: {status}")

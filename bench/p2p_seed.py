@@ -76,6 +76,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench.host import cpu_seconds, host_ticks
+
 REPO = Path(__file__).resolve().parents[1]
 KiB = 1024
 MiB = 1024 * KiB
@@ -86,25 +88,10 @@ SWARM_PORT = 9762
 """The raw sessions' port; the agents' own libtorrent listens on 9752 in the same namespaces."""
 METRICS_CACHE_SECONDS = 10.5
 """MinIO serves /minio/v2/metrics/cluster from a cache refreshed at most every 10 s (seen here)."""
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 POLL_SECONDS = 0.2
 
 
 # -- measuring ----------------------------------------------------------------------------------------
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of every thread of `pid`, and of the children it has reaped (mkfs, lvm)."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rpartition(")")[2].split()
-    # fields[0] is field 3 (state); utime, stime, cutime, cstime are fields 14 to 17.
-    return sum(int(value) for value in fields[11:15]) / CLOCK_TICKS
-
-
-def host_ticks() -> tuple[int, int]:
-    """(all, idle) jiffies of every core since boot, from the first line of /proc/stat."""
-    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    return sum(values), values[3] + values[4]  # idle + iowait: a core waiting on disk is not busy
 
 
 @dataclass

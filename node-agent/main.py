@@ -27,8 +27,9 @@ from cairn.node_agent.checkpoints.tiering import CheckpointTierer
 from cairn.node_agent.checkpoints.watcher import CheckpointWatcher
 from cairn.node_agent.datasets.agent import DatasetAgent, wake_shape
 from cairn.node_agent.disks.classify import parse_class_overrides
-from cairn.node_agent.disks.manager import DiskManager, DiskPolicy
-from cairn.node_agent.disks.probe import ProbeScope
+from cairn.node_agent.disks.facts import ProbeScope
+from cairn.node_agent.disks.manager import DiskManager
+from cairn.node_agent.disks.plan import DiskPolicy
 from cairn.node_agent.disks.watch import watch_block_events
 from cairn.node_agent.lvm.adapter import Lvm
 from cairn.node_agent.p2p.addresses import split_address

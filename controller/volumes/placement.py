@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 
 from cairn import TOPOLOGY_KEY
 from cairn.api.disk import StorageNode
-from cairn.api.volume import PoolClass
+from cairn.api.volume import LocalVolumeSpec, PoolClass, VolumeAccess
 from cairn.controller.volumes.sizing import resolve_size
-from cairn.csi.errors import ResourceExhausted
+from cairn.csi.errors import InvalidArgument, ResourceExhausted
 from cairn.units import human_bytes
 
 
@@ -97,3 +97,38 @@ def choose_placement(
     where = f" among requisite nodes {', '.join(sorted(allowed))}" if allowed is not None else ""
     detail = "; ".join(sorted(shortfalls)[:5]) or "no ready node has such a pool"
     raise ResourceExhausted(f"no room for the volume in pool(s) {wanted}{where}: {detail}")
+
+
+@dataclass(frozen=True)
+class CloneTarget:
+    """Where a clone must go and how large it must be: a local copy lives beside its source."""
+
+    node: str
+    pool: PoolClass
+    required_bytes: int
+
+
+def clone_target(
+    source_name: str,
+    source: LocalVolumeSpec,
+    source_bytes: int,
+    access: VolumeAccess,
+    requisite: Sequence[dict[str, str]],
+    required_bytes: int,
+    limit_bytes: int,
+) -> CloneTarget:
+    """The clone rules of CreateVolume; InvalidArgument or ResourceExhausted saying which one failed."""
+    if access != source.access:
+        raise InvalidArgument(
+            f"cannot clone {source.access.value} volume {source_name} into a {access.value} volume"
+        )
+    if requisite and source.node_name not in nodes_in_segments(requisite):
+        raise ResourceExhausted(
+            f"clone source {source_name} is on node {source.node_name}, outside the requisite topology"
+        )
+    if limit_bytes and limit_bytes < source_bytes:
+        raise InvalidArgument(
+            f"clone source {source_name} is {human_bytes(source_bytes)}, "
+            f"over the limit {human_bytes(limit_bytes)}"
+        )
+    return CloneTarget(source.node_name, source.pool, max(required_bytes, source_bytes))

@@ -30,7 +30,7 @@ from cairn.controller import metrics
 from cairn.controller.populator import populate_request
 from cairn.controller.volumes.capabilities import access_type_of, unsupported_capability
 from cairn.controller.volumes.parameters import parse_parameters
-from cairn.controller.volumes.placement import NodeCapacity, choose_placement, nodes_in_segments
+from cairn.controller.volumes.placement import NodeCapacity, choose_placement, clone_target
 from cairn.controller.volumes.sizing import resolve_size, size_fits_range
 from cairn.csi.errors import (
     Aborted,
@@ -104,27 +104,18 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         preferred = [dict(t.segments) for t in requirements.preferred]
         requisite = [dict(t.segments) for t in requirements.requisite]
         if source is not None:
-            # A clone is a local copy, so it lives beside its source and is at least as large.
-            source_spec: LocalVolumeSpec = source.model.spec
-            if access != source_spec.access:
-                raise InvalidArgument(
-                    f"cannot clone {source_spec.access.value} volume {source.name} "
-                    f"into a {access.value} volume"
-                )
-            if requisite and source_spec.node_name not in nodes_in_segments(requisite):
-                raise ResourceExhausted(
-                    f"clone source {source.name} is on node {source_spec.node_name}, "
-                    "outside the requisite topology"
-                )
-            source_size = source.model.status.capacity_bytes or source_spec.size_bytes
-            if limit and limit < source_size:
-                raise InvalidArgument(
-                    f"clone source {source.name} is {human_bytes(source_size)}, "
-                    f"over the limit {human_bytes(limit)}"
-                )
-            required = max(required, source_size)
-            nodes = [n for n in nodes if n.name == source_spec.node_name]
-            params = replace(params, pools=(source_spec.pool,))
+            target = clone_target(
+                source.name,
+                source.model.spec,
+                source.model.status.capacity_bytes or source.model.spec.size_bytes,
+                access,
+                requisite,
+                required,
+                limit,
+            )
+            required = target.required_bytes
+            nodes = [n for n in nodes if n.name == target.node]
+            params = replace(params, pools=(target.pool,))
             preferred, requisite = [], []
         placement = choose_placement(
             nodes, params.pools, required, limit, preferred=preferred, requisite=requisite

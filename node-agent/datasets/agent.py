@@ -28,7 +28,6 @@ import logging
 import shutil
 import threading
 import time
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -45,8 +44,10 @@ from cairn.node_agent import metrics
 from cairn.node_agent.datasets.origin import DirectoryOrigin, HttpOrigin, Origin, OriginError, S3Origin
 from cairn.node_agent.datasets.origin_reads import fetch_parts
 from cairn.node_agent.datasets.parts import part_peers, plan_parts, stranded
+from cairn.node_agent.datasets.peer_client import fetch_part_torrent, torrent_holders
+from cairn.node_agent.datasets.steps import DatasetView, Step, next_step
+from cairn.node_agent.datasets.store import PartStore
 from cairn.node_agent.host import mounts
-from cairn.node_agent.host.files import atomic_write
 from cairn.node_agent.manifests import Manifest, ManifestEntry, build_manifest
 from cairn.node_agent.p2p.addresses import split_address
 from cairn.node_agent.p2p.metadata import TorrentMetadataError, info_hash_of
@@ -106,11 +107,10 @@ class DatasetAgent:
     _joined: dict[str, Joined] = field(default_factory=dict)
     _busy: dict[str, threading.Thread] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
-    _clean_start: bool | None = None
+    store: PartStore = field(init=False)
 
-    @property
-    def clean_marker(self) -> Path:
-        return self.root / ".clean-shutdown"
+    def __post_init__(self) -> None:
+        self.store = PartStore(self.state_dir / "datasets")
 
     def shutdown(self) -> None:
         """Save every swarm's resume data and leave a marker saying it can be trusted."""
@@ -119,35 +119,18 @@ class DatasetAgent:
                 namespace, name = key.split("/", 1)
                 for index, info_hash in joined.parts.items():
                     self._save_resume(namespace, name, index, info_hash)
-            self.root.mkdir(parents=True, exist_ok=True)
-            self.clean_marker.touch()
-
-    def _trust_resume_data(self) -> bool:
-        if self._clean_start is None:
-            self._clean_start = self.clean_marker.exists()
-            self.clean_marker.unlink(missing_ok=True)
-            if not self._clean_start:
-                log.info("no clean-shutdown marker: dataset copies will be checked on disk, not resumed")
-        return self._clean_start
+            self.store.mark_clean_shutdown()
 
     @property
     def root(self) -> Path:
-        return self.state_dir / "datasets"
+        return self.store.root
 
     def mount_point(self, namespace: str, name: str) -> Path:
-        return self.root / namespace / name
-
-    def _parts_dir(self, namespace: str, name: str) -> Path:
-        """Each part's .torrent and resume data; beside the mount point, not in the copy itself."""
-        return self.root / namespace / f"{name}.parts"
-
-    def _local(self, namespace: str, name: str, index: int, suffix: str) -> Path:
-        return self._parts_dir(namespace, name) / f"{index}{suffix}"
+        return self.store.mount_point(namespace, name)
 
     def torrent_bytes(self, namespace: str, name: str, index: int) -> bytes | None:
         """For the peer server: this node's .torrent of one part of a dataset, once it has one."""
-        path = self._local(namespace, name, index, ".torrent")
-        return path.read_bytes() if path.exists() else None
+        return self.store.torrent(namespace, name, index)
 
     def data_directory(self, namespace: str, name: str) -> Path | None:
         """This node's verified copy, for the volume populator; None until the copy is Ready.
@@ -172,7 +155,7 @@ class DatasetAgent:
         metrics.P2P_HASH_FAILURES.labels(node=self.node_name)
         metrics.P2P_BANNED_PEERS.labels(node=self.node_name)
         with self._lock:
-            self._trust_resume_data()  # decided once, at the first pass, before anything can change it
+            self.store.trust_resume_data()  # decided once, at the first pass, before anything can change it
             items = self.datasets.list()
             nodes = [n.model for n in self.storage_nodes.list()]
             self.torrent.set_allowed_peers(_hosts(nodes))
@@ -219,20 +202,26 @@ class DatasetAgent:
             del self._busy[key]
             return
         report = status.nodes.get(self.node_name, DatasetNodeStatus())
-        seeder = status.seeder == self.node_name
-        if seeder and status.total_bytes is None and not _failed(dataset):
+        volume = self.lookup(dataset_volume_name(namespace, item.name, self.node_name))
+        step = next_step(
+            DatasetView(
+                is_seeder=status.seeder == self.node_name,
+                listed=status.total_bytes is not None,
+                failed=_failed(dataset),
+                phase=report.phase,
+                has_volume=volume is not None,
+                joined=key in self._joined,
+                has_parts=bool(status.parts),
+            )
+        )
+        if step == Step.LIST_ORIGIN:
             self._list_origin(item, namespace)
             return
-        if report.phase == NodePhase.FAILED:
+        if volume is None or step in (Step.IDLE, Step.WAIT_FOR_VOLUME):
             return
-        volume = self.lookup(dataset_volume_name(namespace, item.name, self.node_name))
-        if volume is None:
-            return  # the controller has not made it, or this agent has not carved it yet
         mount = self.mount_point(namespace, item.name)
         self._ensure_mounted(volume, mount)
-        joined = self._joined.get(key)
-        if seeder and joined is None and report.phase != NodePhase.READY and not _failed(dataset):
-            # A seeder that never finished (or crashed before it did) reads the origin from the start.
+        if step == Step.SEED_FROM_ORIGIN:
             self._joined[key] = Joined(0)
             thread = threading.Thread(
                 target=self._seed_from_origin,
@@ -243,9 +232,8 @@ class DatasetAgent:
             self._busy[key] = thread
             thread.start()
             return
-        if status.parts:
-            joined = self._join_parts(item, namespace, mount, report, nodes)
-            self._progress(item, namespace, joined, report)
+        joined = self._join_parts(item, namespace, mount, report, nodes)
+        self._progress(item, namespace, joined, report)
 
     # -- the seeder -----------------------------------------------------------------------------
 
@@ -314,7 +302,7 @@ class DatasetAgent:
             data = mount / DATA_DIR
             if data.exists():
                 shutil.rmtree(data)  # a fetch cut short: the origin is read again, once, from the start
-            shutil.rmtree(self._parts_dir(namespace, item.name), ignore_errors=True)
+            self.store.drop_parts(namespace, item.name)
             self._report(item.name, namespace, DatasetNodeStatus(phase=NodePhase.DOWNLOADING))
             plan = plan_parts(files)
             piece_size = dataset.spec.piece_size or piece_size_for(sum(f.size for f in files))
@@ -327,7 +315,7 @@ class DatasetAgent:
                 part = plan[index]
                 meta = make_torrent(data, piece_size, files=[(f.path, f.size) for f in part])
                 self._check_republished(dataset, index, meta.info_hash)
-                atomic_write(self._local(namespace, item.name, index, ".torrent"), meta.torrent)
+                self.store.save_torrent(namespace, item.name, index, meta.torrent)
                 info_hash = self.torrent.seed(meta.torrent, data, already_verified=True)
                 with self._lock:
                     self._joined[key].parts[index] = info_hash
@@ -403,20 +391,18 @@ class DatasetAgent:
         dataset: Dataset = item.model
         key = _key(namespace, item.name)
         joined = self._joined.setdefault(key, Joined(report.bytes_from_peers))
-        trust = self._trust_resume_data()
         for index, part in enumerate(dataset.status.parts):
             if index in joined.parts:
                 continue
             torrent = self._torrent_file(item, namespace, nodes, index, part.info_hash)
             if torrent is None:
                 continue
-            resume_path = self._local(namespace, item.name, index, ".resume")
-            resume = resume_path.read_bytes() if trust and resume_path.exists() else None
+            resume = self.store.resume_data(namespace, item.name, index)
             try:
                 info_hash = self.torrent.download(torrent, mount / DATA_DIR, resume)
             except TorrentSessionError:
                 log.warning("dataset %s part %d: resume data refused; fetching afresh", key, index)
-                resume_path.unlink(missing_ok=True)
+                self.store.drop_resume_data(namespace, item.name, index)
                 info_hash = self.torrent.download(torrent, mount / DATA_DIR, None)
             joined.parts[index] = info_hash
             self._tell_peers(joined, index, dataset, nodes, stalled=False)
@@ -426,50 +412,14 @@ class DatasetAgent:
     def _torrent_file(
         self, item: Typed, namespace: str, nodes: list[StorageNode], index: int, expected: str
     ) -> bytes | None:
-        local = self._local(namespace, item.name, index, ".torrent")
-        if local.exists():
-            data = local.read_bytes()
-            if _hash_or_none(data) == expected:
-                return data
-        dataset: Dataset = item.model
-        # The seeder has every published part; a node that joined a part serves it too.
-        holders = sorted(
-            (
-                n
-                for n in nodes
-                if n.spec.node_name != self.node_name
-                and n.spec.node_name in dataset.status.target_nodes
-                and n.status.endpoints.peer_restore_address
-            ),
-            key=lambda n: n.spec.node_name != dataset.status.seeder,
-        )
-        for node in holders:
-            url = (
-                f"http://{node.status.endpoints.peer_restore_address}/v1/datasets/{namespace}/{item.name}"
-                f"/parts/{index}/torrent"
-            )
-            try:
-                with urllib.request.urlopen(url, timeout=10) as response:
-                    data = response.read(64 * 1024 * 1024)
-            except OSError as error:
-                log.debug(
-                    "dataset %s/%s: no torrent from %s: %s", namespace, item.name, node.spec.node_name, error
-                )
-                continue
-            if _hash_or_none(data) != expected:
-                log.warning(
-                    "dataset %s/%s: %s served a torrent for part %d that is not %s; ignored",
-                    namespace,
-                    item.name,
-                    node.spec.node_name,
-                    index,
-                    expected,
-                )
-                continue
-            atomic_write(local, data)
-            return data
-        log.info("dataset %s/%s: no node served part %d's torrent yet", namespace, item.name, index)
-        return None
+        local = self.store.torrent(namespace, item.name, index)
+        if local is not None and _hash_or_none(local) == expected:
+            return local
+        holders = torrent_holders(nodes, self.node_name, item.model)
+        fetched = fetch_part_torrent(holders, namespace, item.name, index, expected, _hash_or_none)
+        if fetched is not None:
+            self.store.save_torrent(namespace, item.name, index, fetched)
+        return fetched
 
     def _tell_peers(
         self, joined: Joined, index: int, dataset: Dataset, nodes: list[StorageNode], *, stalled: bool
@@ -612,7 +562,7 @@ class DatasetAgent:
         except TorrentSessionError:
             log.debug("no resume data for %s/%s part %d yet", namespace, name, index, exc_info=True)
             return
-        atomic_write(self._local(namespace, name, index, ".resume"), data)
+        self.store.save_resume_data(namespace, name, index, data)
 
     # -- status, mounts ---------------------------------------------------------------------------
 
@@ -652,7 +602,7 @@ class DatasetAgent:
                     ):
                         if mounts.is_mount_point(str(mount)):
                             mounts.unmount(str(mount))
-                        shutil.rmtree(self._parts_dir(namespace_dir.name, mount.name), ignore_errors=True)
+                        self.store.drop_parts(namespace_dir.name, mount.name)
                         mount.rmdir()
 
     def _unmount_source(self, volume: str) -> None:

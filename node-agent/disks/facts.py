@@ -37,3 +37,27 @@ class DiskFacts:
     """That VG carries Cairn's tag."""
     holds_root: bool = False
     """The filesystem mounted at / lives on this disk (or a partition of it)."""
+
+
+VIRTUAL_PREFIXES = ("ram", "zram", "sr", "fd", "dm-", "md", "nbd", "drbd")
+
+
+@dataclass(frozen=True)
+class ProbeScope:
+    """Which block devices belong to this node's agent.
+
+    allow_loop is a test setting: loop devices are not disks. loop_backing_prefix narrows them to
+    one simulated node's disks, because the test bed's nodes share one kernel.
+    """
+
+    allow_loop: bool = False
+    loop_backing_prefix: str | None = None
+
+    def includes(self, name: str, backing_file: str | None) -> bool:
+        if name.startswith(VIRTUAL_PREFIXES):
+            return False
+        if name.startswith("loop"):
+            if not self.allow_loop or not backing_file:
+                return False
+            return self.loop_backing_prefix is None or backing_file.startswith(self.loop_backing_prefix)
+        return True

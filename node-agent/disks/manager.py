@@ -23,24 +23,15 @@ from cairn.api.volume import PoolClass
 from cairn.events import EventRecorder
 from cairn.kube import ResourceClient, Typed
 from cairn.node_agent import metrics
-from cairn.node_agent.disks.classify import ClassOverrides, classify
 from cairn.node_agent.disks.facts import DiskFacts
 from cairn.node_agent.disks.identity import DiskIdentity, disk_identity, localdisk_name, resolve_duplicates
-from cairn.node_agent.disks.probe import ProbeScope, disk_devices, probe_disks, signatures
-from cairn.node_agent.disks.safety import assess, wipe_allowed
+from cairn.node_agent.disks.plan import DiskPolicy, PlannedDisk, disk_status, outcome, plan_disk
+from cairn.node_agent.disks.probe import disk_devices, probe_disks, signatures
+from cairn.node_agent.disks.safety import wipe_allowed
 from cairn.node_agent.lvm.adapter import Lvm
 from cairn.node_agent.lvm.errors import LvmError, VgNotFound
-from cairn.units import GiB, human_bytes
 
 log = logging.getLogger("cairn.node.disks")
-
-
-@dataclass(frozen=True)
-class DiskPolicy:
-    claim_classes: frozenset[PoolClass] = frozenset({PoolClass.NVME})
-    overrides: ClassOverrides = field(default_factory=ClassOverrides)
-    scope: ProbeScope = field(default_factory=ProbeScope)
-    min_bytes: int = 1 * GiB
 
 
 @dataclass
@@ -93,57 +84,45 @@ class DiskManager:
         result = ScanResult()
         identities = {f.name: disk_identity(f) for f in facts}
         unique = resolve_duplicates(identities)
-        to_claim: dict[PoolClass, list[tuple[DiskFacts, str]]] = {}
-        planned: list[tuple[DiskFacts, DiskIdentity, str, bool, PoolClass, str, Any]] = []
+        planned: list[PlannedDisk] = []
         for disk in facts:
             identity = identities[disk.name]
             disk_id, duplicated = unique[disk.name]
-            name = localdisk_name(self.node_name, disk_id)
-            current = existing.get(name)
+            current = existing.get(localdisk_name(self.node_name, disk_id))
             labels = (current.metadata.get("labels") or {}) if current else {}
             annotations = (current.metadata.get("annotations") or {}) if current else {}
             if WIPE_ANNOTATION in annotations and current is not None:
                 disk = self._maybe_wipe(disk, identity, current, annotations[WIPE_ANNOTATION])
-            classification = classify(disk, self.policy.overrides, disk_id=disk_id)
-            assessment = assess(
-                disk,
-                allow_loop=self.policy.scope.allow_loop,
-                opted_out=labels.get(OPT_OUT_LABEL) == "true",
-                claimed_classes=set(self.policy.claim_classes),
-                disk_class=classification.disk_class,
-                min_bytes=self.policy.min_bytes,
+            opted_out = labels.get(OPT_OUT_LABEL) == "true"
+            planned.append(
+                plan_disk(
+                    disk, identity, disk_id, duplicated, self.node_name, self.policy, opted_out=opted_out
+                )
             )
-            if (
-                assessment.state == DiskState.AVAILABLE
-                and classification.disk_class in self.policy.claim_classes
-            ):
-                to_claim.setdefault(classification.disk_class, []).append((disk, name))
-            planned.append((disk, identity, disk_id, duplicated, classification.disk_class, name, assessment))
 
-        claimed = self._claim(to_claim)
-        for disk, identity, disk_id, duplicated, disk_class, name, assessment in planned:
-            state, reason, message = assessment.state, assessment.reason, assessment.message
-            volume_group = disk.lvm_vg
-            if disk.device in claimed:
-                state, reason, volume_group = DiskState.CLAIMED, None, pool_vg(disk_class.value)
-                message = f"claimed into pool {disk_class.value} (volume group {volume_group})"
-            status = {
-                "device": disk.device,
-                "class": disk_class.value,
-                "capacity": human_bytes(disk.size_bytes),
-                "capacityBytes": disk.size_bytes,
-                "state": state.value,
-                "reason": reason,
-                "serial": identity.serial,
-                "wwn": identity.wwn,
-                "model": identity.model,
-                "byPath": disk.by_path,
-                "volumeGroup": volume_group,
-                "conditions": self._conditions(existing.get(name), duplicated, message, state),
-            }
-            self._write(name, disk_id, disk_class, status, existing.get(name), reason, message)
-            result.disks[name] = status
-            metrics.record_disk(self.node_name, name, disk_class.value, disk.size_bytes, state)
+        claimed = self._claim([p for p in planned if p.claim])
+        for disk_plan in planned:
+            ended = outcome(disk_plan, disk_plan.facts.device in claimed)
+            current = existing.get(disk_plan.name)
+            conditions = self._conditions(current, disk_plan.duplicated, ended.message, ended.state)
+            status = disk_status(disk_plan, ended, conditions)
+            self._write(
+                disk_plan.name,
+                disk_plan.disk_id,
+                disk_plan.disk_class,
+                status,
+                current,
+                ended.reason,
+                ended.message,
+            )
+            result.disks[disk_plan.name] = status
+            metrics.record_disk(
+                self.node_name,
+                disk_plan.name,
+                disk_plan.disk_class.value,
+                disk_plan.facts.size_bytes,
+                ended.state,
+            )
 
         for name, gone in existing.items():
             if name in result.disks:
@@ -169,12 +148,15 @@ class DiskManager:
 
     # -- steps -------------------------------------------------------------------------------
 
-    def _claim(self, to_claim: dict[PoolClass, list[tuple[DiskFacts, str]]]) -> set[str]:
+    def _claim(self, to_claim: list[PlannedDisk]) -> set[str]:
         """pvcreate and add to the class's VG; returns the devices that joined a pool."""
         claimed: set[str] = set()
-        for pool, disks in to_claim.items():
+        by_pool: dict[PoolClass, list[DiskFacts]] = {}
+        for planned in to_claim:
+            by_pool.setdefault(planned.disk_class, []).append(planned.facts)
+        for pool, disks in by_pool.items():
             vg = pool_vg(pool.value)
-            for disk, _name in disks:
+            for disk in disks:
                 # Look again right before writing: the disk may have changed since the probe.
                 if signatures(disk.device):
                     log.warning("not claiming %s: it gained a signature since it was probed", disk.device)

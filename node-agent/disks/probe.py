@@ -16,12 +16,11 @@ from pathlib import Path
 
 import pyudev
 
-from cairn.node_agent.disks.facts import DiskFacts
+from cairn.node_agent.disks.facts import DiskFacts, ProbeScope
 
 log = logging.getLogger("cairn.node.disks")
 SYS_BLOCK = Path("/sys/block")
 # Kernel devices that look like disks but never are one Cairn may use.
-VIRTUAL_PREFIXES = ("ram", "zram", "sr", "fd", "dm-", "md", "nbd", "drbd")
 SYSFS_ATTRIBUTES = (
     "queue/rotational",
     "removable",
@@ -38,27 +37,6 @@ SYSFS_ATTRIBUTES = (
 )
 # SCSI and SATA disks expose their serial only in VPD page 0x80; without udev it is the one source.
 VPD_SERIAL = "device/vpd_pg80"
-
-
-@dataclass(frozen=True)
-class ProbeScope:
-    """Which block devices belong to this node's agent.
-
-    allow_loop is a test setting: loop devices are not disks. loop_backing_prefix narrows them to
-    one simulated node's disks, because the test bed's nodes share one kernel.
-    """
-
-    allow_loop: bool = False
-    loop_backing_prefix: str | None = None
-
-    def includes(self, name: str, backing_file: str | None) -> bool:
-        if name.startswith(VIRTUAL_PREFIXES):
-            return False
-        if name.startswith("loop"):
-            if not self.allow_loop or not backing_file:
-                return False
-            return self.loop_backing_prefix is None or backing_file.startswith(self.loop_backing_prefix)
-        return True
 
 
 def _read(path: Path) -> str | None:

@@ -27,6 +27,7 @@ from cairn.node_agent.lvm.errors import (
 )
 from cairn.node_agent.lvm.report import LvInfo, volume_tag
 from cairn.node_agent.volumes.index import PopulateError, StagedVolume
+from cairn.node_agent.volumes.steps import VolumeAction, VolumeEvent, volume_actions
 
 log = logging.getLogger("cairn.node.volumes")
 
@@ -101,30 +102,31 @@ class VolumeReconciler:
 
     def _reconcile(self, event: str, item: Typed) -> None:
         spec: LocalVolumeSpec = item.model.spec
-        if spec.node_name != self.node_name:
-            return
-        vg = pool_vg(spec.pool.value)
-        if event == "DELETED":
-            self._forget(item.name)
-            return
-        if item.metadata.get("deletionTimestamp"):
-            self._remove(item, vg)
-            return
         status = item.model.status
-        if status.phase == VolumePhase.FAILED:
-            return
-        if status.phase == VolumePhase.PENDING:
-            # Events can be stale: the update that added our finalizer arrives after the volume
-            # is already carved. The index says what this agent has made.
-            if self.lookup(item.name) is None:
-                self._create(item, vg)
-            return
-        # Ready: after an agent restart, activate and index it again. An indexed volume is left
-        # alone, so a periodic re-list costs no lvm calls however many volumes there are.
-        if self.lookup(item.name) is None:
-            self._remember(item.name, self.lvm.activate(vg, item.name), spec)
-        if spec.size_bytes > (status.capacity_bytes or 0):
-            self._extend(item, vg)
+        vg = pool_vg(spec.pool.value)
+        actions = volume_actions(
+            VolumeEvent(
+                kind=event,
+                on_this_node=spec.node_name == self.node_name,
+                deleting=bool(item.metadata.get("deletionTimestamp")),
+                phase=status.phase,
+                indexed=self.lookup(item.name) is not None,
+                size_bytes=spec.size_bytes,
+                capacity_bytes=status.capacity_bytes or 0,
+            )
+        )
+        for action in actions:
+            match action:
+                case VolumeAction.FORGET:
+                    self._forget(item.name)
+                case VolumeAction.REMOVE:
+                    self._remove(item, vg)
+                case VolumeAction.CREATE:
+                    self._create(item, vg)
+                case VolumeAction.ACTIVATE:
+                    self._remember(item.name, self.lvm.activate(vg, item.name), spec)
+                case VolumeAction.EXTEND:
+                    self._extend(item, vg)
 
     def _create(self, item: Typed, vg: str) -> None:
         spec: LocalVolumeSpec = item.model.spec

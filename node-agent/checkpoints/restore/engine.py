@@ -97,16 +97,8 @@ class LocalDirectorySource:
 
     def __init__(self, directory: Path, kind: SourceKind = SourceKind.LOCAL, name: str = "local") -> None:
         self.directory = directory
-        self._kind = kind
-        self._name = name
-
-    @property
-    def kind(self) -> SourceKind:
-        return self._kind
-
-    @property
-    def name(self) -> str:
-        return self._name
+        self.kind = kind
+        self.name = name
 
     def manifest_text(self) -> bytes:
         stream = self.open_file(PurePosixPath(MANIFEST_NAME))
@@ -172,16 +164,8 @@ class PeerSource:
         self.namespace = namespace
         self.checkpoint = checkpoint
         self.timeout = timeout
-        self._kind = kind
-        self._name = name
-
-    @property
-    def kind(self) -> SourceKind:
-        return self._kind
-
-    @property
-    def name(self) -> str:
-        return self._name
+        self.kind = kind
+        self.name = name
 
     def _get(self, what: str) -> _HttpStream:
         connection = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
@@ -230,15 +214,8 @@ class S3Source:
         self._make_client = client
         self._client: Any = None
         self.location = location
-        self._name = name
-
-    @property
-    def kind(self) -> SourceKind:
-        return SourceKind.S3
-
-    @property
-    def name(self) -> str:
-        return self._name
+        self.kind = SourceKind.S3
+        self.name = name
 
     def _object(self, relative: str) -> _S3Stream:
         from botocore.exceptions import BotoCoreError, ClientError
@@ -269,17 +246,9 @@ class UnavailableSource:
     """A source the planner knows of but cannot use (no address, no credentials): it fails with why."""
 
     def __init__(self, kind: SourceKind, name: str, reason: str) -> None:
-        self._kind = kind
-        self._name = name
+        self.kind = kind
+        self.name = name
         self.reason = reason
-
-    @property
-    def kind(self) -> SourceKind:
-        return self._kind
-
-    @property
-    def name(self) -> str:
-        return self._name
 
     def manifest_text(self) -> bytes:
         raise SourceError(self.reason)

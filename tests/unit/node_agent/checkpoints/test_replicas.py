@@ -12,7 +12,7 @@ from cairn.node_agent.checkpoints.replicas import (
     keep_replica,
     wants_replica,
 )
-from tests.test_checkpoint_tiering import checkpoint
+from tests.unit.node_agent.checkpoints.test_tiering import checkpoint
 
 
 def node(name: str, *, ready: bool = True, address: str | None = "10.0.0.1:9750") -> StorageNode:

@@ -6,9 +6,9 @@ import grpc
 import pytest
 
 from cairn import TOPOLOGY_KEY
-from cairn.api.volume import PoolClass
+from cairn.api.volume import LocalVolumeSpec, PoolClass, VolumeAccess
 from cairn.controller.volumes.parameters import VALID_KEYS, parse_parameters
-from cairn.controller.volumes.placement import NodeCapacity, PoolCapacity, choose_placement
+from cairn.controller.volumes.placement import NodeCapacity, PoolCapacity, choose_placement, clone_target
 from cairn.controller.volumes.sizing import DEFAULT_VOLUME_BYTES, resolve_size, size_fits_range
 from cairn.csi.errors import CsiError
 from cairn.units import GiB, MiB, human_bytes
@@ -152,3 +152,39 @@ class TestPlacement:
 
 def test_human_bytes_reads_like_kubectl() -> None:
     assert [human_bytes(v) for v in (512, 3 * MiB, int(3.1 * GiB), 2 * GiB)] == ["512", "3Mi", "3.1Gi", "2Gi"]
+
+
+# -- clones -----------------------------------------------------------------------------------------
+
+SOURCE = LocalVolumeSpec(
+    csi_name="pvc-source",
+    node_name="gpu-2",
+    pool=PoolClass.NVME,
+    size_bytes=10 * GiB,
+    access=VolumeAccess.MOUNT,
+    fs_type="xfs",
+)
+
+
+def test_a_clone_goes_beside_its_source_in_the_same_pool_at_least_as_large() -> None:
+    target = clone_target("src", SOURCE, 10 * GiB, VolumeAccess.MOUNT, [], 1 * GiB, 0)
+    assert (target.node, target.pool, target.required_bytes) == ("gpu-2", PoolClass.NVME, 10 * GiB)
+    larger = clone_target("src", SOURCE, 10 * GiB, VolumeAccess.MOUNT, [], 20 * GiB, 0)
+    assert larger.required_bytes == 20 * GiB
+
+
+def test_a_clone_refuses_another_access_type_a_smaller_limit_and_a_topology_without_its_source() -> None:
+    with pytest.raises(CsiError) as excinfo:
+        clone_target("src", SOURCE, 10 * GiB, VolumeAccess.BLOCK, [], 0, 0)
+    assert _code(excinfo) == grpc.StatusCode.INVALID_ARGUMENT and "into a block volume" in str(excinfo.value)
+    with pytest.raises(CsiError) as excinfo:
+        clone_target("src", SOURCE, 10 * GiB, VolumeAccess.MOUNT, [], 0, 5 * GiB)
+    assert _code(excinfo) == grpc.StatusCode.INVALID_ARGUMENT and "over the limit" in str(excinfo.value)
+    elsewhere = [{TOPOLOGY_KEY: "gpu-9"}]
+    with pytest.raises(CsiError) as excinfo:
+        clone_target("src", SOURCE, 10 * GiB, VolumeAccess.MOUNT, elsewhere, 0, 0)
+    assert _code(excinfo) == grpc.StatusCode.RESOURCE_EXHAUSTED and "outside the requisite" in str(
+        excinfo.value
+    )
+    beside = clone_target("src", SOURCE, 10 * GiB, VolumeAccess.MOUNT, [{TOPOLOGY_KEY: "gpu-2"}], 0, 0)
+    assert beside.node == "gpu-2"

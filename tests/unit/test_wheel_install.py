@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.testbed.tools import REPO_ROOT
+
+REPO = REPO_ROOT
 
 pytestmark = pytest.mark.timeout(900)
 

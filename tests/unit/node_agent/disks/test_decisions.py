@@ -23,7 +23,7 @@ from cairn.node_agent.disks.identity import (
     resolve_duplicates,
 )
 from cairn.node_agent.disks.safety import REASONS, Assessment, assess, wipe_allowed
-from tests.disk_fixtures import fixture_names, load_disk
+from tests.unit.node_agent.disks.recorded import fixture_names, load_disk
 
 GiB = 1024**3
 NVME, SSD, HDD = PoolClass.NVME, PoolClass.SSD, PoolClass.HDD

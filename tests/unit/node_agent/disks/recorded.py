@@ -1,15 +1,15 @@
-"""DiskFacts from the recorded property sets in tests/fixtures/disks, as disk_probe would build them."""
+"""DiskFacts from the recorded property sets in tests/fixtures/disks, as disks.probe would build them."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 from cairn.node_agent.disks.facts import DiskFacts
+from tests.testbed.tools import REPO_ROOT
 
-FIXTURE_DIR = Path(__file__).parent / "fixtures" / "disks"
+FIXTURE_DIR = REPO_ROOT / "tests" / "fixtures" / "disks"
 # What pyudev still reports without udevd: the kernel's uevent (recorded on the dev VM).
 KERNEL_UEVENT_KEYS = frozenset({"DEVPATH", "DEVNAME", "DEVTYPE", "DISKSEQ", "MAJOR", "MINOR", "SUBSYSTEM"})
 

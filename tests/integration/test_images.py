@@ -17,8 +17,6 @@ import pytest
 from tools import build_images, build_tools
 from tools.build_images import PATH_ENV, base_files, busybox_files, file_entry, pack_image
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
 
 def read_archive(
     archive: Path,

@@ -5,7 +5,8 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from tests.testbed.tools import REPO_ROOT
+
 _spec = importlib.util.spec_from_file_location("lint", REPO_ROOT / "tools" / "lint.py")
 assert _spec and _spec.loader
 lint = importlib.util.module_from_spec(_spec)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from cairn.api.crd import crd_manifest, rendered_crds
 from cairn.api.registry import RESOURCES
+from tests.testbed.tools import REPO_ROOT
 
-CRD_DIR = Path(__file__).resolve().parents[1] / "deploy" / "crds"
+CRD_DIR = REPO_ROOT / "deploy" / "crds"
 
 
 def test_committed_crds_match_the_models() -> None:

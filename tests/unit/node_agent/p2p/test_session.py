@@ -379,11 +379,13 @@ def test_a_banned_address_is_forgiven_and_the_download_completes_from_it(
         "a ban",
     )
     bad.close()
+    # A few blocks the corrupt copy left intact (the tails of small files) may have been kept.
+    held = leecher.status(info_hash).total_done
     good = nodes(OTHER)
     good.seed(meta.torrent, origin, already_verified=True)
     leecher.add_peers(info_hash, [(OTHER, good.port)])
     time.sleep(3)
-    assert leecher.status(info_hash).total_done == 0, "a banned address was let back in"
+    assert leecher.status(info_hash).total_done == held, "a banned address was let back in"
 
     leecher.forgive_peers(info_hash)
     leecher.add_peers(info_hash, [(OTHER, good.port)])

@@ -1,0 +1,54 @@
+"""What an agent does next for one Dataset on its pass: a pure decision over what it can see.
+
+The agent (datasets/agent.py) gathers the facts, asks `next_step`, and carries the step out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from cairn.api.dataset import NodePhase
+
+
+class Step(Enum):
+    LIST_ORIGIN = "list the origin and publish the dataset's size"
+    IDLE = "nothing to do on this node now"
+    WAIT_FOR_VOLUME = "wait until the controller has made, and this agent carved, the node's volume"
+    SEED_FROM_ORIGIN = "read the origin into the volume and publish parts as they are written"
+    SWARM = "join the published parts' swarms and report progress"
+
+
+@dataclass(frozen=True)
+class DatasetView:
+    """What the agent knows of one Dataset on this pass."""
+
+    is_seeder: bool
+    """The controller chose this node to read the origin."""
+    listed: bool
+    """The origin's listing is published (status.totalBytes)."""
+    failed: bool
+    """The Dataset as a whole failed (a Failed condition)."""
+    phase: NodePhase
+    """This node's own report (Waiting until it makes one)."""
+    has_volume: bool
+    """This node's copy volume exists and is carved."""
+    joined: bool
+    """This agent's session already holds the dataset (seeding, or fetching parts)."""
+    has_parts: bool
+    """At least one part is published."""
+
+
+def next_step(view: DatasetView) -> Step:
+    if view.is_seeder and not view.listed and not view.failed:
+        return Step.LIST_ORIGIN
+    if view.phase == NodePhase.FAILED:
+        return Step.IDLE  # a failed copy waits for the Dataset to change
+    if not view.has_volume:
+        return Step.WAIT_FOR_VOLUME
+    if view.is_seeder and not view.joined and view.phase != NodePhase.READY and not view.failed:
+        # A seeder that never finished (or crashed before it did) reads the origin from the start.
+        return Step.SEED_FROM_ORIGIN
+    if view.has_parts:
+        return Step.SWARM
+    return Step.IDLE

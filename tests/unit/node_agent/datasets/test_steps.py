@@ -1,0 +1,54 @@
+"""The dataset agent's next step for one Dataset, from what it can see on a pass."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from cairn.api.dataset import NodePhase
+from cairn.node_agent.datasets.steps import DatasetView, Step, next_step
+
+# A seeder at the start: nothing listed, no volume yet, nothing joined.
+FRESH_SEEDER = DatasetView(
+    is_seeder=True,
+    listed=False,
+    failed=False,
+    phase=NodePhase.WAITING,
+    has_volume=False,
+    joined=False,
+    has_parts=False,
+)
+FRESH_TARGET = replace(FRESH_SEEDER, is_seeder=False, listed=True)
+
+
+def test_the_seeder_lists_the_origin_first_even_before_its_volume_exists() -> None:
+    assert next_step(FRESH_SEEDER) == Step.LIST_ORIGIN
+    assert next_step(replace(FRESH_SEEDER, failed=True)) == Step.WAIT_FOR_VOLUME  # never list a failed one
+
+
+def test_once_listed_the_seeder_waits_for_its_volume_then_reads_the_origin() -> None:
+    listed = replace(FRESH_SEEDER, listed=True)
+    assert next_step(listed) == Step.WAIT_FOR_VOLUME
+    assert next_step(replace(listed, has_volume=True)) == Step.SEED_FROM_ORIGIN
+
+
+def test_a_seeder_that_already_joined_or_finished_swarms_instead_of_reading_again() -> None:
+    seeding = replace(FRESH_SEEDER, listed=True, has_volume=True, has_parts=True)
+    assert next_step(replace(seeding, joined=True)) == Step.SWARM
+    # Restarted after it finished: its copy is Ready, so the origin is not read a second time.
+    assert next_step(replace(seeding, phase=NodePhase.READY)) == Step.SWARM
+
+
+def test_a_target_swarms_once_parts_are_published_and_its_volume_exists() -> None:
+    assert next_step(FRESH_TARGET) == Step.WAIT_FOR_VOLUME
+    assert next_step(replace(FRESH_TARGET, has_volume=True)) == Step.IDLE
+    assert next_step(replace(FRESH_TARGET, has_volume=True, has_parts=True)) == Step.SWARM
+
+
+@pytest.mark.parametrize("is_seeder", [True, False])
+def test_a_node_whose_copy_failed_does_nothing_until_the_dataset_changes(is_seeder: bool) -> None:
+    failed = replace(
+        FRESH_TARGET, is_seeder=is_seeder, phase=NodePhase.FAILED, has_volume=True, has_parts=True
+    )
+    assert next_step(failed) == Step.IDLE
