@@ -19,7 +19,7 @@ help:
 
 demo: system-deps proto
 	@echo "make demo: the first run builds the Kubernetes parts, containerd, MinIO and helm from source, and"
-	@echo "the images from the Dockerfile (about 25 minutes on 2 cores, progress below); later runs reuse them."
+	@echo "the images from the Dockerfile (about 36 minutes on 2 cores from nothing, progress below); later runs reuse them."
 	@$(MAKE) --no-print-directory tools-and-images
 	$(PY) tools/demo.py up
 

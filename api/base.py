@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
@@ -17,6 +17,31 @@ class CairnModel(BaseModel):
 
     def to_wire(self) -> dict:
         return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+    def merge_patch(self) -> dict[str, Any]:
+        """This model as a JSON merge patch: the fields it was given, and only those.
+
+        A field given as None goes as null, which deletes it on the server, at any depth. A nested
+        value otherwise goes as `to_wire` writes it, defaults included, so it replaces what it names.
+        """
+        wire = self._wire_with_nulls()
+        fields = type(self).model_fields
+        return {
+            (fields[name].alias or name): wire.get(fields[name].alias or name)
+            for name in self.model_fields_set
+        }
+
+    def _wire_with_nulls(self) -> dict[str, Any]:
+        wire = self.to_wire()
+        fields = type(self).model_fields
+        for name in self.model_fields_set:
+            value = getattr(self, name)
+            key = fields[name].alias or name
+            if value is None:
+                wire[key] = None
+            elif isinstance(value, CairnModel):
+                wire[key] = value._wire_with_nulls()
+        return wire
 
 
 class ConditionStatus(StrEnum):

@@ -17,7 +17,7 @@ from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 
 from cairn import API_GROUP, API_VERSION
-from cairn.api.base import Resource
+from cairn.api.base import CairnModel, Resource
 from cairn.s3 import ReadSecret, SecretForbidden, SecretMissing
 
 log = logging.getLogger("cairn.kube")
@@ -162,8 +162,9 @@ class ResourceClient(Generic[R]):
             body["metadata"]["resourceVersion"] = resource_version
         return self._merge_patch(name, body, namespace)
 
-    def patch_status(self, name: str, status: dict[str, Any], namespace: str | None = None) -> Typed[R]:
-        return self._merge_patch(name, {"status": status}, namespace, subresource="status")
+    def patch_status(self, name: str, status: CairnModel, namespace: str | None = None) -> Typed[R]:
+        """Merge-patch the status with the fields `status` was given (None deletes a field)."""
+        return self._merge_patch(name, {"status": status.merge_patch()}, namespace, subresource="status")
 
     def _merge_patch(
         self, name: str, body: dict[str, Any], namespace: str | None, subresource: str = ""

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, field
+from typing import Any
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
@@ -27,6 +28,7 @@ from cairn.api.base import condition
 from cairn.api.dataset import (
     Dataset,
     DatasetNodeStatus,
+    DatasetStatus,
     NodePhase,
     dataset_label,
     dataset_volume_name,
@@ -141,9 +143,14 @@ class DatasetController:
             seeder = status.seeder
         else:
             seeder = choose_seeder(key, targets, infos, required)
-        patch: dict = {"source": dataset.spec.source.describe(), "targetNodes": targets, "seeder": seeder}
+        # DatasetStatus fields by their Python names; only those set here go into the patch.
+        patch: dict[str, Any] = {
+            "source": dataset.spec.source.describe(),
+            "target_nodes": targets,
+            "seeder": seeder,
+        }
         if source_volume is not None:
-            patch["sourceVolume"] = source_volume.name
+            patch["source_volume"] = source_volume.name
         reports = dict(status.nodes)
 
         if status.total_bytes is not None:
@@ -160,7 +167,7 @@ class DatasetController:
                         phase=NodePhase.FAILED, reason="InsufficientSpace", message=problem
                     )
                     reports[node] = failed
-                    patch.setdefault("nodes", {})[node] = failed.to_wire()
+                    patch.setdefault("nodes", {})[node] = failed
                     log.warning("dataset %s/%s: %s", namespace, item.name, problem)
                     continue
                 self._create_volume(namespace, item.name, key, node, pool, status.total_bytes)
@@ -174,11 +181,11 @@ class DatasetController:
         )
         patch.update(
             {
-                "phase": summary.phase.value,
-                "readyCount": summary.ready_count,
+                "phase": summary.phase,
+                "ready_count": summary.ready_count,
                 "ready": summary.ready,
-                "bytesFromOrigin": summary.bytes_from_origin,
-                "bytesFromPeers": summary.bytes_from_peers,
+                "bytes_from_origin": summary.bytes_from_origin,
+                "bytes_from_peers": summary.bytes_from_peers,
             }
         )
         if seeder is None and targets:
@@ -196,7 +203,7 @@ class DatasetController:
             "ready_count": summary.ready_count,
         }
         if current != wanted or status.target_nodes != targets or "nodes" in patch or "conditions" in patch:
-            self.datasets.patch_status(item.name, patch, namespace=namespace)
+            self.datasets.patch_status(item.name, DatasetStatus(**patch), namespace=namespace)
 
     def _source_volume(
         self, dataset: Dataset, namespace: str, volumes: list[Typed]

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from kubernetes import client
 
-from cairn.api.checkpoint import Checkpoint, CheckpointPolicySpec, LocalCopy
+from cairn.api.checkpoint import Checkpoint, CheckpointPolicySpec, CheckpointStatus, LocalCopy
 from cairn.api.disk import StorageNode
 from cairn.api.names import REPLICA_NODE_LABEL
 from cairn.kube import ResourceClient, Typed
@@ -119,7 +119,7 @@ class ReplicaKeeper:
         )
         self.checkpoints.patch_status(
             name,
-            {"peer": status.peer.to_wire(), "tiers": status.restorable_tiers()},
+            CheckpointStatus(peer=status.peer, tiers=status.restorable_tiers()),
             namespace=namespace,
         )
         log.info(
@@ -149,7 +149,7 @@ class ReplicaKeeper:
                     status.peer = None
                     self.checkpoints.patch_status(
                         item.name,
-                        {"peer": None, "tiers": status.restorable_tiers()},
+                        CheckpointStatus(peer=None, tiers=status.restorable_tiers()),
                         namespace=namespace_dir.name,
                     )
 

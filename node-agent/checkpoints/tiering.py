@@ -34,6 +34,7 @@ from cairn.api.checkpoint import (
     Checkpoint,
     CheckpointPhase,
     CheckpointPolicySpec,
+    CheckpointStatus,
     RemoteCopy,
     S3Target,
 )
@@ -259,15 +260,15 @@ class CheckpointTierer:
         previous = checkpoint.status.conditions
         self.checkpoints.patch_status(
             item.name,
-            {
-                "phase": CheckpointPhase.UPLOADING.value,
-                "reason": None,
-                "message": None,
-                "remote": {"url": location.url, "verifiedAt": None},
-                "conditions": [
+            CheckpointStatus(
+                phase=CheckpointPhase.UPLOADING,
+                reason=None,
+                message=None,
+                remote=RemoteCopy(url=location.url, verified_at=None),  # not verified until it is
+                conditions=[
                     condition(UPLOADED, False, "Uploading", f"uploading to {location.url}", previous)
                 ],
-            },
+            ),
             namespace=namespace,
         )
         last_patch = [time.monotonic()]
@@ -276,7 +277,9 @@ class CheckpointTierer:
             if time.monotonic() - last_patch[0] >= PROGRESS_INTERVAL:
                 last_patch[0] = time.monotonic()
                 try:
-                    self.checkpoints.patch_status(item.name, {"bytesUploaded": sent}, namespace=namespace)
+                    self.checkpoints.patch_status(
+                        item.name, CheckpointStatus(bytes_uploaded=sent), namespace=namespace
+                    )
                 except ApiException:
                     log.debug("progress patch for %s failed", item.name, exc_info=True)
 
@@ -307,18 +310,19 @@ class CheckpointTierer:
             f"{location.url}; sent {human_bytes(report.bytes_sent)} in {seconds:.1f}s{resumed}"
         )
         status = checkpoint.status.model_copy(deep=True)
-        status.remote = RemoteCopy(url=location.url, verified_at=datetime.now(UTC))
+        # Whole seconds, as Kubernetes writes its own timestamps.
+        status.remote = RemoteCopy(url=location.url, verified_at=datetime.now(UTC).replace(microsecond=0))
         self.checkpoints.patch_status(
             item.name,
-            {
-                "phase": CheckpointPhase.TIERED.value,
-                "reason": None,
-                "message": None,
-                "tiers": status.restorable_tiers(),
-                "remote": {"url": location.url, "verifiedAt": _stamp(datetime.now(UTC))},
-                "bytesUploaded": manifest.total_bytes,
-                "conditions": [condition(UPLOADED, True, "Verified", message, previous)],
-            },
+            CheckpointStatus(
+                phase=CheckpointPhase.TIERED,
+                reason=None,
+                message=None,
+                tiers=status.restorable_tiers(),
+                remote=status.remote,
+                bytes_uploaded=manifest.total_bytes,
+                conditions=[condition(UPLOADED, True, "Verified", message, previous)],
+            ),
             namespace=namespace,
         )
         state_path(self.upload_state_dir, location).unlink(missing_ok=True)
@@ -352,12 +356,12 @@ class CheckpointTierer:
         try:
             self.checkpoints.patch_status(
                 item.name,
-                {
-                    "phase": CheckpointPhase.FAILED.value,
-                    "reason": reason,
-                    "message": message,
-                    "conditions": [condition(UPLOADED, False, reason, message, previous)],
-                },
+                CheckpointStatus(
+                    phase=CheckpointPhase.FAILED,
+                    reason=reason,
+                    message=message,
+                    conditions=[condition(UPLOADED, False, reason, message, previous)],
+                ),
                 namespace=namespace,
             )
         except ApiException:
@@ -413,7 +417,7 @@ class CheckpointTierer:
         status.local.present = False
         self.checkpoints.patch_status(
             item.name,
-            {"tiers": status.restorable_tiers(), "local": status.local.to_wire()},
+            CheckpointStatus(tiers=status.restorable_tiers(), local=status.local),
             namespace=namespace,
         )
         self.events.record(
@@ -451,10 +455,6 @@ class CheckpointTierer:
             counts[item.model.status.phase.value] += 1
         for phase, count in counts.items():
             metrics.CHECKPOINTS.labels(node=self.node_name, phase=phase).set(count)
-
-
-def _stamp(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _policy_client(

@@ -20,8 +20,11 @@ from kubernetes.client.exceptions import ApiException
 
 from cairn.api.checkpoint import (
     Checkpoint,
+    CheckpointPhase,
     CheckpointPolicySpec,
     CheckpointSpec,
+    CheckpointStatus,
+    LocalCopy,
 )
 from cairn.api.checkpoint import (
     CommitRule as RuleName,
@@ -166,11 +169,11 @@ class CheckpointWatcher:
             return
         self.checkpoints.patch_status(
             name,
-            {
-                "phase": "Committed",
-                "tiers": "local",
-                "local": {"nodeName": self.node_name, "volume": volume.volume, "path": candidate.path},
-            },
+            CheckpointStatus(
+                phase=CheckpointPhase.COMMITTED,
+                tiers="local",
+                local=LocalCopy(node_name=self.node_name, volume=volume.volume, path=candidate.path),
+            ),
             namespace=spec.pvc_namespace,
         )
         self.on_recorded(spec.pvc_namespace, name)

@@ -37,7 +37,14 @@ from typing import Any
 from kubernetes import client
 
 from cairn.api.base import condition
-from cairn.api.dataset import Dataset, DatasetNodeStatus, DatasetPart, NodePhase, dataset_volume_name
+from cairn.api.dataset import (
+    Dataset,
+    DatasetNodeStatus,
+    DatasetPart,
+    DatasetStatus,
+    NodePhase,
+    dataset_volume_name,
+)
 from cairn.api.disk import StorageNode
 from cairn.kube import ResourceClient, Typed, secret_reader
 from cairn.node_agent import metrics
@@ -280,13 +287,13 @@ class DatasetAgent:
         total = sum(f.size for f in files)
         self.datasets.patch_status(
             item.name,
-            {
-                "totalBytes": total,
-                "size": human_bytes(total),
-                "fileCount": len(files),
-                "partCount": len(plan_parts(files)),
-                "pieceSize": dataset.spec.piece_size or piece_size_for(total),
-            },
+            DatasetStatus(
+                total_bytes=total,
+                size=human_bytes(total),
+                file_count=len(files),
+                part_count=len(plan_parts(files)),
+                piece_size=dataset.spec.piece_size or piece_size_for(total),
+            ),
             namespace=namespace,
         )
         log.info(
@@ -307,7 +314,7 @@ class DatasetAgent:
             plan = plan_parts(files)
             piece_size = dataset.spec.piece_size or piece_size_for(sum(f.size for f in files))
             entries: list[ManifestEntry] = []
-            published: list[dict[str, Any]] = []
+            published: list[DatasetPart] = []
             progress = _FetchProgress(self, item.name, namespace, sum(f.size for f in files))
 
             def publish(index: int, part_entries: list[ManifestEntry]) -> None:
@@ -320,22 +327,18 @@ class DatasetAgent:
                 with self._lock:
                     self._joined[key].parts[index] = info_hash
                 self._tell_peers(self._joined[key], index, dataset, nodes, stalled=False)
-                published.append(
-                    DatasetPart(info_hash=info_hash, files=len(part), bytes=meta.total_bytes).to_wire()
-                )
-                patch: dict[str, Any] = {"parts": published, "partCount": len(plan), "pieceSize": piece_size}
+                published.append(DatasetPart(info_hash=info_hash, files=len(part), bytes=meta.total_bytes))
+                patch = DatasetStatus(parts=list(published), part_count=len(plan), piece_size=piece_size)
                 if index == len(plan) - 1:
                     digest = Manifest(algorithm="blake3", files=tuple(entries)).digest  # type: ignore[arg-type]
-                    patch["digest"] = digest
-                    patch["nodes"] = {
-                        self.node_name: DatasetNodeStatus(
-                            phase=NodePhase.READY,
-                            progress=1.0,
-                            bytes_from_origin=progress.done,
-                            digest=digest,
-                            updated_at=datetime.now(UTC),
-                        ).to_wire()
-                    }
+                    ready = DatasetNodeStatus(
+                        phase=NodePhase.READY,
+                        progress=1.0,
+                        bytes_from_origin=progress.done,
+                        digest=digest,
+                        updated_at=datetime.now(UTC),
+                    )
+                    patch = DatasetStatus(**dict(patch), digest=digest, nodes={self.node_name: ready})
                 self.datasets.patch_status(item.name, patch, namespace=namespace)
                 log.info(
                     "dataset %s/%s: part %d/%d published (%d files, %s), info-hash %s",
@@ -567,13 +570,15 @@ class DatasetAgent:
     # -- status, mounts ---------------------------------------------------------------------------
 
     def _report(self, name: str, namespace: str, report: DatasetNodeStatus) -> None:
-        self.datasets.patch_status(name, {"nodes": {self.node_name: report.to_wire()}}, namespace=namespace)
+        self.datasets.patch_status(name, DatasetStatus(nodes={self.node_name: report}), namespace=namespace)
 
     def _fail_dataset(self, item: Typed, namespace: str, reason: str, message: str) -> None:
         log.warning("dataset %s/%s failed: %s: %s", namespace, item.name, reason, message)
         self.datasets.patch_status(
             item.name,
-            {"conditions": [condition("Failed", True, reason, message, item.model.status.conditions)]},
+            DatasetStatus(
+                conditions=[condition("Failed", True, reason, message, item.model.status.conditions)]
+            ),
             namespace=namespace,
         )
 

@@ -17,7 +17,7 @@ from typing import Any
 from kubernetes.client.exceptions import ApiException
 
 from cairn.api.base import condition
-from cairn.api.disk import DiskState, LocalDisk, LocalDiskSpec
+from cairn.api.disk import DiskState, LocalDisk, LocalDiskSpec, LocalDiskStatus
 from cairn.api.names import CLASS_LABEL, GROUP_VERSION, NODE_LABEL, OPT_OUT_LABEL, WIPE_ANNOTATION, pool_vg
 from cairn.api.volume import PoolClass
 from cairn.events import EventRecorder
@@ -36,7 +36,7 @@ log = logging.getLogger("cairn.node.disks")
 
 @dataclass
 class ScanResult:
-    disks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    disks: dict[str, LocalDiskStatus] = field(default_factory=dict)
     """LocalDisk name -> status written."""
 
 
@@ -131,7 +131,7 @@ class DiskManager:
                 last = gone.model.status.device or "its device"
                 # The kernel hands the device name to the next disk, so it is no longer this disk's.
                 self.disks.patch_status(
-                    name, {"state": DiskState.MISSING.value, "reason": "NotPresent", "device": None}
+                    name, LocalDiskStatus(state=DiskState.MISSING, reason="NotPresent", device=None)
                 )
                 self._event(
                     gone,
@@ -222,7 +222,7 @@ class DiskManager:
         name: str,
         disk_id: str,
         disk_class: PoolClass,
-        status: dict[str, Any],
+        status: LocalDiskStatus,
         current: Typed | None,
         reason: str | None,
         message: str,
@@ -241,8 +241,9 @@ class DiskManager:
             previous_state, previous_reason = None, None
         else:
             previous_state, previous_reason = current.model.status.state, current.model.status.reason
-        if previous_state is None or previous_state.value != status["state"] or previous_reason != reason:
-            self._event(current, f"Disk{status['state']}", message, warning=status["state"] == "Unavailable")
+        state = status.state.value if status.state else ""
+        if previous_state is None or previous_state != status.state or previous_reason != reason:
+            self._event(current, f"Disk{state}", message, warning=status.state == DiskState.UNAVAILABLE)
         self.disks.patch_status(name, status)
 
     def _event(self, disk: Typed | None, reason: str, message: str, *, warning: bool = False) -> None:

@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from cairn.api.disk import DiskState
+from cairn.api.base import Condition
+from cairn.api.disk import DiskState, LocalDiskStatus
 from cairn.api.names import pool_vg
 from cairn.api.volume import PoolClass
 from cairn.node_agent.disks.classify import ClassOverrides, classify
@@ -96,19 +97,20 @@ def outcome(planned: PlannedDisk, claimed: bool) -> DiskOutcome:
 
 def disk_status(
     planned: PlannedDisk, result: DiskOutcome, conditions: list[dict[str, Any]]
-) -> dict[str, Any]:
-    """The LocalDisk status (wire form) for `planned` ending in `result`."""
-    return {
-        "device": planned.facts.device,
-        "class": planned.disk_class.value,
-        "capacity": human_bytes(planned.facts.size_bytes),
-        "capacityBytes": planned.facts.size_bytes,
-        "state": result.state.value,
-        "reason": result.reason,
-        "serial": planned.identity.serial,
-        "wwn": planned.identity.wwn,
-        "model": planned.identity.model,
-        "byPath": planned.facts.by_path,
-        "volumeGroup": result.volume_group,
-        "conditions": conditions,
-    }
+) -> LocalDiskStatus:
+    """The LocalDisk status for `planned` ending in `result`; every field is set, so a patch clears
+    what no longer holds (a serial udev stopped reporting, a VG the disk left)."""
+    return LocalDiskStatus(
+        device=planned.facts.device,
+        disk_class=planned.disk_class,
+        capacity=human_bytes(planned.facts.size_bytes),
+        capacity_bytes=planned.facts.size_bytes,
+        state=result.state,
+        reason=result.reason,
+        serial=planned.identity.serial,
+        wwn=planned.identity.wwn,
+        model=planned.identity.model,
+        by_path=planned.facts.by_path,
+        volume_group=result.volume_group,
+        conditions=[Condition.model_validate(c) for c in conditions],
+    )

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable
 
 from cairn.api.names import NODE_LABEL, VOLUME_FINALIZER, pool_vg
-from cairn.api.volume import LocalVolumeSpec, VolumeAccess, VolumePhase
+from cairn.api.volume import LocalVolumeSpec, LocalVolumeStatus, VolumeAccess, VolumePhase
 from cairn.kube import ResourceClient, Typed
 from cairn.node_agent.host.device_copy import CopyError, copy_device
 from cairn.node_agent.lvm.adapter import Lvm
@@ -182,14 +182,14 @@ class VolumeReconciler:
         self._remember(item.name, device, item.model.spec)
         self.volumes.patch_status(
             item.name,
-            {
-                "phase": VolumePhase.READY.value,
-                "volumeGroup": vg,
-                "logicalVolume": item.name,
-                "capacityBytes": info.size_bytes,
-                "reason": None,
-                "message": None,
-            },
+            LocalVolumeStatus(
+                phase=VolumePhase.READY,
+                volume_group=vg,
+                logical_volume=item.name,
+                capacity_bytes=info.size_bytes,
+                reason=None,
+                message=None,
+            ),
         )
         log.info("volume %s ready: %s/%s %d bytes on %s", item.name, vg, item.name, info.size_bytes, device)
         self.on_change()
@@ -262,9 +262,11 @@ class VolumeReconciler:
         try:
             info = self.lvm.lvextend(vg, item.name, spec.size_bytes)
         except (InsufficientSpace, NotContiguous) as error:
-            self.volumes.patch_status(item.name, {"expansionError": str(error)})
+            self.volumes.patch_status(item.name, LocalVolumeStatus(expansion_error=str(error)))
             return
-        self.volumes.patch_status(item.name, {"capacityBytes": info.size_bytes, "expansionError": None})
+        self.volumes.patch_status(
+            item.name, LocalVolumeStatus(capacity_bytes=info.size_bytes, expansion_error=None)
+        )
         log.info("volume %s extended to %d bytes", item.name, info.size_bytes)
         self.on_change()
 
@@ -301,7 +303,7 @@ class VolumeReconciler:
     def _fail(self, item: Typed, reason: str, message: str) -> None:
         log.warning("volume %s failed: %s", item.name, message)
         self.volumes.patch_status(
-            item.name, {"phase": VolumePhase.FAILED.value, "reason": reason, "message": message}
+            item.name, LocalVolumeStatus(phase=VolumePhase.FAILED, reason=reason, message=message)
         )
         # Nothing is on disk, so the finalizer has nothing left to guard.
         current = self.volumes.get(item.name)

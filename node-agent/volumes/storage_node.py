@@ -8,8 +8,15 @@ from collections.abc import Callable
 
 from kubernetes.client.exceptions import ApiException
 
-from cairn.api.base import condition
-from cairn.api.disk import AgentEndpoints, FreeByClass, PoolStatus, StorageNode, StorageNodeSpec
+from cairn.api.base import Condition, condition
+from cairn.api.disk import (
+    AgentEndpoints,
+    FreeByClass,
+    PoolStatus,
+    StorageNode,
+    StorageNodeSpec,
+    StorageNodeStatus,
+)
 from cairn.api.names import pool_vg
 from cairn.api.volume import PoolClass
 from cairn.kube import ResourceClient
@@ -85,14 +92,14 @@ class StorageNodePublisher:
                 "; ".join(problems) or "every pool has all its disks",
                 existing.model.status.conditions if existing else (),
             )
-            status = {
-                "pools": [p.to_wire() for p in pools],
-                "free": free.to_wire(),
-                "diskCount": sum(len(p.disks) for p in pools),
-                "ready": True,
-                "endpoints": self.endpoints.to_wire(),
-                "conditions": [healthy],
-            }
+            status = StorageNodeStatus(
+                pools=pools,
+                free=free,
+                disk_count=sum(len(p.disks) for p in pools),
+                ready=True,
+                endpoints=self.endpoints,
+                conditions=[Condition.model_validate(healthy)],
+            )
             if existing is None:
                 try:
                     self.client.create(
@@ -105,6 +112,6 @@ class StorageNodePublisher:
 
     def mark_not_ready(self) -> None:
         try:
-            self.client.patch_status(self.node_name, {"ready": False})
+            self.client.patch_status(self.node_name, StorageNodeStatus(ready=False))
         except Exception:  # best effort on the way out
             log.warning("could not mark StorageNode %s not ready", self.node_name, exc_info=True)

@@ -25,9 +25,10 @@ def test_a_blank_nvme_disk_is_claimed_into_the_nvme_pool() -> None:
     assert disk.name == localdisk_name(NODE, disk.disk_id)
     ended = outcome(disk, claimed=True)
     assert (ended.state, ended.reason, ended.volume_group) == (DiskState.CLAIMED, None, pool_vg("nvme"))
-    status = disk_status(disk, ended, conditions=[])
+    status = disk_status(disk, ended, conditions=[]).merge_patch()
     assert status["state"] == "Claimed" and status["volumeGroup"] == pool_vg("nvme")
     assert status["capacityBytes"] == disk.facts.size_bytes and status["class"] == "nvme"
+    assert status["serial"] == disk.identity.serial and "reason" in status and status["reason"] is None
 
 
 def test_a_disk_that_was_not_claimed_reports_what_the_assessment_found() -> None:
