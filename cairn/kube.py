@@ -285,3 +285,20 @@ def secret_reader(api_client: client.ApiClient) -> ReadSecret:
         return dict(secret.data or {})
 
     return read
+
+
+def claim_annotations_reader(api_client: client.ApiClient) -> Callable[[str, str], dict[str, str] | None]:
+    """Reads a PersistentVolumeClaim's annotations by (namespace, name); None when it is gone."""
+    core_v1 = client.CoreV1Api(api_client)
+
+    def read(namespace: str, name: str) -> dict[str, str] | None:
+        try:
+            claim = core_v1.read_namespaced_persistent_volume_claim(name, namespace)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        annotations: dict[str, str] | None = claim.metadata.annotations
+        return annotations
+
+    return read

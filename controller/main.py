@@ -10,7 +10,6 @@ import socket
 import threading
 
 from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 
 from cairn.api.checkpoint import Checkpoint
 from cairn.api.dataset import Dataset
@@ -24,7 +23,7 @@ from cairn.csi.identity import IdentityService
 from cairn.csi.proto import csi_pb2_grpc
 from cairn.csi.server import serve
 from cairn.events import EventRecorder
-from cairn.kube import ResourceClient, load_api_client
+from cairn.kube import ResourceClient, claim_annotations_reader, load_api_client
 from cairn.leader import LeaseElector
 from cairn.logs import setup_logging
 
@@ -69,6 +68,53 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def start_cluster_loops(
+    args: argparse.Namespace,
+    api_client: client.ApiClient,
+    volumes: ResourceClient[LocalVolume],
+    storage_nodes: ResourceClient[StorageNode],
+    stop: threading.Event,
+) -> None:
+    """The Dataset controller and the volume populator: one set per cluster."""
+    core = client.CoreV1Api(api_client)
+    datasets = DatasetController(ResourceClient(api_client, Dataset), volumes, storage_nodes, core)
+    threading.Thread(target=datasets.run, args=(stop,), name="datasets", daemon=True).start()
+    if not args.no_populator:
+        populator = VolumePopulator(
+            core,
+            client.StorageV1Api(api_client),
+            ResourceClient(api_client, Checkpoint),
+            ResourceClient(api_client, Dataset),
+            EventRecorder(api_client, "cairn-controller"),
+            args.populator_namespace,
+        )
+        threading.Thread(target=populator.run, args=(stop,), name="populator", daemon=True).start()
+
+
+def run_cluster_loops(
+    args: argparse.Namespace,
+    api_client: client.ApiClient,
+    volumes: ResourceClient[LocalVolume],
+    storage_nodes: ResourceClient[StorageNode],
+    stop: threading.Event,
+) -> None:
+    """Every replica serves CSI for its own sidecars; only the leader runs the cluster-wide loops."""
+
+    def start() -> None:
+        start_cluster_loops(args, api_client, volumes, storage_nodes, stop)
+
+    if not args.leader_elect:
+        start()
+        return
+    elector = LeaseElector(
+        client.CoordinationV1Api(api_client),
+        args.leader_elect_namespace,
+        "cairn-controller",
+        f"{socket.gethostname()}-{os.getpid()}",
+    )
+    threading.Thread(target=elector.run, args=(start, stop), name="leader", daemon=True).start()
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     setup_logging(args.log_level)
@@ -92,52 +138,16 @@ def main(argv: list[str] | None = None) -> None:
                 log.warning("Kubernetes API not reachable yet", exc_info=True)
         return ready.is_set()
 
-    core = client.CoreV1Api(api_client)
-
-    def claim_annotations(namespace: str, name: str) -> dict[str, str] | None:
-        try:
-            return core.read_namespaced_persistent_volume_claim(name, namespace).metadata.annotations
-        except ApiException as error:
-            if error.status == 404:
-                return None
-            raise
-
     controller = ControllerService(
         volumes,
         storage_nodes,
         default_pools=default_pools,
         ready_timeout=args.ready_timeout,
-        claim_annotations=claim_annotations,
+        claim_annotations=claim_annotations_reader(api_client),
     )
     stop = threading.Event()
 
-    def start_cluster_loops() -> None:
-        datasets = DatasetController(ResourceClient(api_client, Dataset), volumes, storage_nodes, core)
-        threading.Thread(target=datasets.run, args=(stop,), name="datasets", daemon=True).start()
-        if not args.no_populator:
-            populator = VolumePopulator(
-                core,
-                client.StorageV1Api(api_client),
-                ResourceClient(api_client, Checkpoint),
-                ResourceClient(api_client, Dataset),
-                EventRecorder(api_client, "cairn-controller"),
-                args.populator_namespace,
-            )
-            threading.Thread(target=populator.run, args=(stop,), name="populator", daemon=True).start()
-
-    if args.leader_elect:
-        # Every replica serves CSI for its own sidecars; only the leader runs the cluster-wide loops.
-        elector = LeaseElector(
-            client.CoordinationV1Api(api_client),
-            args.leader_elect_namespace,
-            "cairn-controller",
-            f"{socket.gethostname()}-{os.getpid()}",
-        )
-        threading.Thread(
-            target=elector.run, args=(start_cluster_loops, stop), name="leader", daemon=True
-        ).start()
-    else:
-        start_cluster_loops()
+    run_cluster_loops(args, api_client, volumes, storage_nodes, stop)
 
     def register(server) -> None:
         csi_pb2_grpc.add_IdentityServicer_to_server(IdentityService(api_reachable), server)

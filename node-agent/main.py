@@ -6,8 +6,11 @@ import argparse
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import grpc
 
 from cairn.api.checkpoint import Checkpoint, CheckpointPolicy
 from cairn.api.dataset import Dataset
@@ -35,7 +38,7 @@ from cairn.node_agent.lvm.adapter import Lvm
 from cairn.node_agent.p2p.addresses import split_address
 from cairn.node_agent.p2p.peer_server import start_peer_server
 from cairn.node_agent.p2p.session import TorrentNode
-from cairn.node_agent.volumes.index import PopulateError
+from cairn.node_agent.volumes.index import PopulateError, VolumeIndex
 from cairn.node_agent.volumes.node_service import NodeService
 from cairn.node_agent.volumes.populate import copy_dataset_into, populate_volume, restore_into_volume
 from cairn.node_agent.volumes.reconciler import VolumeReconciler
@@ -121,67 +124,30 @@ def disk_policy(args: argparse.Namespace) -> DiskPolicy:
     )
 
 
-def start_dataset_agent(
-    args: argparse.Namespace, api_client: Any, reconciler: VolumeReconciler, stop: threading.Event
-) -> DatasetAgent | None:
-    """The libtorrent session and dataset work; only with --p2p-address, the one address peers use."""
-    if not args.p2p_address:
-        return None
-    host, port = split_address(args.p2p_address)
-    torrent = TorrentNode(host, port)
-    agent = DatasetAgent(
-        args.node_name,
-        api_client,
-        ResourceClient(api_client, Dataset),
-        ResourceClient(api_client, StorageNode),
-        reconciler.lookup,
-        args.state_dir,
-        torrent,
-    )
-    reconciler.before_remove = agent.release_volume
-    passes = Coalescing("datasets", agent.run_pass, stop, min_interval=0.2, period=2.0).start()
-    trigger_on_change(agent.datasets, wake_shape, passes.trigger, stop, "dataset-watch")
-    # A copy's volume carved: mount it and start at once.
-    publish = reconciler.on_change
-
-    def volumes_changed() -> None:
-        publish()
-        passes.trigger()
-
-    reconciler.on_change = volumes_changed
-    return agent
-
-
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    setup_logging(args.log_level)
-    policy = disk_policy(args)
-    if args.metrics_address:
-        metrics.serve(args.metrics_address)
-    # The disk manager sets lvm's device allow-list on every scan; until then lvm sees nothing.
-    lvm = Lvm(devices=[], system_dir=args.lvm_system_dir)
-    log.info("LVM activation mode: %s", lvm.mode.value)
-
-    api_client = load_api_client(args.kubeconfig)
-    stop = threading.Event()
+def start_disks(
+    args: argparse.Namespace,
+    api_client: Any,
+    lvm: Lvm,
+    index: VolumeIndex,
+    policy: DiskPolicy,
+    stop: threading.Event,
+) -> tuple[StorageNodePublisher, Coalescing]:
+    """LocalDisks kept true, eligible disks claimed, and this node's StorageNode published."""
     endpoints = AgentEndpoints(
         csi_socket=args.endpoint,
         metrics_address=args.metrics_address,
         p2p_address=args.p2p_address,
         peer_restore_address=args.peer_restore_address,
     )
-    reconciler = VolumeReconciler(args.node_name, lvm, ResourceClient(api_client, LocalVolume))
     publisher = StorageNodePublisher(
         args.node_name,
         lvm,
         ResourceClient(api_client, StorageNode),
         sorted(policy.claim_classes),
         endpoints,
-        reconciler.volume_count,
+        index.volume_count,
     )
     publish_soon = Coalescing("publish", publisher.publish, stop, min_interval=0.5, period=30).start()
-    reconciler.on_change = publish_soon.trigger
-    reconciler.publish_now = publisher.publish
     disks = DiskManager(
         args.node_name,
         lvm,
@@ -195,53 +161,94 @@ def main(argv: list[str] | None = None) -> None:
     publisher.publish()
     rescan = Coalescing("disk-scan", disks.scan, stop, min_interval=0.5, period=args.rescan_interval).start()
     watch_block_events(rescan.trigger, stop)
-    ready = threading.Event()
+    return publisher, publish_soon
 
-    def reconcile_forever() -> None:
-        ready.set()
-        reconciler.run(stop)
 
-    threading.Thread(target=reconcile_forever, name="volumes", daemon=True).start()
-    staged_volumes = StagedVolumes(args.state_dir)
-    watcher = CheckpointWatcher(
-        args.node_name,
-        ResourceClient(api_client, CheckpointPolicy),
-        ResourceClient(api_client, Checkpoint),
-        reconciler.spec_of,
-        period=args.checkpoint_poll_interval,
+def start_peer_plane(
+    args: argparse.Namespace,
+    api_client: Any,
+    staged: StagedVolumes,
+    replicas: ReplicaKeeper,
+    datasets: DatasetAgent | None,
+    stop: threading.Event,
+) -> None:
+    """The peer server: this node's checkpoint copies and dataset torrents, for Cairn agents only."""
+    locate = checkpoint_locator(
+        ResourceClient(api_client, Checkpoint), args.node_name, staged.path_of, replicas.replica_directory
     )
-    datasets = start_dataset_agent(args, api_client, reconciler, stop)
+    storage_nodes = ResourceClient(api_client, StorageNode)
+    torrents = datasets.torrent_bytes if datasets else lambda namespace, name, part: None
+    start_peer_server(
+        args.peer_restore_address, locate, lambda: [i.model for i in storage_nodes.list()], stop, torrents
+    )
+
+
+def start_dataset_agent(
+    args: argparse.Namespace, api_client: Any, index: VolumeIndex, stop: threading.Event
+) -> tuple[DatasetAgent | None, Callable[[], None]]:
+    """The libtorrent session and dataset work, only with --p2p-address (the one address peers use);
+    returns the agent and what starts a pass at once (a copy's volume carved: mount it now)."""
+    if not args.p2p_address:
+        return None, lambda: None
+    host, port = split_address(args.p2p_address)
+    agent = DatasetAgent(
+        args.node_name,
+        api_client,
+        ResourceClient(api_client, Dataset),
+        ResourceClient(api_client, StorageNode),
+        index.lookup,
+        args.state_dir,
+        TorrentNode(host, port),
+    )
+    passes = Coalescing("datasets", agent.run_pass, stop, min_interval=0.2, period=2.0).start()
+    trigger_on_change(agent.datasets, wake_shape, passes.trigger, stop, "dataset-watch")
+    return agent, passes.trigger
+
+
+def start_checkpoints(
+    args: argparse.Namespace,
+    api_client: Any,
+    index: VolumeIndex,
+    staged: StagedVolumes,
+    stop: threading.Event,
+) -> tuple[CheckpointWatcher, ReplicaKeeper]:
+    """Recording, tiering, retention and peer replicas of the checkpoints on this node's volumes."""
     tierer = CheckpointTierer(
         args.node_name,
         ResourceClient(api_client, Checkpoint),
         ResourceClient(api_client, CheckpointPolicy),
         secret_reader(api_client),
         args.state_dir,
-        watcher.staging_path_of,
+        staged.path_of,
         EventRecorder(api_client, "cairn-node-agent"),
         storage_nodes=ResourceClient(api_client, StorageNode),
+    )
+    # A pass also runs every few seconds: it resumes uploads interrupted by a restart and retries failures.
+    tiering = Coalescing("tiering", tierer.run_pass, stop, min_interval=1.0, period=10.0).start()
+    watcher = CheckpointWatcher(
+        args.node_name,
+        ResourceClient(api_client, CheckpointPolicy),
+        ResourceClient(api_client, Checkpoint),
+        index.spec_of,
+        period=args.checkpoint_poll_interval,
+        on_recorded=lambda namespace, name: tiering.trigger(),
     )
     replicas = ReplicaKeeper(
         args.node_name, api_client, ResourceClient(api_client, Checkpoint), args.state_dir / "replicas"
     )
     Coalescing("replicas", replicas.run_pass, stop, min_interval=1.0, period=5.0).start()
-    if args.peer_restore_address:
-        storage_nodes = ResourceClient(api_client, StorageNode)
-        start_peer_server(
-            args.peer_restore_address,
-            checkpoint_locator(
-                ResourceClient(api_client, Checkpoint),
-                args.node_name,
-                watcher.staging_path_of,
-                replicas.replica_directory,
-            ),
-            lambda: [item.model for item in storage_nodes.list()],
-            stop,
-            dataset_torrent=datasets.torrent_bytes if datasets else lambda namespace, name, part: None,
-        )
-    # A pass also runs every few seconds: it resumes uploads interrupted by a restart and retries failures.
-    tiering = Coalescing("tiering", tierer.run_pass, stop, min_interval=1.0, period=10.0).start()
-    watcher.on_recorded = lambda namespace, name: tiering.trigger()
+    # Mounts outlive the agent, and kubelet will not stage them again: pick them back up.
+    for volume, path in staged.recover().items():
+        log.info("volume %s is still staged at %s; watching it again", volume, path)
+        watcher.register(volume, str(path))
+    threading.Thread(target=watcher.run, args=(stop,), name="checkpoints", daemon=True).start()
+    return watcher, replicas
+
+
+def volume_filler(
+    args: argparse.Namespace, api_client: Any, staged: StagedVolumes, datasets: DatasetAgent | None
+) -> Callable[[str, LocalVolumeSpec, str], str]:
+    """What fills a new volume from its populateFrom: a Dataset's local copy, or a Checkpoint."""
 
     def fill(spec: LocalVolumeSpec, root: Path) -> str:
         assert spec.populate_from is not None
@@ -256,40 +263,88 @@ def main(argv: list[str] | None = None) -> None:
             args.node_name,
             spec,
             root,
-            lambda checkpoint: local_copy_directory(checkpoint, args.node_name, watcher.staging_path_of),
+            lambda checkpoint: local_copy_directory(checkpoint, args.node_name, staged.path_of),
         )
 
-    reconciler.populate = lambda name, spec, device: populate_volume(
+    return lambda name, spec, device: populate_volume(
         name, spec, device, args.state_dir / "populate", lambda root: fill(spec, root)
     )
-    # Mounts outlive the agent, and kubelet will not stage them again: pick them back up.
-    for volume, path in staged_volumes.recover().items():
-        log.info("volume %s is still staged at %s; watching it again", volume, path)
-        watcher.register(volume, str(path))
-    threading.Thread(target=watcher.run, args=(stop,), name="checkpoints", daemon=True).start()
 
-    def staged(volume: str, path: str) -> None:
-        staged_volumes.add(volume, path)
+
+def serve_node(
+    args: argparse.Namespace,
+    index: VolumeIndex,
+    reconciler: VolumeReconciler,
+    staged: StagedVolumes,
+    watcher: CheckpointWatcher,
+    ready: Callable[[], bool],
+) -> grpc.Server:
+    """The CSI Identity and Node services on --endpoint."""
+
+    def on_staged(volume: str, path: str) -> None:
+        staged.add(volume, path)
         watcher.register(volume, path)
 
-    def unstaged(volume: str) -> None:
+    def on_unstaged(volume: str) -> None:
         watcher.unregister(volume)
-        staged_volumes.remove(volume)
+        staged.remove(volume)
 
     node = NodeService(
         args.node_name,
-        reconciler.lookup,
+        index.lookup,
         reconciler.health,
         max_volumes=args.max_volumes,
-        on_staged=staged,
-        on_unstaged=unstaged,
+        on_staged=on_staged,
+        on_unstaged=on_unstaged,
     )
 
-    def register(server) -> None:
-        csi_pb2_grpc.add_IdentityServicer_to_server(IdentityService(ready.is_set), server)
+    def register(server: grpc.Server) -> None:
+        csi_pb2_grpc.add_IdentityServicer_to_server(IdentityService(ready), server)
         csi_pb2_grpc.add_NodeServicer_to_server(node, server)
 
-    server = serve(args.endpoint, register)
+    return serve(args.endpoint, register)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    setup_logging(args.log_level)
+    policy = disk_policy(args)
+    if args.metrics_address:
+        metrics.serve(args.metrics_address)
+    # The disk manager sets lvm's device allow-list on every scan; until then lvm sees nothing.
+    lvm = Lvm(devices=[], system_dir=args.lvm_system_dir)
+    log.info("LVM activation mode: %s", lvm.mode.value)
+    api_client = load_api_client(args.kubeconfig)
+    stop = threading.Event()
+    index, staged = VolumeIndex(), StagedVolumes(args.state_dir)
+    publisher, publish_soon = start_disks(args, api_client, lvm, index, policy, stop)
+    datasets, dataset_pass = start_dataset_agent(args, api_client, index, stop)
+    watcher, replicas = start_checkpoints(args, api_client, index, staged, stop)
+
+    def volumes_changed() -> None:
+        publish_soon.trigger()
+        dataset_pass()  # a copy's volume carved: mount it and start at once
+
+    reconciler = VolumeReconciler(
+        args.node_name,
+        lvm,
+        ResourceClient(api_client, LocalVolume),
+        index,
+        on_change=volumes_changed,
+        publish_now=publisher.publish,
+        before_remove=datasets.release_volume if datasets else lambda volume: None,
+        populate=volume_filler(args, api_client, staged, datasets),
+    )
+    ready = threading.Event()
+
+    def reconcile_forever() -> None:
+        ready.set()
+        reconciler.run(stop)
+
+    threading.Thread(target=reconcile_forever, name="volumes", daemon=True).start()
+    if args.peer_restore_address:
+        start_peer_plane(args, api_client, staged, replicas, datasets, stop)
+    server = serve_node(args, index, reconciler, staged, watcher, ready.is_set)
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     log.info("cairn-node-agent for node %s serving on %s", args.node_name, args.endpoint)

@@ -26,7 +26,7 @@ from cairn.node_agent.lvm.errors import (
     VgNotFound,
 )
 from cairn.node_agent.lvm.report import LvInfo, volume_tag
-from cairn.node_agent.volumes.index import PopulateError, StagedVolume
+from cairn.node_agent.volumes.index import PopulateError, StagedVolume, VolumeIndex
 from cairn.node_agent.volumes.steps import VolumeAction, VolumeEvent, volume_actions
 
 log = logging.getLogger("cairn.node.volumes")
@@ -42,28 +42,36 @@ def serves_read_only(spec: LocalVolumeSpec) -> bool:
 
 class VolumeReconciler:
     def __init__(
-        self, node_name: str, lvm: Lvm, volumes: ResourceClient, on_change: Callable[[], None] = lambda: None
+        self,
+        node_name: str,
+        lvm: Lvm,
+        volumes: ResourceClient,
+        index: VolumeIndex,
+        *,
+        on_change: Callable[[], None] = lambda: None,
+        publish_now: Callable[[], None] = lambda: None,
+        before_remove: Callable[[str], None] = lambda name: None,
+        populate: Callable[[str, LocalVolumeSpec, str], str] | None = None,
     ) -> None:
         self.node_name = node_name
         self.lvm = lvm
         self.volumes = volumes
+        self.index = index
         self.on_change = on_change
-        self.publish_now: Callable[[], None] = lambda: None
-        self.before_remove: Callable[[str], None] = lambda name: None
+        self.publish_now = publish_now
+        """Reports freed space at once: DeleteVolume returns when the finalizer goes."""
+        self.before_remove = before_remove
         """Lets go of a volume the agent itself uses (a dataset copy's mount) before its LV goes."""
-        self.populate: Callable[[str, LocalVolumeSpec, str], str] | None = None
+        self.populate = populate
         """Fills a new volume (name, spec, device) from spec.populateFrom; raises PopulateError."""
-        self._index: dict[str, StagedVolume] = {}
         self._filling: set[str] = set()
-        self._specs: dict[str, LocalVolumeSpec] = {}
-        self._index_lock = threading.Lock()
+        self._filling_lock = threading.Lock()
         self._volume_locks: dict[str, threading.Lock] = {}
 
     # -- what the node service asks --------------------------------------------------------
 
     def lookup(self, volume_id: str) -> StagedVolume | None:
-        with self._index_lock:
-            return self._index.get(volume_id)
+        return self.index.lookup(volume_id)
 
     def health(self, volume_id: str) -> str | None:
         """Why the volume is unhealthy, or None: the LV must exist and be active."""
@@ -78,14 +86,6 @@ class VolumeReconciler:
         if self.lvm.device_path(vg, volume.name) is None:
             return f"logical volume {vg}/{volume.name} is not active"
         return None
-
-    def spec_of(self, volume_id: str) -> LocalVolumeSpec | None:
-        with self._index_lock:
-            return self._specs.get(volume_id)
-
-    def volume_count(self, vg: str) -> int:
-        with self._index_lock:
-            return sum(1 for volume in self._index.values() if pool_vg(volume.pool) == vg)
 
     # -- reconcile ---------------------------------------------------------------------------
 
@@ -130,7 +130,7 @@ class VolumeReconciler:
 
     def _create(self, item: Typed, vg: str) -> None:
         spec: LocalVolumeSpec = item.model.spec
-        with self._index_lock:
+        with self._filling_lock:
             if item.name in self._filling:
                 return  # carved already; its fill runs in its own thread
         self._add_finalizer(item)
@@ -158,7 +158,7 @@ class VolumeReconciler:
             return
         # A copy can take minutes (a dataset may even have to arrive first): not on the informer's
         # thread, which must stay free to carve other volumes, including the one being waited for.
-        with self._index_lock:
+        with self._filling_lock:
             self._filling.add(item.name)
         threading.Thread(
             target=self._fill_then_ready, args=(item, vg, info, device), name=f"fill-{item.name}", daemon=True
@@ -175,7 +175,7 @@ class VolumeReconciler:
         except Exception:
             log.exception("filling volume %s failed; it will be retried on the next event", item.name)
         finally:
-            with self._index_lock:
+            with self._filling_lock:
                 self._filling.discard(item.name)
 
     def _ready(self, item: Typed, vg: str, info: LvInfo, device: str) -> None:
@@ -312,21 +312,18 @@ class VolumeReconciler:
             self.volumes.patch_metadata(item.name, {"finalizers": remaining or None})
 
     def _remember(self, name: str, device: str, spec: LocalVolumeSpec) -> None:
-        with self._index_lock:
-            self._specs[name] = spec
-            self._index[name] = StagedVolume(
-                name=name,
-                device=device,
-                access=VolumeAccess(spec.access),
-                fs_type=spec.fs_type,
-                pool=spec.pool.value,
-                read_only=serves_read_only(spec),
-            )
+        volume = StagedVolume(
+            name=name,
+            device=device,
+            access=VolumeAccess(spec.access),
+            fs_type=spec.fs_type,
+            pool=spec.pool.value,
+            read_only=serves_read_only(spec),
+        )
+        self.index.remember(name, volume, spec)
 
     def _forget(self, name: str) -> None:
-        with self._index_lock:
-            self._specs.pop(name, None)
-            self._index.pop(name, None)
+        self.index.forget(name)
 
 
 def pool_vg_of_device(volume: StagedVolume) -> str:
