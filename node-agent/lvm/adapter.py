@@ -1,32 +1,22 @@
 """The LVM adapter: the only code in Cairn that runs lvm commands (the role lvmd plays in TopoLVM).
 
 Callers (CSI node service, pool reconciler) ask this class for pools (VGs) and volumes (LVs) and
-never shell out themselves. Parsing and decisions live in `lvm_report.py`; this module only runs
-commands and turns their failures into the typed errors of `lvm_errors.py`.
-
-Two activation modes, chosen from the kernel (see `detect_activation_mode`):
-
-* device-mapper: the normal LVM path, `lvchange -ay`, device `/dev/<vg>/<lv>`.
-* loop: kernels without device-mapper. lvm only edits metadata (`--driverloaded n`), every LV is
-  allocated as one contiguous PV range, and activation attaches a loop device over exactly that
-  byte range of the PV. The loop device itself is the only activation state, so activation
-  survives and is rediscovered across agent restarts without a state file.
+never shell out themselves. Parsing and decisions live in `report.py`; this module only runs
+commands and turns their failures into the typed errors of `errors.py`. How an LV becomes a block
+device (device-mapper, or a loop device where the kernel has no device-mapper) is `activation.py`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import os
-import stat
-import struct
 import subprocess
 import threading
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
+from cairn.node_agent.lvm import loop
+from cairn.node_agent.lvm.activation import Activation, DeviceMapperActivation, LoopActivation
 from cairn.node_agent.lvm.errors import (
     InsufficientSpace,
     LvAlreadyExists,
@@ -40,21 +30,15 @@ from cairn.node_agent.lvm.report import (
     OWNED_TAG,
     ActivationMode,
     ErrorKind,
-    LoopDevice,
-    LoopExtent,
     LvInfo,
     PvInfo,
     VgInfo,
     classify_stderr,
-    contiguous_pe_range,
     detect_activation_mode,
     device_filter_config,
     extents_for_size,
     format_bytes,
-    loop_extent,
-    loops_at,
     meaningful_stderr,
-    parse_losetup_list,
     parse_lvs_segments,
     parse_pvs,
     parse_vgs,
@@ -76,20 +60,6 @@ _LV_FIELDS = (
     "vg_name,lv_name,lv_uuid,lv_size,vg_extent_size,lv_attr,lv_path,lv_active,lv_tags,"
     "seg_start_pe,seg_size_pe,segtype,seg_pe_ranges"
 )
-
-# In loop mode lvm cannot zero a new LV (it never opens the LV), so the adapter clears this much
-# at both ends itself. Without it a new volume could carry a previous volume's filesystem
-# signature, and NodeStage's "format only if blank" would mount another tenant's data.
-_WIPE_BYTES = 1024 * 1024
-
-# linux/loop.h
-_LOOP_CLR_FD = 0x4C01
-_LOOP_SET_STATUS64 = 0x4C04
-_LOOP_GET_STATUS64 = 0x4C05
-_LOOP_INFO64 = struct.Struct("=5Q4I64s64s2Q")  # struct loop_info64; lo_sizelimit is field 4
-_LOOP_SIZELIMIT_FIELD = 4
-
-_DEVICE_NODE_WAIT_S = 10.0
 
 
 def run_command(argv: Sequence[str], *, env: Mapping[str, str] | None = None, timeout_s: float = 60.0) -> str:
@@ -135,21 +105,6 @@ def current_activation_mode() -> ActivationMode:
     except OSError:
         proc_misc = ""
     return detect_activation_mode(proc_misc, os.path.exists("/dev/mapper/control"))
-
-
-def _device_key(path: str) -> str:
-    """Identity of a block device independent of which /dev name or symlink spells it."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return os.path.realpath(path)
-    if stat.S_ISBLK(st.st_mode):
-        return f"blk:{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
-    return os.path.realpath(path)
-
-
-def _loop_attached(loop_name: str) -> bool:
-    return Path("/sys/block", Path(loop_name).name, "loop", "backing_file").exists()
 
 
 def _vg_not_found(vg: str, exc: LvmError | None = None) -> VgNotFound:
@@ -218,10 +173,14 @@ class Lvm:
         self._env = env
         self._locks: dict[str, threading.RLock] = {}
         self._locks_guard = threading.Lock()
-        # Fixed for the life of a PV or VG, and each lvm call costs ~50 ms of process start-up,
-        # so the create/activate path reads them once instead of on every call.
-        self._pe_start: dict[str, int] = {}
+        # Fixed for the life of a VG, and each lvm call costs ~50 ms of process start-up, so the
+        # create path reads it once instead of on every call.
         self._extent_size: dict[str, int] = {}
+        self.activation: Activation = (
+            LoopActivation(self._run, self.get_pv)
+            if self.mode is ActivationMode.LOOP
+            else DeviceMapperActivation(self._lvm, self._typed, self.get_lv)
+        )
 
     def set_devices(self, devices: Sequence[str]) -> None:
         """Replace the allow-list, as disks come and go; lvm then sees only these devices."""
@@ -230,10 +189,7 @@ class Lvm:
     # ---- command plumbing -------------------------------------------------------------------
 
     def _lvm(self, subcommand: str, *args: str) -> str:
-        argv = ["lvm", subcommand]
-        if self.mode is ActivationMode.LOOP:
-            # Without it lvm refuses lvcreate with "Required device-mapper target(s) not detected".
-            argv += ["--driverloaded", "n"]
+        argv = ["lvm", subcommand, *self.activation.lvm_args()]
         if self._filter is not None:
             argv += ["--config", self._filter]
         argv += args
@@ -290,7 +246,7 @@ class Lvm:
 
     def pvcreate(self, device: str) -> PvInfo:
         """Initialise a disk as a PV. Refuses (lvm prompts, stdin is closed) if it has a signature."""
-        self._pe_start.pop(device, None)
+        self.activation.forget_pv(device)
         self._lvm("pvcreate", device)
         return self.get_pv(device)
 
@@ -307,7 +263,7 @@ class Lvm:
         return pvs[0]
 
     def pvremove(self, device: str) -> None:
-        self._pe_start.pop(device, None)
+        self.activation.forget_pv(device)
         self._lvm("pvremove", device)
 
     # ---- volume groups (pools) --------------------------------------------------------------
@@ -401,11 +357,7 @@ class Lvm:
             extent_size = self._vg_extent_size(vg)
             extents = extents_for_size(size_bytes, extent_size)
             needed_bytes = extents * extent_size
-            if self.mode is ActivationMode.LOOP:
-                # -an: lvm cannot activate here; -Zn: it cannot zero either (done below instead).
-                mode_args = ["--activate", "n", "--zero", "n", "--alloc", "contiguous"]
-            else:
-                mode_args = ["--activate", "y", "--zero", "y", "--wipesignatures", "y", "--yes"]
+            mode_args = self.activation.create_args()
             try:
                 self._lvm("lvcreate", "--name", lv, "--extents", str(extents), *mode_args, *tag_args, vg)
             except LvmError as exc:
@@ -425,17 +377,16 @@ class Lvm:
                     ) from exc
                 raise self._typed(exc, vg, lv) from exc
             info = self.get_lv(vg, lv)
-            if self.mode is ActivationMode.LOOP:
-                try:
-                    self._wipe_ends(self._loop_extent(info))
-                except (OSError, LvmError) as exc:
-                    # A volume that may show stale data must not exist; drop it so a retry starts clean.
-                    with contextlib.suppress(LvmError):
-                        self._lvm("lvremove", f"{vg}/{lv}")
-                    raise LvmError(
-                        f"could not clear the first and last {format_bytes(_WIPE_BYTES)} of new volume "
-                        f"{vg}/{lv} ({exc}); the volume was removed again, retry the create"
-                    ) from exc
+            try:
+                self.activation.prepare_new(info)
+            except (OSError, LvmError) as exc:
+                # A volume that may show stale data must not exist; drop it so a retry starts clean.
+                with contextlib.suppress(LvmError):
+                    self._lvm("lvremove", f"{vg}/{lv}")
+                raise LvmError(
+                    f"could not clear the first and last {format_bytes(loop.WIPE_BYTES)} of new volume "
+                    f"{vg}/{lv} ({exc}); the volume was removed again, retry the create"
+                ) from exc
             return info
 
     def lvextend(self, vg: str, lv: str, new_size_bytes: int) -> LvInfo:
@@ -455,9 +406,7 @@ class Lvm:
             more_bytes = (extents - current.extent_count) * current.extent_size_bytes
             if extents - current.extent_count > pool.free_extents:
                 raise self._insufficient(vg, more_bytes, f"growing volume {lv} by")
-            args = ["--extents", str(extents)]
-            if self.mode is ActivationMode.LOOP:
-                args += ["--alloc", "contiguous"]
+            args = ["--extents", str(extents), *self.activation.extend_args()]
             try:
                 self._lvm("lvextend", *args, f"{vg}/{lv}")
             except LvmError as exc:
@@ -478,10 +427,7 @@ class Lvm:
                     raise self._insufficient(vg, more_bytes, f"growing volume {lv} by", exc) from exc
                 raise self._typed(exc, vg, lv) from exc
             grown = self.get_lv(vg, lv)
-            if self.mode is ActivationMode.LOOP:
-                extent = self._loop_extent(grown)
-                for loop in self._loops_for(extent):
-                    self._set_loop_sizelimit(loop.name, extent.sizelimit)
+            self.activation.after_extend(grown)
             return grown
 
     def lvremove(self, vg: str, lv: str) -> None:
@@ -500,163 +446,27 @@ class Lvm:
     def activate(self, vg: str, lv: str, info: LvInfo | None = None) -> str:
         """Make the volume a block device and return its path. Safe to repeat, also after restarts.
 
-        `info` from a just-made lvcreate/lvextend saves a report round trip in loop mode.
+        `info` from a just-made lvcreate/lvextend saves a report round trip.
         """
         validate_name(vg, "VG")
         validate_name(lv, "LV")
         with self._vg_lock(vg):
-            if self.mode is ActivationMode.DEVICE_MAPPER:
-                try:
-                    self._lvm("lvchange", "--activate", "y", f"{vg}/{lv}")
-                except LvmError as exc:
-                    raise self._typed(exc, vg, lv) from exc
-                path = self.get_lv(vg, lv).path
-                self._wait_for_node(path)
-                return path
             if info is None or (info.vg, info.name) != (vg, lv):
                 info = self.get_lv(vg, lv)
-            extent = self._loop_extent(info)
-            existing = self._loops_for(extent)
-            if existing:
-                loop = existing[0]
-                if loop.sizelimit != extent.sizelimit:
-                    # The LV grew while no agent was around to resize its loop.
-                    self._set_loop_sizelimit(loop.name, extent.sizelimit)
-                return loop.name
-            out = self._run(
-                "losetup",
-                "--find",
-                "--show",
-                # Direct I/O: no second page cache of the same data through the PV device.
-                "--direct-io=on",
-                "--offset",
-                str(extent.offset),
-                "--sizelimit",
-                str(extent.sizelimit),
-                extent.pv,
-            )
-            return out.strip()
+            return self.activation.activate(info)
 
     def deactivate(self, vg: str, lv: str) -> None:
         """Remove the volume's block device. Raises LvInUse while it is mounted or held open."""
         validate_name(vg, "VG")
         validate_name(lv, "LV")
         with self._vg_lock(vg):
-            if self.mode is ActivationMode.DEVICE_MAPPER:
-                try:
-                    self._lvm("lvchange", "--activate", "n", f"{vg}/{lv}")
-                except LvmError as exc:
-                    raise self._typed(exc, vg, lv) from exc
-                return
-            extent = self._loop_extent(self.get_lv(vg, lv))
-            for loop in self._loops_for(extent):
-                self._detach_loop(loop.name, vg, lv)
+            self.activation.deactivate(self.get_lv(vg, lv), _in_use(vg, lv))
 
     def device_path(self, vg: str, lv: str) -> str | None:
         """The volume's block device if it is active, else None."""
-        info = self.get_lv(vg, lv)
-        if self.mode is ActivationMode.DEVICE_MAPPER:
-            return info.path if info.dm_active else None
-        loops = self._loops_for(self._loop_extent(info))
-        return loops[0].name if loops else None
-
-    # ---- loop mode internals ----------------------------------------------------------------
-
-    def _loop_extent(self, info: LvInfo) -> LoopExtent:
-        pe_range = contiguous_pe_range(info)
-        if pe_range.pv not in self._pe_start:
-            self._pe_start[pe_range.pv] = self.get_pv(pe_range.pv).pe_start_bytes
-        return loop_extent(pe_range, self._pe_start[pe_range.pv], info.extent_size_bytes)
+        return self.activation.device_path(self.get_lv(vg, lv))
 
     def _vg_extent_size(self, vg: str) -> int:
         if vg not in self._extent_size:
             self._extent_size[vg] = self.get_vg(vg).extent_size_bytes
         return self._extent_size[vg]
-
-    def _list_loops(self) -> list[LoopDevice]:
-        return parse_losetup_list(
-            self._run("losetup", "--list", "--json", "--output", "NAME,BACK-FILE,OFFSET,SIZELIMIT,AUTOCLEAR")
-        )
-
-    def _loops_for(self, extent: LoopExtent) -> list[LoopDevice]:
-        return loops_at(self._list_loops(), extent.pv, extent.offset, _device_key)
-
-    def _detach_loop(self, loop_name: str, vg: str, lv: str) -> None:
-        # O_EXCL fails with EBUSY while the device is mounted or claimed, and holding it closes the
-        # window in which a mount could sneak in between the check and the detach. `losetup -d` on
-        # a mounted loop would "succeed" by only setting autoclear, and lvremove would then free
-        # extents a live filesystem still writes to.
-        try:
-            fd = os.open(loop_name, os.O_RDONLY | os.O_EXCL | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return
-        except OSError as exc:
-            if exc.errno == errno.EBUSY:
-                raise _in_use(vg, lv) from exc
-            if exc.errno == errno.ENXIO:
-                return  # detached meanwhile
-            raise LvmError(f"cannot open {loop_name} of volume {vg}/{lv} to detach it: {exc}") from exc
-        try:
-            fcntl.ioctl(fd, _LOOP_CLR_FD, 0)
-        except OSError as exc:
-            if exc.errno != errno.ENXIO:
-                raise LvmError(f"cannot detach {loop_name} of volume {vg}/{lv}: {exc}") from exc
-        finally:
-            os.close(fd)
-        # The kernel detaches on the last close; another non-exclusive opener delays that.
-        deadline = time.monotonic() + 2.0
-        while _loop_attached(loop_name):
-            if time.monotonic() > deadline:
-                raise LvInUse(
-                    f"volume {vg}/{lv}: {loop_name} is still held open by another process and will "
-                    f"detach when it closes; find it with `fuser -v {loop_name}` and retry"
-                )
-            time.sleep(0.05)
-
-    def _set_loop_sizelimit(self, loop_name: str, sizelimit: int) -> None:
-        # losetup cannot change the size limit of an attached loop; LOOP_SET_STATUS64 can, online.
-        fd = os.open(loop_name, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            buf = bytearray(_LOOP_INFO64.size)
-            fcntl.ioctl(fd, _LOOP_GET_STATUS64, buf)
-            fields = list(_LOOP_INFO64.unpack(buf))
-            fields[_LOOP_SIZELIMIT_FIELD] = sizelimit
-            for attempt in range(20):
-                try:
-                    fcntl.ioctl(fd, _LOOP_SET_STATUS64, _LOOP_INFO64.pack(*fields))
-                    return
-                except OSError as exc:
-                    # Older kernels return EAGAIN while dirty pages are being flushed.
-                    if exc.errno != errno.EAGAIN or attempt == 19:
-                        raise LvmError(
-                            f"cannot resize {loop_name} to {format_bytes(sizelimit)}: {exc}; the volume "
-                            "itself was grown, deactivate and activate it to use the new size"
-                        ) from exc
-                    time.sleep(0.1)
-        finally:
-            os.close(fd)
-
-    @staticmethod
-    def _wipe_ends(extent: LoopExtent) -> None:
-        length = min(_WIPE_BYTES, extent.sizelimit)
-        zeros = bytes(length)
-        fd = os.open(extent.pv, os.O_WRONLY | os.O_CLOEXEC)
-        try:
-            os.pwrite(fd, zeros, extent.offset)
-            if extent.sizelimit > length:
-                os.pwrite(fd, zeros, extent.offset + extent.sizelimit - length)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-    @staticmethod
-    def _wait_for_node(path: str) -> None:
-        # Without udev, lvm creates /dev/<vg>/<lv> itself; with udev it appears asynchronously.
-        deadline = time.monotonic() + _DEVICE_NODE_WAIT_S
-        while not os.path.exists(path):
-            if time.monotonic() > deadline:
-                raise LvmError(
-                    f"{path} did not appear within {_DEVICE_NODE_WAIT_S:g} s after activation; "
-                    "check that udev is running or that lvm's udev fallback is enabled"
-                )
-            time.sleep(0.05)
