@@ -2,7 +2,7 @@
 
 One TCP stream is a poor way to read an origin at its link rate while the same node's uplink is
 busy serving the swarm: the stream's ACKs queue behind the upload, its round trip grows, and a lost
-ACK stalls it. In bench/p2p_seed.py the one stream fell from ~180 to 89 Mbit/s (on 200) as soon as
+ACK stalls it. In bench.p2p_seed the one stream fell from ~180 to 89 Mbit/s (on 200) as soon as
 the swarm ran beside it. Several streams on byte ranges, the usual way to read S3 fast anyway, keep
 the origin's link busy while any one of them waits. Origins without ranges (HTTP) get one stream
 per file instead.

@@ -66,7 +66,7 @@ def first_hop(seeder: str | None, targets: Sequence[str], index: int) -> str | N
 
     While the seeder reads the origin, its uplink has exactly the origin's rate to spare: every
     piece it sends twice is a piece some node waits longer for. Left to choose, leechers asked it
-    for the same pieces (it sent 1.7-1.8x the data in bench/p2p_seed.py) and the swarm ran at the
+    for the same pieces (it sent 1.7-1.8x the data in bench.p2p_seed) and the swarm ran at the
     speed of its uplink's unique bytes. One first hop per part, rotating, sends each piece out
     once and spreads the forwarding over every node.
     """

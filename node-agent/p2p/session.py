@@ -95,7 +95,7 @@ def lan_settings(listen_address: str, port: int = 0) -> dict[str, SettingValue]:
             "active_limit": -1,
             # A seeder that answers every leecher's request sends the same piece several times over
             # its one uplink. Short request queues and no piece suggestions make leechers spread
-            # out and trade among themselves: in bench/p2p_seed.py (8 nodes, shaped links) the
+            # out and trade among themselves: in bench.p2p_seed (8 nodes, shaped links) the
             # swarm phase fell from 35-42 s to 29 s and the seeder's upload from 1.5-1.9x to 1.27x.
             "request_queue_time": 1,
             "suggest_mode": 0,
