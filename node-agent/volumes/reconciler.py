@@ -10,13 +10,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from cairn.api.names import NODE_LABEL, VOLUME_FINALIZER, pool_vg
 from cairn.api.volume import LocalVolumeSpec, LocalVolumeStatus, VolumeAccess, VolumePhase
 from cairn.kube import ResourceClient, Typed
 from cairn.node_agent.host.device_copy import CopyError, copy_device
-from cairn.node_agent.lvm.adapter import Lvm
 from cairn.node_agent.lvm.errors import (
     InsufficientSpace,
     LvAlreadyExists,
@@ -40,11 +40,22 @@ def serves_read_only(spec: LocalVolumeSpec) -> bool:
     return spec.populate_from is not None and spec.populate_from.kind == "Dataset"
 
 
+class VolumeLvm(Protocol):
+    """What the reconciler asks of LVM (the adapter in lvm/, or a small fake in unit tests)."""
+
+    def lvcreate(self, vg: str, lv: str, size_bytes: int, tags: Sequence[str] = ()) -> LvInfo: ...
+    def lvextend(self, vg: str, lv: str, new_size_bytes: int) -> LvInfo: ...
+    def lvremove(self, vg: str, lv: str) -> None: ...
+    def get_lv(self, vg: str, lv: str) -> LvInfo: ...
+    def activate(self, vg: str, lv: str, info: LvInfo | None = None) -> str: ...
+    def device_path(self, vg: str, lv: str) -> str | None: ...
+
+
 class VolumeReconciler:
     def __init__(
         self,
         node_name: str,
-        lvm: Lvm,
+        lvm: VolumeLvm,
         volumes: ResourceClient,
         index: VolumeIndex,
         *,
