@@ -328,7 +328,7 @@ class DatasetAgent:
                     self._joined[key].parts[index] = info_hash
                 self._tell_peers(self._joined[key], index, dataset, nodes, stalled=False)
                 published.append(DatasetPart(info_hash=info_hash, files=len(part), bytes=meta.total_bytes))
-                patch = DatasetStatus(parts=list(published), part_count=len(plan), piece_size=piece_size)
+                ready = None
                 if index == len(plan) - 1:
                     digest = Manifest(algorithm="blake3", files=tuple(entries)).digest  # type: ignore[arg-type]
                     ready = DatasetNodeStatus(
@@ -338,7 +338,7 @@ class DatasetAgent:
                         digest=digest,
                         updated_at=datetime.now(UTC),
                     )
-                    patch = DatasetStatus(**dict(patch), digest=digest, nodes={self.node_name: ready})
+                patch = published_patch(published, len(plan), piece_size, self.node_name, ready)
                 self.datasets.patch_status(item.name, patch, namespace=namespace)
                 log.info(
                     "dataset %s/%s: part %d/%d published (%d files, %s), info-hash %s",
@@ -721,3 +721,14 @@ def _hosts(nodes: list[StorageNode]) -> set[str]:
         if node.status.endpoints.p2p_address:
             hosts.add(split_address(node.status.endpoints.p2p_address)[0])
     return hosts
+
+
+def published_patch(
+    published: list[DatasetPart], part_count: int, piece_size: int, node: str, ready: DatasetNodeStatus | None
+) -> DatasetStatus:
+    """The status patch for a part just published; with the last part, the digest and the seeder's
+    Ready report (`ready`) go in the same patch. Nothing else is sent, so no other field is reset."""
+    fields: dict[str, Any] = {"parts": list(published), "part_count": part_count, "piece_size": piece_size}
+    if ready is not None:
+        fields.update(digest=ready.digest, nodes={node: ready})
+    return DatasetStatus(**fields)

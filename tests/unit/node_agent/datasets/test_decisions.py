@@ -12,6 +12,7 @@ from cairn.api.dataset import (
     Dataset,
     DatasetNodes,
     DatasetNodeStatus,
+    DatasetPart,
     DatasetPhase,
     DatasetSource,
     NodePhase,
@@ -25,7 +26,7 @@ from cairn.controller.datasets.planner import (
     target_nodes,
     volume_bytes,
 )
-from cairn.node_agent.datasets.agent import no_copy_coming
+from cairn.node_agent.datasets.agent import no_copy_coming, published_patch
 from cairn.node_agent.datasets.origin import DirectoryOrigin, OriginError, checked_listing
 from cairn.node_agent.volumes.node_service import stage_mount_flags
 from cairn.node_agent.volumes.reconciler import serves_read_only
@@ -174,3 +175,16 @@ def test_a_consumer_stops_waiting_when_its_nodes_copy_will_never_come() -> None:
         "DatasetNotFound",
         "Dataset ns/corpus does not exist",
     )
+
+
+# -- the seeder's status patches ----------------------------------------------------------------
+
+
+def test_a_published_part_patches_only_the_parts_and_the_last_one_adds_digest_and_ready() -> None:
+    parts = [DatasetPart(info_hash="a" * 64, files=2, bytes=100)]
+    middle = published_patch(parts, 2, 262144, "gpu-1", None).merge_patch()
+    assert set(middle) == {"parts", "partCount", "pieceSize"}  # no default may reset the phase
+    ready = DatasetNodeStatus(phase=NodePhase.READY, progress=1.0, digest="blake3:" + "b" * 64)
+    last = published_patch(parts, 1, 262144, "gpu-1", ready).merge_patch()
+    assert set(last) == {"parts", "partCount", "pieceSize", "digest", "nodes"}
+    assert last["digest"] == ready.digest and last["nodes"]["gpu-1"]["phase"] == "Ready"
