@@ -14,7 +14,7 @@ help:
 	@echo "make sanity  csi-sanity (mount and block) against the driver on the test bed"
 	@echo "make e2e     the e2e suite only"
 	@echo "make conformance  Kubernetes' external storage e2e suite against Cairn on kubelet nodes"
-	@echo "make bench   benchmarks;  make crds  regenerate deploy/crds;  make lint  ruff"
+	@echo "make bench   benchmarks;  make crds  regenerate deploy/crds;  make lint  ruff, import contracts, mypy"
 	@echo "make images  the container images (cairn, test-bed sidecars, e2e lookalikes) in .cache/images"
 
 demo: system-deps proto

@@ -2,7 +2,7 @@
 
 The controller never touches data or credentials. It decides where copies go and who seeds, makes
 each copy's LocalVolume (so dataset space shows in GetCapacity like any volume), and adds up what
-the agents report. The agents do the rest; see node-agent/dataset_agent.py.
+the agents report. The agents do the rest; see node-agent/datasets/agent.py.
 
 Order of events for one Dataset:
 1. targets and seeder are written to status;

@@ -6,7 +6,7 @@ For each Dataset whose status lists this node as a target (the controller decide
 - Each target mounts its copy's LocalVolume (made by the controller, carved by this agent's volume
   reconciler) at `<state>/datasets/<namespace>/<name>`; the data lives under `data/` in it.
 - The seeder reads each file from the origin exactly once, writing it to disk and hashing it for the
-  dataset digest on the way. The files come in parts (dataset_parts.py): as soon as it holds a
+  dataset digest on the way. The files come in parts (datasets/parts.py): as soon as it holds a
   part, it builds that part's v2 torrent (libtorrent hashes the pieces from the page cache), seeds
   it with every piece marked verified (it does not re-hash what it wrote) and publishes its
   info-hash, then reads the next part while the swarm copies this one.

@@ -1,4 +1,4 @@
-"""What the node agent knows about one block device: plain data, gathered by disk_probe.py.
+"""What the node agent knows about one block device: plain data, gathered by disks/probe.py.
 
 Every decision about disks (class, identity, safety) is a pure function of these facts, so it
 can be tested against recorded property sets of real hardware without root or the hardware.

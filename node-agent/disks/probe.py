@@ -1,7 +1,7 @@
 """Gathers DiskFacts: pyudev for the device list, sysfs for attributes, and the devices themselves.
 
-This is the side-effect half of discovery; every decision lives in disk_classify, disk_identity
-and disk_safety. Signatures are read by probing the disk (wipefs), never from udev's cache,
+This is the side-effect half of discovery; every decision lives in classify, identity
+and safety (and the scan's plan). Signatures are read by probing the disk (wipefs), never from udev's cache,
 which is missing in many containers and was seen to hide GPT, ext4 and LVM signatures.
 """
 

@@ -198,7 +198,7 @@ def make_torrent(
     listing = [lt.create_file_entry(f"{root.name}/{path}", size) for path, size in sorted(entries)]
     creator = lt.create_torrent(listing, piece_size, lt.create_torrent.v2_only)
     # Private: no peer exchange. Nodes learn peers only from the agent (StorageNode addresses), so
-    # which node talks to which for each part stays the agent's choice (see dataset_parts.py).
+    # which node talks to which for each part stays the agent's choice (see datasets/parts.py).
     creator.set_priv(True)
     for url in web_seeds:
         creator.add_url_seed(url)

@@ -1,6 +1,6 @@
 """From a Checkpoint and the cluster's StorageNodes to the concrete sources a restore tries, in order.
 
-The order is `checkpoint_restore.choose_sources`'s; this module only gives each chosen source its
+The order is `restore.plan.choose_sources`'s; this module only gives each chosen source its
 transport: a directory when this process can read this node's copy itself, else the agent of the
 node holding it over HTTP, and S3 with the credentials the policy's Secret holds. A source that is
 chosen but cannot be used (no agent address, no credentials) still appears, failing with the

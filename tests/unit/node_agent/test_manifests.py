@@ -10,7 +10,7 @@ from pathlib import Path, PurePosixPath
 import blake3
 import pytest
 
-from cairn.node_agent import manifests as checkpoint_manifest
+from cairn.node_agent import manifests
 from cairn.node_agent.manifests import (
     ALL_CORES,
     MANIFEST_NAME,
@@ -167,7 +167,7 @@ def test_a_file_that_changes_while_hashed_fails_the_manifest(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     step = dcp_checkpoint(tmp_path)
-    real_hash_file = checkpoint_manifest.hash_file
+    real_hash_file = manifests.hash_file
 
     def hash_then_append(path: Path, *args: object, **kwargs: object) -> tuple[int, str]:
         result = real_hash_file(path, *args, **kwargs)  # type: ignore[arg-type]
@@ -175,7 +175,7 @@ def test_a_file_that_changes_while_hashed_fails_the_manifest(
             stream.write(b"late write")
         return result
 
-    monkeypatch.setattr(checkpoint_manifest, "hash_file", hash_then_append)
+    monkeypatch.setattr(manifests, "hash_file", hash_then_append)
     with pytest.raises(ManifestError, match="changed while it was hashed"):
         build_manifest(step)
 

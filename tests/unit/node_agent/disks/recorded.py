@@ -33,7 +33,7 @@ def load_disk(fixture: str, *, udev: bool = True, **changes: Any) -> DiskFacts:
         udev=properties,
         sysfs=raw["sysfs"],
         subsystems=tuple(raw["subsystems"]),
-        # disk_probe takes by-path from udev's ID_PATH, so it is gone without udevd too.
+        # disks.probe takes by-path from udev's ID_PATH, so it is gone without udevd too.
         by_path=properties.get("ID_PATH"),
         partitions=tuple(raw.get("partitions", ())),
         holders=tuple(raw.get("holders", ())),
