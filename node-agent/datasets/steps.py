@@ -1,6 +1,6 @@
 """What an agent does next for one Dataset on its pass: a pure decision over what it can see.
 
-The agent (datasets/agent.py) gathers the facts, asks `next_step`, and carries the step out.
+The agent (datasets/agent.py) gathers the facts, asks `next_step`, and hands the step to the seeder or the swarm.
 """
 
 from __future__ import annotations

@@ -17,6 +17,8 @@ from pathlib import Path
 from cairn.node_agent.host.files import atomic_write
 
 log = logging.getLogger("cairn.node.datasets")
+DATA_DIR = "data"
+"""Files live at `<mount>/data/<path>` on every node (and the torrent is named after it)."""
 
 
 class PartStore:
@@ -26,6 +28,9 @@ class PartStore:
 
     def mount_point(self, namespace: str, name: str) -> Path:
         return self.root / namespace / name
+
+    def data_directory(self, namespace: str, name: str) -> Path:
+        return self.mount_point(namespace, name) / DATA_DIR
 
     def parts_dir(self, namespace: str, name: str) -> Path:
         return self.root / namespace / f"{name}.parts"

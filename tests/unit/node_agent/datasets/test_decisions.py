@@ -26,8 +26,9 @@ from cairn.controller.datasets.planner import (
     target_nodes,
     volume_bytes,
 )
-from cairn.node_agent.datasets.agent import no_copy_coming, published_patch
+from cairn.node_agent.datasets.agent import no_copy_coming
 from cairn.node_agent.datasets.origin import DirectoryOrigin, OriginError, checked_listing
+from cairn.node_agent.datasets.seeder import published_patch
 from cairn.node_agent.volumes.node_service import stage_mount_flags
 from cairn.node_agent.volumes.reconciler import serves_read_only
 
