@@ -1,6 +1,7 @@
 """What an agent does next for one Dataset on its pass: a pure decision over what it can see.
 
-The agent (datasets/agent.py) gathers the facts, asks `next_step`, and hands the step to the seeder or the swarm.
+The agent (datasets/agent.py) gathers the facts, asks `next_step`, and hands the step to the seeder
+or the swarm.
 """
 
 from __future__ import annotations
