@@ -6,7 +6,9 @@ from datetime import datetime
 from enum import StrEnum
 from typing import ClassVar
 
-from pydantic import Field
+from pydantic import ConfigDict, Field, field_validator, model_validator
+
+from cairn.step_pattern import DEFAULT_STEP_PATTERN, MAX_STEP_PATTERN_LENGTH, compile_step_pattern
 
 from .base import CairnModel, Condition, PrinterColumn, Resource, age_column
 
@@ -49,11 +51,25 @@ class CommitSpec(CairnModel):
     )
     marker_name: str = "COMMITTED"
     step_pattern: str = Field(
-        default=r"(\d+)$", description="Regex with one group, applied to the checkpoint directory's name."
+        default=DEFAULT_STEP_PATTERN,
+        max_length=MAX_STEP_PATTERN_LENGTH,
+        description=(
+            "RE2 regex (linear time: no backreferences or lookaround) with one group, applied to the "
+            "checkpoint directory's name."
+        ),
     )
     settle_seconds: float = Field(
-        default=5.0, ge=0, description="A committed checkpoint is recorded once unchanged for this long."
+        default=5.0,
+        ge=0,
+        le=3600,
+        description="A committed checkpoint is recorded once unchanged for this long.",
     )
+
+    @field_validator("step_pattern")
+    @classmethod
+    def _runs_in_linear_time(cls, pattern: str) -> str:
+        compile_step_pattern(pattern)
+        return pattern
 
 
 class RetentionSpec(CairnModel):
@@ -64,10 +80,41 @@ class RetentionSpec(CairnModel):
     )
 
 
+MAX_UPLOAD_BUFFER_BYTES = 1024 * 1024 * 1024
+"""An upload holds at most (concurrency + 1) parts in memory: those in flight and the one being read."""
+
+
 class UploadSpec(CairnModel):
-    concurrency: int = Field(default=4, ge=1, le=64, description="Parts uploaded at once.")
-    part_size_bytes: int = Field(default=64 * 1024 * 1024, ge=5 * 1024 * 1024)
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": f"(self.concurrency + 1) * self.partSizeBytes <= {MAX_UPLOAD_BUFFER_BYTES}",
+                    "message": "(concurrency + 1) * partSizeBytes, the memory an upload holds, "
+                    "may be at most 1 GiB",
+                }
+            ]
+        }
+    )
+
+    concurrency: int = Field(default=4, ge=1, le=16, description="Parts uploaded at once.")
+    part_size_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=5 * 1024 * 1024,
+        le=256 * 1024 * 1024,
+        description="Multipart part size; S3 needs at least 5 MiB.",
+    )
     bandwidth_limit_bytes_per_second: int = Field(default=0, ge=0, description="0 means unlimited.")
+
+    @model_validator(mode="after")
+    def _memory_is_bounded(self) -> UploadSpec:
+        held = (self.concurrency + 1) * self.part_size_bytes
+        if held > MAX_UPLOAD_BUFFER_BYTES:
+            raise ValueError(
+                f"(concurrency + 1) * partSizeBytes = {held} bytes, the memory one upload holds; "
+                f"at most {MAX_UPLOAD_BUFFER_BYTES} (1 GiB) are allowed"
+            )
+        return self
 
 
 class CheckpointPolicySpec(CairnModel):

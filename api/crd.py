@@ -38,6 +38,7 @@ _KEPT_KEYWORDS = {
     "items",
     "properties",
     "additionalProperties",
+    "x-kubernetes-validations",
 }
 
 

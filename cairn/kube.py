@@ -287,18 +287,21 @@ def secret_reader(api_client: client.ApiClient) -> ReadSecret:
     return read
 
 
-def claim_annotations_reader(api_client: client.ApiClient) -> Callable[[str, str], dict[str, str] | None]:
-    """Reads a PersistentVolumeClaim's annotations by (namespace, name); None when it is gone."""
+def claim_reader(
+    api_client: client.ApiClient,
+) -> Callable[[str, str], client.V1PersistentVolumeClaim | None]:
+    """Reads one PersistentVolumeClaim by (namespace, name); None when it is gone."""
     core_v1 = client.CoreV1Api(api_client)
 
-    def read(namespace: str, name: str) -> dict[str, str] | None:
+    def read(namespace: str, name: str) -> client.V1PersistentVolumeClaim | None:
         try:
-            claim = core_v1.read_namespaced_persistent_volume_claim(name, namespace)
+            claim: client.V1PersistentVolumeClaim = core_v1.read_namespaced_persistent_volume_claim(
+                name, namespace
+            )
         except ApiException as error:
             if error.status == 404:
                 return None
             raise
-        annotations: dict[str, str] | None = claim.metadata.annotations
-        return annotations
+        return claim
 
     return read

@@ -23,7 +23,7 @@ from cairn.csi.identity import IdentityService
 from cairn.csi.proto import csi_pb2_grpc
 from cairn.csi.server import serve
 from cairn.events import EventRecorder
-from cairn.kube import ResourceClient, claim_annotations_reader, load_api_client
+from cairn.kube import ResourceClient, claim_reader, load_api_client
 from cairn.leader import LeaseElector
 from cairn.logs import setup_logging
 
@@ -143,7 +143,9 @@ def main(argv: list[str] | None = None) -> None:
         storage_nodes,
         default_pools=default_pools,
         ready_timeout=args.ready_timeout,
-        claim_annotations=claim_annotations_reader(api_client),
+        read_claim=claim_reader(api_client),
+        populator_namespace=args.populator_namespace,
+        events=EventRecorder(api_client, "cairn-controller"),
     )
     stop = threading.Event()
 

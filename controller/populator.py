@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,6 +89,60 @@ def populate_request(annotations: dict[str, str] | None) -> tuple[PopulateSource
         raise ValueError(f"malformed populate annotations {annotations[POPULATE_FROM_ANNOTATION]!r}")
     source = PopulateSource.model_validate({"kind": kind, "namespace": namespace, "name": name})
     return source, for_namespace, for_name
+
+
+class PopulateRefused(ValueError):
+    """Populate annotations Cairn did not put there: the claim is provisioned for no one."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def trusted_populate_request(
+    claim: client.V1PersistentVolumeClaim,
+    populator_namespace: str,
+    read_claim: Callable[[str, str], client.V1PersistentVolumeClaim | None],
+) -> tuple[PopulateSource, str, str] | None:
+    """What a claim being provisioned asks to be filled with, if Cairn itself asked for it.
+
+    The annotations are honoured only on a prime claim: in the populator's namespace, named after
+    the uid of the claim it names as its target, which must still exist with that uid and ask for
+    the same source through its own dataSourceRef, from its own namespace. Anyone can annotate an
+    ordinary claim; only Cairn can create claims in its own namespace.
+    """
+    request = populate_request(claim.metadata.annotations)
+    if request is None:
+        return None
+    namespace, name = claim.metadata.namespace, claim.metadata.name
+    if namespace != populator_namespace or not name.startswith(PRIME_CLAIM_PREFIX):
+        raise PopulateRefused(
+            "PopulateAnnotationRefused",
+            f"claim {namespace}/{name} carries {POPULATE_FROM_ANNOTATION} or {POPULATE_FOR_ANNOTATION}, "
+            f"which Cairn sets, and honours, only on its own claims in namespace {populator_namespace}; "
+            "to fill a claim, set its spec.dataSourceRef to a Checkpoint or Dataset in its namespace",
+        )
+    source, for_namespace, for_name = request
+    target = read_claim(for_namespace, for_name)
+    if target is None or PRIME_CLAIM_PREFIX + (target.metadata.uid or "") != name:
+        raise PopulateRefused(
+            "PopulateTargetMismatch",
+            f"prime claim {namespace}/{name} is for {for_namespace}/{for_name}, "
+            "which no longer exists with the uid it was made for",
+        )
+    if source_ref(target) != (source.kind, source.namespace, source.name):
+        raise PopulateRefused(
+            "PopulateTargetMismatch",
+            f"prime claim {namespace}/{name} names {source.kind} {source.namespace}/{source.name}, "
+            f"which is not what {for_namespace}/{for_name} asks for in its dataSourceRef",
+        )
+    if source.namespace != for_namespace:
+        raise PopulateRefused(
+            "CrossNamespaceSource",
+            f"{source.kind} {source.namespace}/{source.name} is in another namespace than "
+            f"claim {for_namespace}/{for_name}",
+        )
+    return request
 
 
 # -- the loop ------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ File names in a manifest come back from S3 and peers, so on restore they are unt
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import re
@@ -27,11 +28,18 @@ import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol, cast
 
 import blake3
 
 from cairn.api.checkpoint import HashAlgorithm
+from cairn.node_agent.host.files import (
+    Directory,
+    FileChangedError,
+    FileIdentity,
+    list_beneath,
+    open_beneath,
+)
 from cairn.paths import UnsafePathError, safe_relative_path
 from cairn.units import MiB
 
@@ -191,6 +199,27 @@ def hash_file(
     return total, f"{HashAlgorithm(algorithm)}:{hasher.hexdigest()}"
 
 
+def hash_stream(
+    stream: BinaryIO,
+    algorithm: HashAlgorithm | str,
+    *,
+    limit: int,
+    chunk_bytes: int = CHUNK_BYTES,
+    threads: int = 1,
+) -> tuple[int, str]:
+    """Like `hash_file`, for an open stream, reading at most `limit` bytes and one more: a file
+    longer than listed shows as such without being read to its end (it may be endless)."""
+    hasher = new_hasher(algorithm, threads)
+    buffer = bytearray(chunk_bytes)
+    view = memoryview(buffer)
+    total = 0
+    reader = cast(io.RawIOBase, stream)  # open_beneath's streams are unbuffered files
+    while total <= limit and (read := reader.readinto(view[: min(chunk_bytes, limit + 1 - total)])):
+        hasher.update(view[:read])
+        total += read
+    return total, f"{HashAlgorithm(algorithm)}:{hasher.hexdigest()}"
+
+
 @dataclass
 class _Listing:
     files: list[tuple[str, os.stat_result]]
@@ -226,7 +255,7 @@ def _walk(directory: Path, exclude: frozenset[str]) -> _Listing:
 
 
 def build_manifest(
-    directory: Path | str,
+    directory: Directory | str,
     algorithm: HashAlgorithm | str = HashAlgorithm.BLAKE3,
     *,
     exclude: Iterable[str] = (MANIFEST_NAME,),
@@ -235,33 +264,54 @@ def build_manifest(
 ) -> Manifest:
     """Hash every file beneath `directory`. Fails if a file changes while it is read.
 
-    `exclude` holds relative paths left out, by default the manifest itself.
+    The tree is listed and each file opened through directory descriptors that follow no link, and
+    a file is hashed only if it is still the one listed (device, inode, size, mtime) and only up to
+    its listed size: a tenant swapping a shard for a FIFO, a link or a growing file gets an error,
+    never a read outside its volume. `exclude` holds relative paths left out, by default the
+    manifest itself.
     """
-    root = Path(directory)
-    listing = _walk(root, frozenset(exclude))
+    root = Path(directory) if isinstance(directory, str) else directory
+    try:
+        listing = list_beneath(root, skip=frozenset(exclude))
+    except OSError as error:
+        raise ManifestError(f"{root} cannot be listed without following a link: {error.strerror}") from None
     if listing.others:
         path, kind = listing.others[0]
         raise ManifestError(
-            f"{root / path} is {kind}; a checkpoint is tiered as plain files and directories, "
+            f"{root}/{path} is {kind}; a checkpoint is tiered as plain files and directories, "
             "so write the data itself into the checkpoint directory"
         )
     entries: list[ManifestEntry] = []
-    for relative, before in listing.files:
+    for relative, listed in listing.files:
         try:
             safe_relative_path(relative)
         except UnsafePathError as error:
             raise ManifestError(
-                f"{root / relative}: {error}; Cairn cannot restore such a name safely, rename the file"
+                f"{root}/{relative}: {error}; Cairn cannot restore such a name safely, rename the file"
             ) from error
-        size, digest = hash_file(root / relative, algorithm, chunk_bytes=chunk_bytes, threads=threads)
-        after = os.stat(root / relative, follow_symlinks=False)
-        if (size, after.st_size, after.st_mtime_ns) != (before.st_size, before.st_size, before.st_mtime_ns):
+        try:
+            with open_beneath(root, relative, expect=listed) as stream:
+                size, digest = hash_stream(
+                    stream, algorithm, limit=listed.size, chunk_bytes=chunk_bytes, threads=threads
+                )
+                after = FileIdentity.of(os.fstat(stream.fileno()))
+        except FileChangedError as error:
             raise ManifestError(
-                f"{root / relative} changed while it was hashed; the writer is still at work, so the "
+                f"{root}/{relative} is not the file that was listed ({error.strerror}); the writer "
+                "is still at work, or the file was swapped"
+            ) from None
+        except OSError as error:
+            raise ManifestError(
+                f"{root}/{relative} cannot be read safely ({error.strerror}): a link, FIFO or device "
+                "took its place after it was listed"
+            ) from None
+        if size != listed.size or after.differs_from(listed):
+            raise ManifestError(
+                f"{root}/{relative} changed while it was hashed; the writer is still at work, so the "
                 "checkpoint is not finished (raise the policy's settle time if this repeats)"
             )
         entries.append(ManifestEntry(relative, size, digest))
-    return Manifest(HashAlgorithm(algorithm), tuple(entries), tuple(listing.empty_dirs))
+    return Manifest(HashAlgorithm(algorithm), tuple(entries), tuple(sorted(listing.empty_dirs)))
 
 
 def verify_file(path: Path | str, entry: ManifestEntry, *, threads: int = 1) -> bool:

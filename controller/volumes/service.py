@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 import grpc
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from cairn import TOPOLOGY_KEY
@@ -27,7 +28,7 @@ from cairn.api.volume import (
     VolumePhase,
 )
 from cairn.controller import metrics
-from cairn.controller.populator import populate_request
+from cairn.controller.populator import PopulateRefused, trusted_populate_request
 from cairn.controller.volumes.capabilities import access_type_of, unsupported_capability
 from cairn.controller.volumes.parameters import parse_parameters
 from cairn.controller.volumes.placement import NodeCapacity, choose_placement, clone_target
@@ -44,6 +45,7 @@ from cairn.csi.errors import (
     require,
 )
 from cairn.csi.proto import csi_pb2, csi_pb2_grpc
+from cairn.events import EventRecorder
 from cairn.kube import ResourceClient, Typed
 from cairn.units import human_bytes
 
@@ -65,10 +67,16 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         *,
         default_pools: tuple[PoolClass, ...] = (PoolClass.NVME,),
         ready_timeout: float = 120.0,
-        claim_annotations: Callable[[str, str], dict[str, str] | None] = lambda namespace, name: None,
+        read_claim: Callable[[str, str], client.V1PersistentVolumeClaim | None] = lambda namespace, name: (
+            None
+        ),
+        populator_namespace: str = "cairn-system",
+        events: EventRecorder | None = None,
     ) -> None:
-        self.claim_annotations = claim_annotations
-        """Annotations of the claim a volume is for: how the populator says what to restore."""
+        self.read_claim = read_claim
+        """The claim a volume is for: its annotations are how the populator says what to restore."""
+        self.populator_namespace = populator_namespace
+        self.events = events
         self.volumes = volumes
         self.storage_nodes = storage_nodes
         self.default_pools = default_pools
@@ -158,10 +166,22 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         self, namespace: str | None, name: str | None
     ) -> tuple[PopulateSource | None, str | None, str | None]:
         """A prime claim's checkpoint to restore; the volume is recorded under the user's claim."""
-        if not (namespace and name):
+        claim = self.read_claim(namespace, name) if namespace and name else None
+        if claim is None:
             return None, namespace, name
         try:
-            request = populate_request(self.claim_annotations(namespace, name))
+            request = trusted_populate_request(claim, self.populator_namespace, self.read_claim)
+        except PopulateRefused as refused:
+            if self.events is not None:
+                involved = {
+                    "apiVersion": "v1",
+                    "kind": "PersistentVolumeClaim",
+                    "namespace": namespace,
+                    "name": name,
+                    "uid": claim.metadata.uid,
+                }
+                self.events.record(involved, refused.reason, str(refused), warning=True)
+            raise InvalidArgument(str(refused)) from None
         except ValueError as error:
             raise InvalidArgument(f"claim {namespace}/{name}: {error}") from None
         if request is None:

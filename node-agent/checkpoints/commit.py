@@ -46,8 +46,8 @@ from pathlib import Path
 
 # The policy's rule names are the detector's kinds: one name for one thing.
 from cairn.api.checkpoint import CommitRule as CommitKind
+from cairn.step_pattern import DEFAULT_STEP_PATTERN, StepPattern, compile_step_pattern
 
-DEFAULT_STEP_PATTERN = r"(\d+)$"
 DEFAULT_MARKER = "COMMITTED"
 DCP_METADATA = ".metadata"
 ORBAX_STEP_METADATA = "_CHECKPOINT_METADATA"
@@ -210,26 +210,6 @@ def is_orbax_tmp_name(name: str) -> bool:
     return ORBAX_TMP_NAME.search(name) is not None
 
 
-def compile_step_pattern(pattern: str | re.Pattern[str] = DEFAULT_STEP_PATTERN) -> re.Pattern[str]:
-    compiled = re.compile(pattern) if isinstance(pattern, str) else pattern
-    if compiled.groups != 1:
-        raise ValueError(
-            f"step pattern {compiled.pattern!r} has {compiled.groups} groups; it needs exactly one, "
-            r"around the step number, e.g. (\d+)$ or ^step_(\d+)$"
-        )
-    return compiled
-
-
-def step_of(name: str, pattern: re.Pattern[str]) -> int | None:
-    """The step number in a checkpoint directory's name, or None when it has none."""
-    found = pattern.search(name)
-    if found is None or found.group(1) is None:
-        return None
-    digits = found.group(1)
-    # int() would also take " 12", "1_000" and non-ASCII digits; a step is plain ASCII digits.
-    return int(digits) if digits.isascii() and digits.isdigit() else None
-
-
 @dataclass(frozen=True, order=True)
 class CandidateCheckpoint:
     step: int
@@ -241,7 +221,7 @@ class CandidateCheckpoint:
 def find_committed(
     root_snapshot: DirSnapshot,
     rules: Sequence[CommitRule] = DEFAULT_RULES,
-    pattern: str | re.Pattern[str] = DEFAULT_STEP_PATTERN,
+    pattern: str | StepPattern = DEFAULT_STEP_PATTERN,
 ) -> list[CandidateCheckpoint]:
     """Every committed checkpoint directory in the snapshot, by step then path.
 
@@ -249,7 +229,7 @@ def find_committed(
     checkpoint (an Orbax item, `ocdbt.process_0`) is part of it, not another checkpoint. Nothing
     inside an Orbax temporary directory counts, since all of it is unfinished.
     """
-    step_pattern = compile_step_pattern(pattern)
+    step_pattern = pattern if isinstance(pattern, StepPattern) else compile_step_pattern(pattern)
     found: list[CandidateCheckpoint] = []
     closed: set[str] = set()  # directories whose subtree is decided; sorted order visits parents first
     for directory in root_snapshot.directories():
@@ -259,7 +239,7 @@ def find_committed(
         if is_orbax_tmp_name(name):
             closed.add(directory)
             continue
-        step = step_of(name, step_pattern)
+        step = step_pattern.step_of(name)
         if step is None:
             continue
         children = root_snapshot.children(directory)
@@ -338,7 +318,7 @@ class CommitTracker:
     def __init__(
         self,
         rules: Sequence[CommitRule] = DEFAULT_RULES,
-        pattern: str | re.Pattern[str] = DEFAULT_STEP_PATTERN,
+        pattern: str | StepPattern = DEFAULT_STEP_PATTERN,
         settle_seconds: float = 10.0,
         *,
         in_progress: Sequence[str] = IN_PROGRESS_PATTERNS,
@@ -347,7 +327,7 @@ class CommitTracker:
         if settle_seconds < 0:
             raise ValueError(f"settle_seconds must be 0 or more, got {settle_seconds}")
         self._rules = tuple(rules)
-        self._pattern = compile_step_pattern(pattern)
+        self._pattern = pattern if isinstance(pattern, StepPattern) else compile_step_pattern(pattern)
         self._settle_seconds = settle_seconds
         self._in_progress = tuple(in_progress)
         self._reported: set[str] = set(reported)

@@ -1,22 +1,33 @@
 """Where this node's copy of a checkpoint lives, if it has one it can vouch for.
 
 The volume belongs to a training job, which can put anything in it, symlinks included. So a
-copy is only returned if it resolves to a real directory inside the volume's staging path.
+copy is returned as a `TenantDirectory`, the volume's root and the path below it, which is only
+ever reached through directory descriptors that follow no link, at every use, not just here.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
 from cairn.api.checkpoint import Checkpoint
 from cairn.kube import ResourceClient
+from cairn.node_agent.host.files import Directory, TenantDirectory, open_directory_beneath
 from cairn.paths import UnsafePathError, safe_relative_path
 
 
 def local_copy_directory(
-    checkpoint: Checkpoint, node_name: str, staging_path_of: Callable[[str], Path | None]
-) -> Path | None:
+    checkpoint: Checkpoint,
+    node_name: str,
+    staging_path_of: Callable[[str], Path | None],
+    *,
+    probe: bool = True,
+) -> TenantDirectory | None:
+    """This node's copy, if its volume is staged here; with `probe`, only if it is reachable now.
+
+    Without `probe` the caller meets whatever is in the way at its own open, as an error to report.
+    """
     local = checkpoint.status.local
     if local is None or not local.present or local.node_name != node_name:
         return None
@@ -24,14 +35,12 @@ def local_copy_directory(
     if root is None:
         return None
     try:
-        directory = root / safe_relative_path(local.path)
-    except UnsafePathError:
-        return None
-    resolved_root = root.resolve()
-    resolved = directory.resolve()
-    if resolved != resolved_root / safe_relative_path(local.path) or not resolved.is_dir():
-        return None  # a symlink somewhere on the way: refuse rather than follow it out of the volume
-    return resolved
+        directory = TenantDirectory(root, safe_relative_path(local.path))
+        if probe:
+            os.close(open_directory_beneath(directory))
+    except (UnsafePathError, OSError):
+        return None  # gone, or a symlink somewhere on the way: refuse rather than follow it
+    return directory
 
 
 def checkpoint_locator(
@@ -39,17 +48,17 @@ def checkpoint_locator(
     node_name: str,
     staging_path_of: Callable[[str], Path | None],
     replica_directory: Callable[[Checkpoint, str, str], Path | None],
-) -> Callable[[str, str], tuple[Path, str] | None]:
+) -> Callable[[str, str], tuple[Directory, str] | None]:
     """What the peer server serves for checkpoint namespace/name: this node's own copy
     (status.local) or the peer replica it keeps (status.peer), with the digest it must match."""
 
-    def locate(namespace: str, name: str) -> tuple[Path, str] | None:
+    def locate(namespace: str, name: str) -> tuple[Directory, str] | None:
         item = checkpoints.get(name, namespace)
         if item is None:
             return None
-        directory = local_copy_directory(item.model, node_name, staging_path_of) or replica_directory(
-            item.model, namespace, name
-        )
+        directory: Directory | None = local_copy_directory(
+            item.model, node_name, staging_path_of
+        ) or replica_directory(item.model, namespace, name)
         return None if directory is None else (directory, item.model.spec.manifest_digest)
 
     return locate

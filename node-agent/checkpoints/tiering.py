@@ -17,7 +17,6 @@ module deletes, and status always says what is left.
 from __future__ import annotations
 
 import logging
-import shutil
 import threading
 import time
 from collections import defaultdict
@@ -47,12 +46,14 @@ from cairn.node_agent.checkpoints.replicas import assign_replicas
 from cairn.node_agent.checkpoints.retention import CheckpointRecord, plan_retention
 from cairn.node_agent.checkpoints.upload import (
     CheckpointUploader,
+    UnsafeFileError,
     UploadError,
     checkpoint_location,
     state_path,
 )
+from cairn.node_agent.host.files import Directory, open_beneath, remove_tree_beneath
 from cairn.node_agent.host.priority import run_in_background
-from cairn.node_agent.manifests import MANIFEST_NAME, Manifest, ManifestError
+from cairn.node_agent.manifests import MANIFEST_NAME, MAX_MANIFEST_BYTES, Manifest, ManifestError
 from cairn.s3 import CredentialsError, ReadSecret, S3Location, client_from_secret
 from cairn.units import human_bytes
 
@@ -61,6 +62,7 @@ UPLOADED = "Uploaded"
 PROGRESS_INTERVAL = 2.0
 """Seconds between bytesUploaded patches: often enough to watch, rare enough to spare the apiserver."""
 MAX_BACKOFF = 300.0
+UNSAFE_PATH = "UnsafeCheckpointPath"
 
 
 class PermanentFailure(Exception):
@@ -75,7 +77,7 @@ class RetryableFailure(PermanentFailure):
 
 # -- pure decisions --------------------------------------------------------------------------------
 
-PERMANENT_REASONS = frozenset({"ChangedAfterCommit", "ManifestMismatch"})
+PERMANENT_REASONS = frozenset({"ChangedAfterCommit", "ManifestMismatch", "UnsafeFile"})
 """Failures no retry can fix: the files no longer match what was committed."""
 
 
@@ -186,18 +188,20 @@ class CheckpointTierer:
             lag_tracked: set[tuple[str, str]] = set()
             for key, members in sorted(group_series(items).items()):
                 members.sort(key=lambda i: i.model.spec.step)
-                policy_object = self.policies.get(members[-1].model.spec.policy, namespace=key.namespace)
-                if policy_object is None:
-                    continue  # the watcher logs it; nothing can be uploaded or expired without one
-                policy: CheckpointPolicySpec = policy_object.model.spec
-                for item in members:
-                    if needs_upload(item.model, policy) and self._due(item):
-                        self._tier(item, policy)
-                left = self._apply_retention(key.namespace, members, policy)
-                if nodes:
-                    assign_replicas(left, policy, nodes, self.node_name, self.checkpoints)
+                try:
+                    left, tracked = self._pass_series(key, members, nodes)
+                except Exception as error:  # one tenant's series must not hold back the others
+                    log.warning("checkpoint series %s failed this pass", key, exc_info=True)
+                    self.events.record(
+                        _involved(members[-1]),
+                        "SeriesFailed",
+                        f"tiering and retention of this series stopped this pass: "
+                        f"{type(error).__name__}: {error}; other series carry on, this one is retried",
+                        warning=True,
+                    )
+                    continue
                 remaining[(key.namespace, key.pvc)] += left
-                if policy.target is not None:
+                if tracked:
                     lag_tracked.add((key.namespace, key.pvc))
             self._record_phases(self.checkpoints.list(label_selector=f"{NODE_LABEL}={self.node_name}"))
             now = datetime.now(UTC)
@@ -206,6 +210,22 @@ class CheckpointTierer:
                 metrics.CHECKPOINT_TIER_LAG.labels(node=self.node_name, namespace=namespace, pvc=pvc).set(
                     tier_lag_seconds(series, now)
                 )
+
+    def _pass_series(
+        self, key: SeriesKey, members: list[Typed], nodes: list[Any]
+    ) -> tuple[list[Typed], bool]:
+        """Uploads, retention and replicas for one series; what is left, and whether it tiers."""
+        policy_object = self.policies.get(members[-1].model.spec.policy, namespace=key.namespace)
+        if policy_object is None:
+            return [], False  # the watcher logs it; nothing can be uploaded or expired without one
+        policy: CheckpointPolicySpec = policy_object.model.spec
+        for item in members:
+            if needs_upload(item.model, policy) and self._due(item):
+                self._tier(item, policy)
+        left = self._apply_retention(key.namespace, members, policy)
+        if nodes:
+            assign_replicas(left, policy, nodes, self.node_name, self.checkpoints)
+        return left, policy.target is not None
 
     # -- upload ---------------------------------------------------------------------------------
 
@@ -235,7 +255,7 @@ class CheckpointTierer:
         checkpoint: Checkpoint = item.model
         target = policy.target
         assert target is not None
-        directory = local_copy_directory(checkpoint, self.node_name, self.staging_path_of)
+        directory = local_copy_directory(checkpoint, self.node_name, self.staging_path_of, probe=False)
         if directory is None:
             # The volume is not staged here right now; it is picked up again once it is.
             log.debug("checkpoint %s/%s has no reachable local copy; skipped", namespace, item.name)
@@ -286,6 +306,8 @@ class CheckpointTierer:
         started = time.monotonic()
         try:
             report = uploader.upload(directory, manifest, location, on_progress=progress)
+        except UnsafeFileError as error:
+            raise PermanentFailure("UnsafeFile", str(error)) from None
         except UploadError as error:
             raise PermanentFailure("ChangedAfterCommit", str(error)) from None
         problems = uploader.verify(manifest, location)
@@ -329,10 +351,21 @@ class CheckpointTierer:
         self.events.record(_involved(item), "Tiered", message)
         log.info("checkpoint %s/%s tiered: %s", namespace, item.name, message)
 
-    def _manifest(self, directory: Path, checkpoint: Checkpoint) -> Manifest:
+    def _manifest(self, directory: Directory, checkpoint: Checkpoint) -> Manifest:
         try:
-            manifest = Manifest.from_json((directory / MANIFEST_NAME).read_text())
-        except (OSError, ManifestError, ValueError) as error:
+            with open_beneath(directory, MANIFEST_NAME) as stream:
+                manifest = Manifest.from_json(stream.read(MAX_MANIFEST_BYTES + 1))
+        except FileNotFoundError:
+            raise PermanentFailure(
+                "ManifestMismatch", f"the checkpoint's manifest is gone from {checkpoint.spec.path}"
+            ) from None
+        except OSError as error:
+            raise PermanentFailure(
+                "UnsafeFile",
+                f"the checkpoint's manifest cannot be reached without following a link "
+                f"({error.strerror or error}); {checkpoint.spec.path} is not uploaded",
+            ) from None
+        except (ManifestError, ValueError) as error:
             raise PermanentFailure(
                 "ManifestMismatch", f"the checkpoint's manifest is unreadable: {error}"
             ) from None
@@ -403,10 +436,22 @@ class CheckpointTierer:
 
     def _delete_local(self, item: Typed, namespace: str) -> None:
         checkpoint: Checkpoint = item.model
-        directory = local_copy_directory(checkpoint, self.node_name, self.staging_path_of)
-        if directory is None:
-            return  # the volume is not staged here; retention waits until it is
-        shutil.rmtree(directory)
+        directory = local_copy_directory(checkpoint, self.node_name, self.staging_path_of, probe=False)
+        if directory is None or checkpoint.status.reason == UNSAFE_PATH:
+            return  # not staged here (retention waits until it is), or refused once already
+        try:
+            remove_tree_beneath(directory)
+        except OSError as error:
+            # A directory on the way swapped for a link (or a file): nothing outside the volume is
+            # touched, and this checkpoint, not the rest of its series, carries the failure.
+            self._fail(
+                item,
+                UNSAFE_PATH,
+                f"retention could not delete {checkpoint.spec.path} without following a link or "
+                f"leaving the volume ({error.strerror or error}); left in place",
+                retry=False,
+            )
+            return
         if not retention_record(checkpoint).remote_verified:
             # Local-only policy: this was the last copy, so the record goes with it.
             self.checkpoints.delete(item.name, namespace=namespace)

@@ -23,15 +23,15 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from botocore.exceptions import ClientError
 
-from cairn.node_agent.host.files import atomic_write
+from cairn.node_agent.host.files import Directory, atomic_write, open_beneath
 from cairn.node_agent.host.priority import run_in_background
 from cairn.node_agent.host.rate_limit import ThrottledBody, TokenBucket
 from cairn.node_agent.manifests import MANIFEST_NAME, Manifest, ManifestEntry, new_hasher
-from cairn.paths import safe_relative_path
+from cairn.paths import UnsafePathError, safe_relative_path
 from cairn.s3 import S3Location, s3_client
 from cairn.units import MiB
 
@@ -114,7 +114,7 @@ class CheckpointUploader:
 
     def upload(
         self,
-        directory: Path,
+        directory: Directory,
         manifest: Manifest,
         location: S3Location,
         on_progress: Callable[[int], None] = lambda sent: None,
@@ -125,11 +125,11 @@ class CheckpointUploader:
         for entry in manifest.files:
             if state.file(entry.path).get("checksum"):
                 continue  # finished in an earlier run
-            path = directory / safe_relative_path(entry.path)
-            if entry.size <= self.part_size:
-                self._put_small(path, entry, location, state, report)
-            else:
-                self._put_multipart(path, entry, location, state, report, on_progress)
+            with open_entry(directory, entry) as stream:
+                if entry.size <= self.part_size:
+                    self._put_small(stream, entry, location, state, report)
+                else:
+                    self._put_multipart(stream, entry, location, state, report, on_progress)
             report.files += 1
             on_progress(report.bytes_sent)
         # The manifest goes last: its presence says every file it names is in place.
@@ -150,9 +150,14 @@ class CheckpointUploader:
         return ThrottledBody(data, self.bucket) if self.bucket.rate > 0 else data
 
     def _put_small(
-        self, path: Path, entry: ManifestEntry, location: S3Location, state: UploadState, report: UploadReport
+        self,
+        stream: BinaryIO,
+        entry: ManifestEntry,
+        location: S3Location,
+        state: UploadState,
+        report: UploadReport,
     ) -> None:
-        data = path.read_bytes()
+        data = stream.read(entry.size + 1)  # one byte over shows a file grown since its manifest
         _check_matches_manifest(entry, data_hash(entry, [data]), len(data))
         checksum = _b64(hashlib.sha256(data).digest())
         self.client.put_object(
@@ -168,7 +173,7 @@ class CheckpointUploader:
 
     def _put_multipart(
         self,
-        path: Path,
+        stream: BinaryIO,
         entry: ManifestEntry,
         location: S3Location,
         state: UploadState,
@@ -224,10 +229,11 @@ class CheckpointUploader:
         pool = ThreadPoolExecutor(
             self.concurrency, thread_name_prefix="upload", initializer=run_in_background
         )
-        with pool, path.open("rb") as f:
+        with pool:
             futures: list[Future[None]] = []
             number = 0
-            while data := f.read(self.part_size):
+            # Never more than the manifest's size: a file grown since (or /dev/zero) is not read on.
+            while data := stream.read(min(self.part_size, entry.size + 1 - size)):
                 number += 1
                 size += len(data)
                 hasher.update(data)
@@ -314,6 +320,32 @@ def data_hash(entry: ManifestEntry, chunks: list[bytes]) -> str:
     for chunk in chunks:
         hasher.update(chunk)
     return f"{entry.algorithm}:{hasher.hexdigest()}"
+
+
+class UnsafeFileError(UploadError):
+    """A checkpoint file the agent will not read: a link, a FIFO or device, or another file."""
+
+
+def open_entry(directory: Directory, entry: ManifestEntry) -> BinaryIO:
+    """The manifest's file, opened beneath the checkpoint without following links, if it is still
+    a regular file of the size the manifest names."""
+    try:
+        stream = open_beneath(directory, safe_relative_path(entry.path))
+    except FileNotFoundError:
+        raise UploadError(f"{entry.path} is gone since its manifest was built") from None
+    except (OSError, UnsafePathError) as error:
+        raise UnsafeFileError(
+            f"{entry.path} cannot be read safely ({getattr(error, 'strerror', None) or error}): a link, "
+            "FIFO or device where the manifest names a regular file; the checkpoint is not uploaded"
+        ) from None
+    size = os.fstat(stream.fileno()).st_size
+    if size != entry.size:
+        stream.close()
+        raise UploadError(
+            f"{entry.path} is {size} bytes, not the {entry.size} its manifest names; it changed after "
+            "its manifest was built and the checkpoint was not marked uploaded"
+        )
+    return stream
 
 
 def _check_matches_manifest(entry: ManifestEntry, digest: str, size: int) -> None:

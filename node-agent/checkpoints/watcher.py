@@ -33,9 +33,10 @@ from cairn.api.names import NODE_LABEL, POLICY_LABEL, PVC_LABEL
 from cairn.api.volume import LocalVolumeSpec
 from cairn.kube import ResourceClient
 from cairn.node_agent.checkpoints.commit import CandidateCheckpoint, CommitRule, CommitTracker, snapshot_tree
-from cairn.node_agent.host.files import atomic_write
+from cairn.node_agent.host.files import TenantDirectory, atomic_write_beneath
 from cairn.node_agent.host.priority import run_in_background
 from cairn.node_agent.manifests import MANIFEST_NAME, build_manifest
+from cairn.paths import safe_relative_path
 from cairn.units import human_bytes
 
 log = logging.getLogger("cairn.node.checkpoints")
@@ -141,9 +142,9 @@ class CheckpointWatcher:
         name = checkpoint_name(spec.pvc_name, candidate.step, volume.volume, candidate.path)
         if self.checkpoints.get(name, namespace=spec.pvc_namespace) is not None:
             return  # recorded before a restart
-        directory = volume.staging_path / candidate.path
+        directory = TenantDirectory(volume.staging_path, safe_relative_path(candidate.path))
         manifest = build_manifest(directory, policy.hash_algorithm)
-        atomic_write(directory / MANIFEST_NAME, manifest.to_json())
+        atomic_write_beneath(directory, MANIFEST_NAME, manifest.to_json())
         checkpoint = Checkpoint(
             spec=CheckpointSpec(
                 policy=spec.checkpoint_policy,

@@ -8,16 +8,14 @@ half a dataset is worse than none, and the condition names the offending entry.
 from __future__ import annotations
 
 import io
-import os
-import stat
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO, Protocol
 from urllib.parse import unquote, urlparse
 
-from cairn.node_agent.host.files import open_beneath
+from cairn.node_agent.host.files import FileChangedError, FileIdentity, list_beneath, open_beneath
 from cairn.paths import UnsafePathError, safe_relative_path
 
 CHUNK = 8 * 1024 * 1024
@@ -131,39 +129,34 @@ class HttpOrigin:
 
 
 class DirectoryOrigin:
-    """A source volume's tree. Only regular files are taken: a link or a device file fails the listing."""
+    """A source volume's tree. Only regular files are taken: a link or a device file fails the listing.
+
+    The tree is a tenant's, so it is listed through directory descriptors, and each file is read
+    only if it is still the one listed, and never past its listed size.
+    """
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._listed: dict[str, FileIdentity] = {}
 
     def list_files(self) -> list[OriginFile]:
-        entries = []
-        for path in self._walk(self.root):
-            relative = path.relative_to(self.root).as_posix()
-            info = path.lstat()
-            if stat.S_ISLNK(info.st_mode):
-                raise OriginError("UnsafeName", f"{relative!r} is a symbolic link; links are refused")
-            if not stat.S_ISREG(info.st_mode):
-                raise OriginError(
-                    "UnsafeName", f"{relative!r} is not a regular file (a device, fifo or socket)"
-                )
-            entries.append((relative, info.st_size, relative))
-        return checked_listing(entries)
-
-    def _walk(self, directory: Path) -> Iterator[Path]:
-        with os.scandir(directory) as scan:
-            for entry in sorted(scan, key=lambda e: e.name):
-                path = Path(entry.path)
-                if entry.is_dir(follow_symlinks=False):
-                    if entry.name == "lost+found" and directory == self.root:
-                        continue
-                    yield from self._walk(path)
-                else:
-                    yield path
+        try:
+            listing = list_beneath(self.root, skip=frozenset({"lost+found"}))
+        except OSError as error:
+            raise OriginError("UnsafeName", f"the source volume cannot be listed safely: {error}") from None
+        for relative, kind in listing.others:
+            what = "a symbolic link; links are refused" if kind == "a symlink" else kind
+            raise OriginError("UnsafeName", f"{relative!r} is {what} (only regular files are taken)")
+        self._listed = dict(listing.files)
+        return checked_listing([(relative, listed.size, relative) for relative, listed in listing.files])
 
     ranged = True
 
     def open(self, file: OriginFile, start: int = 0, length: int | None = None) -> BinaryIO:
-        stream = open_beneath(self.root, PurePosixPath(file.locator))
+        listed = self._listed.get(file.locator)
+        try:
+            stream = open_beneath(self.root, PurePosixPath(file.locator), expect=listed)
+        except FileChangedError as error:
+            raise OriginError("OriginChanged", f"{file.path} changed since it was listed: {error}") from None
         stream.seek(start)
-        return stream
+        return stream  # the reader never asks past the span, which the listing bounds

@@ -23,12 +23,12 @@ import time
 from collections.abc import Callable, Iterable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from typing import Any
 from urllib.parse import unquote, unquote_to_bytes
 
 from cairn.api.disk import StorageNode
-from cairn.node_agent.host.files import open_beneath
+from cairn.node_agent.host.files import Directory, open_beneath
 from cairn.node_agent.manifests import MANIFEST_NAME, MAX_MANIFEST_BYTES, Manifest, ManifestError
 from cairn.node_agent.p2p.addresses import split_address
 from cairn.paths import UnsafePathError, safe_relative_path
@@ -39,7 +39,7 @@ DATASET_PREFIX = "/v1/datasets/"
 _DNS_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
 DatasetTorrent = Callable[[str, str, int], bytes | None]
 """(namespace, name, part index) -> that part's .torrent on this node, or None."""
-Locate = Callable[[str, str], tuple[Path, str] | None]
+Locate = Callable[[str, str], tuple[Directory, str] | None]
 """(namespace, name) -> (the copy's directory, the manifest digest the Checkpoint records), or None."""
 
 
@@ -57,7 +57,7 @@ class _ManifestCache:
         self._lock = threading.Lock()
         self._entries: dict[tuple[Any, ...], tuple[Manifest, bytes]] = {}
 
-    def load(self, directory: Path, expected: str) -> tuple[Manifest, bytes]:
+    def load(self, directory: Directory, expected: str) -> tuple[Manifest, bytes]:
         try:
             file = open_beneath(directory, PurePosixPath(MANIFEST_NAME))
         except OSError as error:
@@ -186,8 +186,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def _send_file(self, directory: Path, manifest: Manifest, name: str) -> None:
-        if name not in {entry.path for entry in manifest.files}:
+    def _send_file(self, directory: Directory, manifest: Manifest, name: str) -> None:
+        entry = next((e for e in manifest.files if e.path == name), None)
+        if entry is None:
             raise _NotServed(HTTPStatus.NOT_FOUND, f"{name!r} is not a file of this checkpoint's manifest")
         try:
             file = open_beneath(directory, safe_relative_path(name))
@@ -197,6 +198,12 @@ class _Handler(BaseHTTPRequestHandler):
             ) from None
         with file:
             size = os.fstat(file.fileno()).st_size
+            if size != entry.size:
+                # Changed since its commit: never send more (or other) bytes than the manifest names.
+                raise _NotServed(
+                    HTTPStatus.NOT_FOUND,
+                    f"{name} is {size} bytes here, not the {entry.size} its manifest names",
+                )
             self.send_response(HTTPStatus.OK)
             self.send_header("Content-Type", "application/octet-stream")
             self.send_header("Content-Length", str(size))
@@ -316,9 +323,9 @@ class _Expiring:
         self.locate = locate
         self.ttl = ttl
         self._lock = threading.Lock()
-        self._answers: dict[tuple[str, str], tuple[float, tuple[Path, str] | None]] = {}
+        self._answers: dict[tuple[str, str], tuple[float, tuple[Directory, str] | None]] = {}
 
-    def __call__(self, namespace: str, name: str) -> tuple[Path, str] | None:
+    def __call__(self, namespace: str, name: str) -> tuple[Directory, str] | None:
         now = time.monotonic()
         with self._lock:
             self._answers = {k: v for k, v in self._answers.items() if now - v[0] < self.ttl}

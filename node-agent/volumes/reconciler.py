@@ -40,6 +40,21 @@ def serves_read_only(spec: LocalVolumeSpec) -> bool:
     return spec.populate_from is not None and spec.populate_from.kind == "Dataset"
 
 
+def foreign_source(spec: LocalVolumeSpec) -> str | None:
+    """Why a volume may not be filled from its populateFrom: the source is not its claim's namespace's.
+
+    The controller already refuses such requests; the agent, which holds the credentials the
+    restore would use, checks again rather than trust a LocalVolume spec it did not write.
+    """
+    source = spec.populate_from
+    if source is None or source.namespace == spec.pvc_namespace:
+        return None
+    return (
+        f"{source.kind} {source.namespace}/{source.name} is not in namespace "
+        f"{spec.pvc_namespace or '(none)'} of the claim this volume is for; refused"
+    )
+
+
 class VolumeLvm(Protocol):
     """What the reconciler asks of LVM (the adapter in lvm/, or a small fake in unit tests)."""
 
@@ -250,6 +265,9 @@ class VolumeReconciler:
     def _populate_into(self, item: Typed, vg: str, device: str) -> bool:
         """Restore the requested data; False (and the volume Failed, its LV removed) when that fails."""
         try:
+            refusal = foreign_source(item.model.spec)
+            if refusal is not None:
+                raise PopulateError("CrossNamespaceSource", refusal)
             if self.populate is None:
                 raise PopulateError(
                     "PopulateUnsupported", f"the agent on {self.node_name} cannot populate volumes"

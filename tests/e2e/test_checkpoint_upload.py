@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
 
 from cairn.node_agent.checkpoints.upload import CheckpointUploader, UploadError
-from cairn.node_agent.manifests import MANIFEST_NAME, build_manifest
+from cairn.node_agent.host.files import TenantDirectory
+from cairn.node_agent.manifests import MANIFEST_NAME, Manifest, build_manifest
 from cairn.s3 import S3Location, s3_client
 from tests.testbed.bed import TestBed
 from tests.testbed.checkpoints import write_dcp
@@ -151,3 +153,69 @@ def test_upload_resumes_after_kill_9_without_resending_finished_parts(
     assert report["parts_skipped"] + report["parts_sent"] == 8
     body = bed.s3.client().get_object(Bucket=bucket, Key="ckpt/step_200/__0_0.distcp")["Body"].read()
     assert body == (checkpoint / "__0_0.distcp").read_bytes()
+
+
+def _upload_in_child(
+    endpoint: str, keys: tuple[str, str], volume: Path, manifest_json: str, state: Path, bucket: str, out
+) -> None:
+    directory = TenantDirectory(volume, PurePosixPath("ckpt/step_3"))
+    client = s3_client(endpoint, *keys)
+    try:
+        CheckpointUploader(client, state, part_size=PART).upload(
+            directory, Manifest.from_json(manifest_json), S3Location(bucket, "ckpt/x")
+        )
+    except UploadError as error:
+        out.put((type(error).__name__, str(error)))
+    else:
+        out.put(("uploaded", ""))
+
+
+@pytest.mark.parametrize("swap", ["fifo", "symlink-to-dev-zero", "symlink-to-host-file", "parent-symlink"])
+def test_a_shard_swapped_after_its_manifest_is_refused_and_nothing_outside_is_read(
+    bed: TestBed, bucket: str, tmp_path: Path, swap: str
+) -> None:
+    """The tenant owns the files: swapping one after the manifest must not block, loop or leak."""
+    assert bed.s3 is not None
+    volume = tmp_path / "volume"
+    checkpoint = volume / "ckpt" / "step_3"
+    write_dcp(checkpoint, [6 * MiB, 1000])  # a multipart shard and a small one
+    manifest = build_manifest(checkpoint)
+    host = tmp_path / "host"
+    host.mkdir()
+    secret = b"HOST-SECRET " * (600 * 1024)
+    (host / "shadow").write_bytes(secret)
+    shard = checkpoint / "__0_0.distcp"
+    if swap == "parent-symlink":
+        os.rename(checkpoint, volume / "ckpt" / "moved")
+        os.symlink(host, checkpoint)
+        (host / "__0_0.distcp").write_bytes(secret[: 6 * MiB])
+    else:
+        shard.unlink()
+        if swap == "fifo":
+            os.mkfifo(shard)
+        elif swap == "symlink-to-dev-zero":
+            os.symlink("/dev/zero", shard)
+        else:
+            os.symlink(host / "shadow", shard)
+    spawn = multiprocessing.get_context("spawn")
+    results = spawn.Queue()
+    keys = (bed.s3.access_key, bed.s3.secret_key)
+    child = spawn.Process(
+        target=_upload_in_child,
+        args=(bed.s3.endpoint, keys, volume, manifest.to_json(), tmp_path / "state", bucket, results),
+    )
+    child.start()
+    child.join(20)
+    if child.is_alive():
+        child.kill()
+        child.join()
+        pytest.fail(f"uploading a checkpoint with a {swap} in it did not end within 20 s")
+    kind, message = results.get(timeout=5)
+    assert kind == "UnsafeFileError", message
+    assert "__0_0.distcp" in message
+    client = bed.s3.client()
+    for entry in client.list_objects_v2(Bucket=bucket, Prefix="ckpt/x/").get("Contents", []):
+        assert b"HOST-SECRET" not in client.get_object(Bucket=bucket, Key=entry["Key"])["Body"].read()
+    for upload in client.list_multipart_uploads(Bucket=bucket).get("Uploads", []):
+        parts = client.list_parts(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+        assert not parts.get("Parts"), f"parts of {upload['Key']} were sent before the refusal"

@@ -72,3 +72,31 @@ def test_a_bad_storageclass_parameter_shows_up_as_an_event_on_the_claim(cluster:
     assert "valid keys are cairn.dev/pool, csi.storage.k8s.io/fstype, cairn.dev/checkpoint-policy" in message
     assert cluster.get("pvc", "typo", "-n", NAMESPACE)["status"]["phase"] == "Pending"
     cluster.kubectl("delete", "pvc", "typo", "-n", NAMESPACE, "--wait=false")
+
+
+def test_populate_annotations_on_an_ordinary_claim_are_refused_with_an_event(cluster: Cluster) -> None:
+    """A tenant cannot name another namespace's data, or record into it, by annotating its claim."""
+    other = "team-b"
+    cluster.kubectl("create", "namespace", other)
+    cluster.apply(cluster.storage_class("cairn-plain", {"cairn.dev/pool": "nvme"}))
+    hostile = cluster.claim("thief", "cairn-plain", "16Mi")
+    hostile["metadata"]["namespace"] = other
+    hostile["metadata"]["annotations"] = {
+        "cairn.dev/populate-from": f"Checkpoint/{NAMESPACE}/step-7",
+        "cairn.dev/populate-for": f"{NAMESPACE}/train",
+    }
+    cluster.apply(hostile)
+
+    def reasons() -> dict[str, str]:
+        events = cluster.get("events", "-n", other, "--field-selector", "involvedObject.name=thief")["items"]
+        return {e["reason"]: e["message"] for e in events}
+
+    cluster.wait_for(
+        "a refusal event", lambda: {"PopulateAnnotationRefused", "ProvisioningFailed"} <= set(reasons())
+    )
+    assert "only on its own claims in namespace cairn-system" in reasons()["PopulateAnnotationRefused"]
+    assert "InvalidArgument" in reasons()["ProvisioningFailed"]
+    volumes = cluster.get("localvolumes")["items"]
+    assert not [v for v in volumes if v["spec"].get("populateFrom") or v["spec"].get("pvcName") == "train"]
+    assert cluster.get("pvc", "thief", "-n", other)["status"]["phase"] == "Pending"
+    cluster.kubectl("delete", "namespace", other, "--wait=false")

@@ -27,7 +27,13 @@ from urllib.parse import quote
 
 from cairn.node_agent import metrics
 from cairn.node_agent.checkpoints.restore.plan import SourceKind
-from cairn.node_agent.host.files import NotRegularFileError, atomic_write, fsync_directory, open_beneath
+from cairn.node_agent.host.files import (
+    Directory,
+    NotRegularFileError,
+    atomic_write,
+    fsync_directory,
+    open_beneath,
+)
 from cairn.node_agent.manifests import (
     ALL_CORES,
     CHUNK_BYTES,
@@ -95,7 +101,9 @@ class _FileStream:
 class LocalDirectorySource:
     """A checkpoint directory this process can read: this node's own copy, or any tree in tests."""
 
-    def __init__(self, directory: Path, kind: SourceKind = SourceKind.LOCAL, name: str = "local") -> None:
+    def __init__(
+        self, directory: Directory, kind: SourceKind = SourceKind.LOCAL, name: str = "local"
+    ) -> None:
         self.directory = directory
         self.kind = kind
         self.name = name

@@ -10,7 +10,6 @@ reason, so the restore's report says why each tier was passed over.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Any
 
 from kubernetes import client
@@ -33,9 +32,10 @@ from cairn.node_agent.checkpoints.restore.plan import (
     choose_sources,
     no_source_reason,
 )
+from cairn.node_agent.host.files import Directory
 from cairn.s3 import CredentialsError, S3Location, client_from_secret
 
-LocalDirectory = Callable[[Checkpoint], Path | None]
+LocalDirectory = Callable[[Checkpoint], Directory | None]
 """This node's copy as a readable directory (the agent: `local_copy_directory`), or None."""
 
 

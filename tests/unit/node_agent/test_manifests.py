@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 import blake3
 import pytest
@@ -167,15 +168,15 @@ def test_a_file_that_changes_while_hashed_fails_the_manifest(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     step = dcp_checkpoint(tmp_path)
-    real_hash_file = manifests.hash_file
+    real_hash_stream = manifests.hash_stream
 
-    def hash_then_append(path: Path, *args: object, **kwargs: object) -> tuple[int, str]:
-        result = real_hash_file(path, *args, **kwargs)  # type: ignore[arg-type]
-        with open(path, "ab") as stream:
-            stream.write(b"late write")
+    def hash_then_append(stream: BinaryIO, *args: object, **kwargs: object) -> tuple[int, str]:
+        result = real_hash_stream(stream, *args, **kwargs)  # type: ignore[arg-type]
+        with open(f"/proc/self/fd/{stream.fileno()}", "ab") as writer:
+            writer.write(b"late write")
         return result
 
-    monkeypatch.setattr(manifests, "hash_file", hash_then_append)
+    monkeypatch.setattr(manifests, "hash_stream", hash_then_append)
     with pytest.raises(ManifestError, match="changed while it was hashed"):
         build_manifest(step)
 
@@ -261,3 +262,40 @@ def test_duplicate_entries_are_refused() -> None:
     entry = ManifestEntry("a", 1, "blake3:" + "0" * 64)
     with pytest.raises(ManifestError, match="twice"):
         Manifest(HashAlgorithm.BLAKE3, (entry, entry))
+
+
+@pytest.mark.parametrize("swap", ["fifo", "symlink-to-dev-zero", "symlink-to-host-file", "replaced"])
+def test_a_shard_swapped_between_listing_and_hashing_is_never_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, swap: str
+) -> None:
+    step = dcp_checkpoint(tmp_path)
+    host_file = tmp_path / "host-shadow"
+    host_file.write_bytes(b"HOST SECRET" * 1000)
+    real_list_beneath = manifests.list_beneath
+    opened: list[str] = []
+
+    def list_then_swap(*args: object, **kwargs: object) -> object:
+        listing = real_list_beneath(*args, **kwargs)  # type: ignore[arg-type]
+        shard = step / "__0_0.distcp"
+        shard.unlink()
+        if swap == "fifo":
+            os.mkfifo(shard)
+        elif swap == "symlink-to-dev-zero":
+            os.symlink("/dev/zero", shard)
+        elif swap == "symlink-to-host-file":
+            os.symlink(host_file, shard)
+        else:
+            shard.write_bytes(os.urandom(300_000))  # same size, another inode
+        return listing
+
+    real_hash_stream = manifests.hash_stream
+
+    def hash_recording(stream: BinaryIO, *args: object, **kwargs: object) -> tuple[int, str]:
+        opened.append(os.readlink(f"/proc/self/fd/{stream.fileno()}"))
+        return real_hash_stream(stream, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(manifests, "list_beneath", list_then_swap)
+    monkeypatch.setattr(manifests, "hash_stream", hash_recording)
+    with pytest.raises(ManifestError, match=r"__0_0\.distcp"):
+        build_manifest(step)
+    assert str(host_file) not in opened and "/dev/zero" not in opened

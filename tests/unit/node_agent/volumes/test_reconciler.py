@@ -11,6 +11,7 @@ from cairn.api.volume import (
     LocalVolumeSpec,
     LocalVolumeStatus,
     PoolClass,
+    PopulateSource,
     VolumeAccess,
     VolumePhase,
 )
@@ -20,6 +21,7 @@ from cairn.node_agent.lvm.report import LvInfo, volume_tag
 from cairn.node_agent.volumes.index import VolumeIndex
 from cairn.node_agent.volumes.reconciler import VolumeReconciler
 from cairn.units import GiB
+from tests.testbed.waiting import wait_until
 
 NODE = "gpu-1"
 VG = pool_vg("nvme")
@@ -172,3 +174,23 @@ def test_a_deleted_volume_lets_go_removes_its_lv_publishes_then_drops_the_finali
     assert order == ["release lvol-e", "publish"]
     assert "lvremove lvol-e" in lvm.calls and "lvol-e" not in lvm.lvs
     assert item.metadata["finalizers"] is None and index.lookup("lvol-e") is None
+
+
+def test_a_volume_whose_source_is_in_another_namespace_than_its_claim_is_never_filled() -> None:
+    lvm, volumes, asked = FakeLvm(), FakeVolumes(), []
+    subject, index = reconciler(
+        lvm, volumes, populate=lambda name, spec, device: asked.append(name) or "filled"
+    )
+    foreign = spec().model_copy(
+        update={
+            "pvc_namespace": "team-b",
+            "pvc_name": "thief",
+            "populate_from": PopulateSource(kind="Checkpoint", namespace="team-a", name="step-7"),
+        }
+    )
+    subject.handle("ADDED", volumes.add("lvol-c", foreign))
+    wait_until(lambda: volumes.status_patches, 5, "the fill thread to report")
+    _, patch = volumes.status_patches[-1]
+    assert patch["phase"] == "Failed" and patch["reason"] == "CrossNamespaceSource"
+    assert "team-a/step-7" in patch["message"] and "team-b" in patch["message"]
+    assert asked == [] and not lvm.lvs and index.lookup("lvol-c") is None
