@@ -89,7 +89,9 @@ class UploadSpec(CairnModel):
         json_schema_extra={
             "x-kubernetes-validations": [
                 {
-                    "rule": f"(self.concurrency + 1) * self.partSizeBytes <= {MAX_UPLOAD_BUFFER_BYTES}",
+                    # The apiserver checks the schema's `{}` default too, before defaults fill it.
+                    "rule": "!has(self.concurrency) || !has(self.partSizeBytes) || "
+                    f"(self.concurrency + 1) * self.partSizeBytes <= {MAX_UPLOAD_BUFFER_BYTES}",
                     "message": "(concurrency + 1) * partSizeBytes, the memory an upload holds, "
                     "may be at most 1 GiB",
                 }

@@ -30,6 +30,7 @@ from cairn.node_agent.lvm.report import (
     loops_at,
     parse_losetup_list,
 )
+from cairn.node_agent.lvm.zeroing import zero_range
 
 _DEVICE_NODE_WAIT_S = 10.0
 
@@ -50,7 +51,7 @@ class Activation(Protocol):
         """Make a just-created LV safe to hand out (no old data at its ends)."""
         ...
 
-    def after_extend(self, info: LvInfo) -> None: ...
+    def after_extend(self, info: LvInfo, previous_bytes: int) -> None: ...
     def activate(self, info: LvInfo) -> str: ...
     def deactivate(self, info: LvInfo, in_use: LvInUse) -> None: ...
     def device_path(self, info: LvInfo) -> str | None: ...
@@ -73,10 +74,14 @@ class DeviceMapperActivation:
         return []
 
     def prepare_new(self, info: LvInfo) -> None:
-        pass  # lvcreate zeroed it and wiped its signatures
+        # lvcreate --zero clears only the first 4 KiB; the rest may hold an earlier volume's bytes.
+        _wait_for_node(info.path)
+        zero_range(info.path, 0, info.size_bytes)
 
-    def after_extend(self, info: LvInfo) -> None:
-        pass  # the dm table grows with the LV
+    def after_extend(self, info: LvInfo, previous_bytes: int) -> None:
+        # The dm table grows with the LV; the extents it gained are zeroed before anyone sees them.
+        _wait_for_node(info.path)
+        zero_range(info.path, previous_bytes, info.size_bytes - previous_bytes)
 
     def activate(self, info: LvInfo) -> str:
         try:
@@ -120,10 +125,13 @@ class LoopActivation:
         return ["--alloc", "contiguous"]
 
     def prepare_new(self, info: LvInfo) -> None:
-        loop.wipe_ends(self._extent(info))
-
-    def after_extend(self, info: LvInfo) -> None:
         extent = self._extent(info)
+        zero_range(extent.pv, extent.offset, extent.sizelimit)
+
+    def after_extend(self, info: LvInfo, previous_bytes: int) -> None:
+        extent = self._extent(info)
+        # Zeroed before the loop device grows over it, so the volume never shows the old bytes.
+        zero_range(extent.pv, extent.offset + previous_bytes, extent.sizelimit - previous_bytes)
         for device in self._loops_for(extent):
             loop.set_sizelimit(device.name, extent.sizelimit)
 

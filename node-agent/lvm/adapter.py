@@ -15,7 +15,6 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
-from cairn.node_agent.lvm import loop
 from cairn.node_agent.lvm.activation import Activation, DeviceMapperActivation, LoopActivation
 from cairn.node_agent.lvm.errors import (
     InsufficientSpace,
@@ -384,8 +383,8 @@ class Lvm:
                 with contextlib.suppress(LvmError):
                     self._lvm("lvremove", f"{vg}/{lv}")
                 raise LvmError(
-                    f"could not clear the first and last {format_bytes(loop.WIPE_BYTES)} of new volume "
-                    f"{vg}/{lv} ({exc}); the volume was removed again, retry the create"
+                    f"could not zero new volume {vg}/{lv} ({exc}); it was removed again, so no one "
+                    "reads an earlier volume's bytes; retry the create"
                 ) from exc
             return info
 
@@ -427,7 +426,7 @@ class Lvm:
                     raise self._insufficient(vg, more_bytes, f"growing volume {lv} by", exc) from exc
                 raise self._typed(exc, vg, lv) from exc
             grown = self.get_lv(vg, lv)
-            self.activation.after_extend(grown)
+            self.activation.after_extend(grown, current.size_bytes)
             return grown
 
     def lvremove(self, vg: str, lv: str) -> None:

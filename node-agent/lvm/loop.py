@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from cairn.node_agent.lvm.errors import LvInUse, LvmError
-from cairn.node_agent.lvm.report import LoopExtent, format_bytes
+from cairn.node_agent.lvm.report import format_bytes
 
 # linux/loop.h
 _LOOP_CLR_FD = 0x4C01
@@ -22,11 +22,6 @@ _LOOP_SET_STATUS64 = 0x4C04
 _LOOP_GET_STATUS64 = 0x4C05
 _LOOP_INFO64 = struct.Struct("=5Q4I64s64s2Q")  # struct loop_info64; lo_sizelimit is field 4
 _LOOP_SIZELIMIT_FIELD = 4
-
-WIPE_BYTES = 1024 * 1024
-"""In loop mode lvm cannot zero a new LV (it never opens the LV), so this much is cleared at both
-ends. Without it a new volume could carry a previous volume's filesystem signature, and
-NodeStage's "format only if blank" would mount another tenant's data."""
 
 
 def attached(loop_name: str) -> bool:
@@ -89,19 +84,5 @@ def set_sizelimit(loop_name: str, sizelimit: int) -> None:
                         "itself was grown, deactivate and activate it to use the new size"
                     ) from exc
                 time.sleep(0.1)
-    finally:
-        os.close(fd)
-
-
-def wipe_ends(extent: LoopExtent) -> None:
-    """Zero the first and last WIPE_BYTES of the PV range a new LV occupies, durably."""
-    length = min(WIPE_BYTES, extent.sizelimit)
-    zeros = bytes(length)
-    fd = os.open(extent.pv, os.O_WRONLY | os.O_CLOEXEC)
-    try:
-        os.pwrite(fd, zeros, extent.offset)
-        if extent.sizelimit > length:
-            os.pwrite(fd, zeros, extent.offset + extent.sizelimit - length)
-        os.fsync(fd)
     finally:
         os.close(fd)

@@ -47,3 +47,19 @@ def test_credentials_written_into_a_policy_are_refused(bed: TestBed) -> None:
     assert result.returncode != 0
     assert "secretAccessKey" in result.stderr
     assert bed.control_plane.kubectl("get", "ckptpolicy", "hourly", check=False).returncode != 0
+
+
+def test_a_policy_that_would_let_one_upload_hold_unbounded_memory_is_refused(bed: TestBed) -> None:
+    greedy = policy(TARGET)
+    greedy["spec"]["upload"] = {"concurrency": 8, "partSizeBytes": 256 * 1024 * 1024}
+    result = bed.control_plane.kubectl("apply", "-f", "-", input_text=json.dumps(greedy), check=False)
+    assert result.returncode != 0
+    assert "the memory an upload holds, may be at most 1 GiB" in result.stderr
+    greedy["spec"]["upload"] = {"concurrency": 64}
+    result = bed.control_plane.kubectl("apply", "-f", "-", input_text=json.dumps(greedy), check=False)
+    assert result.returncode != 0 and "should be less than or equal to 16" in result.stderr
+    long_pattern = policy(TARGET)
+    long_pattern["spec"]["commit"] = {"stepPattern": "(" + "a" * 300 + r"\d+)"}
+    result = bed.control_plane.kubectl("apply", "-f", "-", input_text=json.dumps(long_pattern), check=False)
+    assert result.returncode != 0 and "stepPattern" in result.stderr
+    assert bed.control_plane.kubectl("get", "ckptpolicy", "hourly", check=False).returncode != 0

@@ -8,6 +8,7 @@ faults no kubelet produces on demand. Pods on real kubelets are in test_user_pat
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import re
 import subprocess
@@ -179,3 +180,65 @@ def test_deleted_volume_frees_its_space_and_delete_is_idempotent(bed: TestBed, d
     delete(driver, volume_id)
     wait_for_free(before)
     assert bed.control_plane.kubectl("get", "localvolume", volume_id, check=False).returncode != 0
+
+
+def block_capability() -> csi_pb2.VolumeCapability:
+    mode = csi_pb2.VolumeCapability.AccessMode
+    return csi_pb2.VolumeCapability(
+        block=csi_pb2.VolumeCapability.BlockVolume(), access_mode=mode(mode=mode.SINGLE_NODE_WRITER)
+    )
+
+
+def test_a_new_block_volume_never_shows_what_a_deleted_one_held(bed: TestBed) -> None:
+    """Tenant a writes through a raw block volume and deletes it; tenant b's new one reads zeros."""
+    pattern = b"TENANT-A-SECRET!" * 65536  # 1 MiB
+    # 64 MiB holds 15 extents: two 48 MiB volumes one after the other share at least 9 of them.
+    with running_driver(bed, "zeroing", disks=1, disk_size=64 * MiB) as driver:
+        standin = KubeletStandIn(driver.node_socket, driver.workdir)
+
+        def publish(volume_id: str, name: str) -> Path:
+            target = driver.workdir / name
+            standin.node().NodePublishVolume(
+                csi_pb2.NodePublishVolumeRequest(
+                    volume_id=volume_id, target_path=str(target), volume_capability=block_capability()
+                ),
+                timeout=60,
+            )
+            return target
+
+        def unpublish(volume_id: str, target: Path) -> None:
+            standin.node().NodeUnpublishVolume(
+                csi_pb2.NodeUnpublishVolumeRequest(volume_id=volume_id, target_path=str(target)), timeout=60
+            )
+
+        first = create(driver, "tenant-a-block", 48 * MiB, capability=block_capability()).volume.volume_id
+        device = publish(first, "a-device")
+        descriptor = os.open(device, os.O_WRONLY)
+        try:
+            for offset in range(0, 48 * MiB, len(pattern)):
+                os.pwrite(descriptor, pattern, offset)
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+        with open(device, "rb") as check:
+            assert check.read(len(pattern)) == pattern
+        unpublish(first, device)
+        delete(driver, first)
+
+        second = create(driver, "tenant-b-block", 48 * MiB, capability=block_capability()).volume.volume_id
+        device = publish(second, "b-device")
+        descriptor = os.open(device, os.O_RDONLY | os.O_DIRECT)
+        try:
+            buffer = mmap.mmap(-1, 4 * MiB)
+            seen = 0
+            for offset in range(0, 48 * MiB, 4 * MiB):
+                read = os.preadv(descriptor, [buffer], offset)
+                chunk = bytes(buffer[:read])
+                assert b"TENANT-A" not in chunk, f"tenant a's bytes at offset {offset} of tenant b's volume"
+                assert chunk.count(0) == read, f"non-zero bytes at offset {offset} of a new volume"
+                seen += read
+            assert seen == 48 * MiB
+        finally:
+            os.close(descriptor)
+        unpublish(second, device)
+        delete(driver, second)
