@@ -2,7 +2,7 @@
 
 Both run in the same session on loop disks of the same simulated node. The Cairn path adds the
 kube-apiserver round trips (LocalVolume create, the agent's watch, status patch), activation
-and the wiping of a new LV's ends; the baseline is lvm alone, with the same device filter.
+and the zeroing of a new LV's extents; the baseline is lvm alone, with the same device filter.
 """
 
 from __future__ import annotations

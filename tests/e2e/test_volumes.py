@@ -228,7 +228,7 @@ def test_a_new_block_volume_never_shows_what_a_deleted_one_held(bed: TestBed) ->
         second = create(driver, "tenant-b-block", 48 * MiB, capability=block_capability()).volume.volume_id
         device = publish(second, "b-device")
         descriptor = os.open(device, os.O_RDONLY | os.O_DIRECT)
-        try:
+        try:  # the finally releases the device even when an assertion fails
             buffer = mmap.mmap(-1, 4 * MiB)
             seen = 0
             for offset in range(0, 48 * MiB, 4 * MiB):
@@ -240,5 +240,5 @@ def test_a_new_block_volume_never_shows_what_a_deleted_one_held(bed: TestBed) ->
             assert seen == 48 * MiB
         finally:
             os.close(descriptor)
-        unpublish(second, device)
-        delete(driver, second)
+            unpublish(second, device)
+            delete(driver, second)
