@@ -18,6 +18,7 @@ from kubernetes.client.exceptions import ApiException
 
 from cairn import API_GROUP, API_VERSION
 from cairn.api.base import CairnModel, Resource
+from cairn.egress import EgressPolicy, EgressRefused, cluster_ranges
 from cairn.s3 import ReadSecret, SecretForbidden, SecretMissing
 
 log = logging.getLogger("cairn.kube")
@@ -303,5 +304,37 @@ def claim_reader(
                 return None
             raise
         return claim
+
+    return read
+
+
+def egress_policy_reader(
+    api_client: client.ApiClient, allowed: list[str], denied: list[str], ttl: float = 60.0
+) -> Callable[[], EgressPolicy]:
+    """The origin policy with this cluster's node addresses, pod ranges and service ranges denied,
+    re-read at most every `ttl` seconds. Without them it refuses every origin: failing open would
+    let a tenant reach the nodes while the apiserver is away."""
+    core_v1 = client.CoreV1Api(api_client)
+    networking = client.NetworkingV1Api(api_client)
+    cached: list[tuple[float, EgressPolicy]] = []
+
+    def read() -> EgressPolicy:
+        if cached and time.monotonic() - cached[0][0] < ttl:
+            return cached[0][1]
+        try:
+            nodes = core_v1.list_node().items
+            try:
+                services = [c for s in networking.list_service_cidr().items for c in (s.spec.cidrs or [])]
+            except ApiException as error:
+                if error.status != 404:  # an apiserver without the ServiceCIDR API
+                    raise
+                services = []
+        except ApiException as error:
+            if cached:
+                return cached[0][1]
+            raise EgressRefused(f"the cluster's address ranges cannot be read ({error.reason})") from None
+        policy = EgressPolicy.build([*cluster_ranges(nodes, services), *denied], allowed)
+        cached[:] = [(time.monotonic(), policy)]
+        return policy
 
     return read

@@ -21,7 +21,7 @@ from cairn.csi.identity import IdentityService
 from cairn.csi.proto import csi_pb2_grpc
 from cairn.csi.server import serve
 from cairn.events import EventRecorder
-from cairn.kube import ResourceClient, load_api_client, secret_reader, trigger_on_change
+from cairn.kube import ResourceClient, egress_policy_reader, load_api_client, secret_reader, trigger_on_change
 from cairn.logs import setup_logging
 from cairn.node_agent import metrics
 from cairn.node_agent.checkpoints.local import checkpoint_locator, local_copy_directory
@@ -83,6 +83,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--metrics-address", default=None, help="host:port to serve /metrics on")
     parser.add_argument("--p2p-address", default=None, help="host:port of the BitTorrent listener")
+    parser.add_argument(
+        "--origin-allow-cidr",
+        action="append",
+        default=[],
+        help="a range Dataset origins may reach although it is denied (e.g. an in-cluster object store)",
+    )
+    parser.add_argument(
+        "--origin-deny-cidr",
+        action="append",
+        default=[],
+        help="a range Dataset origins may not reach, beyond loopback, link-local and the cluster's own",
+    )
     parser.add_argument(
         "--lvm-system-dir",
         default=None,
@@ -199,6 +211,7 @@ def start_dataset_agent(
         index.lookup,
         args.state_dir,
         TorrentNode(host, port),
+        egress_policy_reader(api_client, args.origin_allow_cidr, args.origin_deny_cidr),
     )
     passes = Coalescing("datasets", agent.run_pass, stop, min_interval=0.2, period=2.0).start()
     trigger_on_change(agent.datasets, wake_shape, passes.trigger, stop, "dataset-watch")

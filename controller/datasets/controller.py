@@ -225,6 +225,12 @@ class DatasetController:
         local = next((v for v in volumes if v.name == handle), None)
         if local is None:
             return None, ("SourceClaimNotCairn", f"PVC {namespace}/{source.name} is not a Cairn volume")
+        if local.model.spec.access == VolumeAccess.BLOCK:
+            # The agent would mount a filesystem image the tenant wrote: the host kernel parsing it.
+            return None, (
+                "BlockSourceRefused",
+                f"PVC {namespace}/{source.name} is a block volume; only a filesystem claim can be a source",
+            )
         return local, None
 
     def _create_volume(self, namespace: str, name: str, key: str, node: str, pool, total_bytes: int) -> None:

@@ -21,6 +21,7 @@ from kubernetes import client
 
 from cairn.api.dataset import Dataset, DatasetNodeStatus, NodePhase, dataset_volume_name
 from cairn.api.disk import StorageNode
+from cairn.egress import EgressPolicy
 from cairn.kube import ResourceClient, Typed, secret_reader
 from cairn.node_agent import metrics
 from cairn.node_agent.datasets.origin import OriginError
@@ -45,6 +46,7 @@ class DatasetAgent:
     lookup: Callable[[str], StagedVolume | None]
     state_dir: Path
     torrent: TorrentNode
+    egress: Callable[[], EgressPolicy] = EgressPolicy
     _busy: dict[str, threading.Thread] = field(default_factory=dict)
     store: PartStore = field(init=False)
     reports: NodeReports = field(init=False)
@@ -64,6 +66,7 @@ class DatasetAgent:
             self.store,
             self.swarm,
             self.reports,
+            self.egress,
         )
 
     def shutdown(self) -> None:

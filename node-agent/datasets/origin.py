@@ -15,6 +15,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO, Protocol
 from urllib.parse import unquote, urlparse
 
+from cairn.egress import EgressPolicy, EgressRefused
 from cairn.node_agent.host.files import FileChangedError, FileIdentity, list_beneath, open_beneath
 from cairn.paths import UnsafePathError, safe_relative_path
 
@@ -99,9 +100,21 @@ class S3Origin:
 
 
 class HttpOrigin:
-    def __init__(self, urls: list[str], timeout: float = 60.0) -> None:
+    """Files by URL. Every connection, redirects included, goes through `egress`: a tenant's URL
+    must not lead the agent to the node's own services or the cloud's metadata endpoint."""
+
+    def __init__(self, urls: list[str], egress: EgressPolicy | None = None, timeout: float = 60.0) -> None:
         self.urls = urls
         self.timeout = timeout
+        self.egress = egress or EgressPolicy()
+        self._opener = self.egress.opener()
+
+    def _urlopen(self, request: urllib.request.Request | str) -> Any:
+        try:
+            return self._opener.open(request, timeout=self.timeout)
+        except EgressRefused as refused:
+            url = request if isinstance(request, str) else request.full_url
+            raise OriginError("OriginRefused", f"{url}: {refused}") from None
 
     def list_files(self) -> list[OriginFile]:
         entries = []
@@ -110,8 +123,7 @@ class HttpOrigin:
             if parsed.scheme not in ("https", "http"):
                 raise OriginError("InvalidSource", f"{url!r} is not an http(s) URL")
             name = unquote(parsed.path.rsplit("/", 1)[-1])
-            request = urllib.request.Request(url, method="HEAD")
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            with self._urlopen(urllib.request.Request(url, method="HEAD")) as response:
                 length = response.headers.get("Content-Length")
             if length is None:
                 raise OriginError(
@@ -125,7 +137,8 @@ class HttpOrigin:
 
     def open(self, file: OriginFile, start: int = 0, length: int | None = None) -> BinaryIO:
         assert start == 0 and length in (None, file.size), "an HTTP origin is read one whole file at a time"
-        return urllib.request.urlopen(file.locator, timeout=self.timeout)
+        stream: BinaryIO = self._urlopen(file.locator)
+        return stream
 
 
 class DirectoryOrigin:

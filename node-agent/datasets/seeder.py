@@ -23,6 +23,8 @@ from typing import Any
 
 from cairn.api.dataset import Dataset, DatasetNodeStatus, DatasetPart, DatasetStatus, NodePhase
 from cairn.api.disk import StorageNode
+from cairn.api.volume import VolumeAccess
+from cairn.egress import EgressPolicy, EgressRefused
 from cairn.kube import ResourceClient, Typed
 from cairn.node_agent import metrics
 from cairn.node_agent.datasets.origin import DirectoryOrigin, HttpOrigin, Origin, OriginError, S3Origin
@@ -53,6 +55,8 @@ class Seeder:
     store: PartStore
     swarm: Swarm
     reports: NodeReports
+    egress: Callable[[], EgressPolicy] = EgressPolicy
+    """Where origins may lead: the fixed refusals, the cluster's ranges, the chart's allowances."""
 
     def list_origin(self, item: Typed, namespace: str) -> None:
         dataset: Dataset = item.model
@@ -153,6 +157,11 @@ class Seeder:
         if source.s3 is not None:
             s3 = source.s3
             location = S3Location.from_url(s3.url)
+            try:
+                # boto3 connects by name: a name that resolves elsewhere later is not caught here.
+                self.egress().check_url(s3.endpoint)
+            except EgressRefused as refused:
+                raise OriginError("OriginRefused", f"S3 endpoint {s3.endpoint}: {refused}") from None
 
             def make_client() -> Any:
                 return client_from_secret(
@@ -166,7 +175,7 @@ class Seeder:
 
             return S3Origin(make_client, location.bucket, location.prefix)
         if source.http is not None:
-            return HttpOrigin(source.http.urls)
+            return HttpOrigin(source.http.urls, self.egress())
         return DirectoryOrigin(self._mount_source_volume(dataset))
 
     def _source_mount(self, volume: str) -> Path:
@@ -179,6 +188,12 @@ class Seeder:
         if volume is None:
             raise OriginError(
                 "SourceVolumeNotHere", f"the source volume {volume_name} is not on {self.node_name}"
+            )
+        if volume.access is VolumeAccess.BLOCK:
+            # Mounting it would have the host kernel parse a filesystem image the tenant wrote.
+            raise OriginError(
+                "BlockSourceRefused",
+                f"the source volume {volume_name} is a block volume; only a filesystem claim can be a source",
             )
         mount = self._source_mount(volume.name)
         if not mounts.is_mount_point(str(mount)):

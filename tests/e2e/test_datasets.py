@@ -304,3 +304,34 @@ def test_a_source_listing_an_unsafe_name_fails_before_any_byte_is_written(swarm:
         server.shutdown()
         server.server_close()
         swarm.kubectl("delete", "dataset", "hostile", "-n", NAMESPACE, check=False)
+
+
+def test_an_origin_pointing_at_cloud_metadata_or_a_node_fails_without_a_request(swarm: Swarm) -> None:
+    nodes = [swarm.nodes[0].name]
+    sources = {
+        "metadata": {"http": {"urls": ["http://169.254.169.254/latest/meta-data/iam/credentials"]}},
+        # The agent's own loopback: its metrics, the kubelet, anything bound to 127.0.0.1.
+        "loopback": {"http": {"urls": ["http://localhost:10250/pods"]}},
+    }
+    try:
+        for name, source in sources.items():
+            swarm.apply(
+                {
+                    "apiVersion": "cairn.dev/v1alpha1",
+                    "kind": "Dataset",
+                    "metadata": {"name": name, "namespace": NAMESPACE},
+                    "spec": {"source": source, "nodes": {"names": nodes}},
+                }
+            )
+        for name, refused in (("metadata", "169.254.0.0/16"), ("loopback", "127.0.0.0/8")):
+
+            def failed(name: str = name) -> dict:
+                conditions = swarm.dataset(name).get("status", {}).get("conditions", [])
+                return next((c for c in conditions if c["type"] == "Failed" and c["status"] == "True"), {})
+
+            wait_until(failed, 60, f"dataset {name} to fail", context=lambda name=name: swarm.diagnosis(name))
+            assert failed()["reason"] == "OriginRefused"
+            assert refused in failed()["message"] and "allow it in the chart" in failed()["message"]
+    finally:
+        for name in sources:
+            swarm.kubectl("delete", "dataset", name, "-n", NAMESPACE, check=False)

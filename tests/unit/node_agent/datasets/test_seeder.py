@@ -12,14 +12,16 @@ from typing import Any
 import pytest
 
 from cairn.api.dataset import Dataset, DatasetStatus, NodePhase
+from cairn.api.volume import VolumeAccess
 from cairn.kube import Typed
 from cairn.node_agent.datasets import parts
-from cairn.node_agent.datasets.origin import DirectoryOrigin, Origin
+from cairn.node_agent.datasets.origin import DirectoryOrigin, Origin, OriginError
 from cairn.node_agent.datasets.reports import NodeReports
 from cairn.node_agent.datasets.seeder import Seeder
 from cairn.node_agent.datasets.store import PartStore
 from cairn.node_agent.manifests import build_manifest
 from cairn.node_agent.p2p.metadata import info_hash_of
+from cairn.node_agent.volumes.index import StagedVolume
 
 NODE = "node-a"
 
@@ -130,3 +132,24 @@ def test_an_origin_that_changed_under_published_parts_fails_the_dataset_and_leav
     assert "0" * 64 in condition["message"]
     assert swarm.left == ["ns/corpus"]
     assert not any("parts" in p for p in datasets.status_patches), "nothing different is published"
+
+
+def test_a_block_claim_is_refused_as_a_source_before_anything_is_mounted(tmp_path: Path) -> None:
+    block = StagedVolume("lv-raw", "/dev/does-not-matter", VolumeAccess.BLOCK, None, "nvme")
+    swarm, datasets = FakeSwarm(), FakeDatasets()
+    seeder = Seeder(
+        NODE,
+        lambda namespace, name: {},
+        datasets,  # type: ignore[arg-type]
+        lambda volume: block if volume == "lv-raw" else None,
+        tmp_path,
+        PartStore(tmp_path / "datasets"),
+        swarm,  # type: ignore[arg-type]
+        NodeReports(NODE, datasets),  # type: ignore[arg-type]
+    )
+    dataset = item().model
+    dataset.status.source_volume = "lv-raw"
+    with pytest.raises(OriginError) as refused:
+        seeder._origin(dataset, "ns", "corpus")
+    assert refused.value.reason == "BlockSourceRefused"
+    assert not (tmp_path / "dataset-sources").exists()
