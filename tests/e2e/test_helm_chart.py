@@ -10,6 +10,7 @@ the alert rules themselves. The ServiceAccounts' rights are asked of the apiserv
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -25,6 +26,7 @@ from cairn.node_agent.main import parse_args as node_agent_args
 from tests.testbed.bed import TestBed
 from tests.testbed.controlplane import CAIRN_NAMESPACE
 from tests.testbed.tools import REPO_ROOT, tool_path
+from tests.testbed.waiting import wait_until
 from tools.build_tools import TOOLS
 
 CHART = REPO_ROOT / "deploy" / "helm" / "cairn"
@@ -285,12 +287,20 @@ RIGHTS = [
     ("cairn-node-agent", N, "delete", "persistentvolumes"),
     ("cairn-node-agent", N, "create", "persistentvolumes"),
     ("cairn-node-agent", N, "create", "pods", "-n", "default"),
+    ("cairn-node-agent", Y, "list", "servicecidrs.networking.k8s.io"),
+    ("cairn-node-agent", N, "create", "servicecidrs.networking.k8s.io"),
     # The controller and the sidecars in its pod: volumes, claims, capacity, leases; no Secrets at all.
     ("cairn-controller", Y, "create", "persistentvolumes"),
     ("cairn-controller", Y, "create", "localvolumes.cairn.dev"),
     ("cairn-controller", Y, "patch", "persistentvolumeclaims", "--subresource=status", "-A"),
     ("cairn-controller", Y, "create", "csistoragecapacities.storage.k8s.io", "-n", CAIRN_NAMESPACE),
     ("cairn-controller", Y, "update", "leases.coordination.k8s.io", "-n", CAIRN_NAMESPACE),
+    ("cairn-controller", N, "update", "leases.coordination.k8s.io", "-n", "default"),
+    ("cairn-controller", Y, "create", "persistentvolumeclaims", "-n", CAIRN_NAMESPACE),
+    ("cairn-controller", Y, "delete", "persistentvolumeclaims", "-n", CAIRN_NAMESPACE),
+    ("cairn-controller", N, "create", "persistentvolumeclaims", "-n", "default"),
+    ("cairn-controller", N, "delete", "persistentvolumeclaims", "-n", "default"),
+    ("cairn-controller", Y, "update", "persistentvolumeclaims", "-n", "default"),
     ("cairn-controller", Y, "get", "pods", "-n", CAIRN_NAMESPACE),
     ("cairn-controller", Y, "get", "deployments.apps", "-n", CAIRN_NAMESPACE),
     ("cairn-controller", N, "get", "secrets", "-n", CAIRN_NAMESPACE),
@@ -317,6 +327,148 @@ def test_service_accounts_hold_exactly_the_rights_they_need(bed: TestBed) -> Non
         if answer != expected:
             wrong.append(f"{identity} can-i {' '.join(question)}: {answer}, expected {expected}")
     assert not wrong, "\n".join(wrong)
+
+
+def _objects(*docs: dict[str, Any]) -> str:
+    return yaml.safe_dump_all(list(docs))
+
+
+def test_one_nodes_agent_cannot_change_another_nodes_records(bed: TestBed) -> None:
+    """RBAC gives every agent the same rights; the chart's admission policy narrows them to its node.
+
+    The agent's token here is bound to a pod on node "vap-a", as the kubelet's projected tokens are;
+    no kubelet is needed for the apiserver to put the node's name into the request.
+    """
+    cp = bed.control_plane
+    policy = [d for d in render() if d["kind"].startswith("ValidatingAdmissionPolicy")]
+    assert {d["kind"] for d in policy} == {"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
+    ns = "vap-team"
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "vap-agent", "namespace": CAIRN_NAMESPACE},
+        "spec": {
+            "nodeName": "vap-a",
+            "serviceAccountName": "cairn-node-agent",
+            "containers": [{"name": "agent", "image": "cairn-never-pulled"}],
+        },
+    }
+    nodes = [{"apiVersion": "v1", "kind": "Node", "metadata": {"name": n}} for n in ("vap-a", "vap-b")]
+    records = [
+        {
+            "apiVersion": "cairn.dev/v1alpha1",
+            "kind": "StorageNode",
+            "metadata": {"name": n},
+            "spec": {"nodeName": n},
+        }
+        for n in ("vap-a", "vap-b")
+    ]
+    dataset = {
+        "apiVersion": "cairn.dev/v1alpha1",
+        "kind": "Dataset",
+        "metadata": {"name": "shared", "namespace": ns},
+        "spec": {"source": {"http": {"urls": ["https://example.com/a.bin"]}}, "nodes": {"names": []}},
+    }
+    checkpoints = [
+        {
+            "apiVersion": "cairn.dev/v1alpha1",
+            "kind": "Checkpoint",
+            "metadata": {"name": f"step-{n}", "namespace": ns},
+            "spec": {
+                "policy": "p",
+                "pvcName": "train",
+                "nodeName": n,
+                "volume": "lv-x",
+                "path": "ckpt/step_1",
+                "step": 1,
+                "sizeBytes": 1,
+                "size": "1B",
+                "fileCount": 1,
+                "hashAlgorithm": "blake3",
+                "manifestDigest": "blake3:" + "0" * 64,
+            },
+        }
+        for n in ("vap-a", "vap-b")
+    ]
+    cp.kubectl("create", "namespace", ns)
+    try:
+        cp.kubectl("apply", "-f", "-", input_text=_objects(*nodes, *records, dataset, pod, *checkpoints))
+        cp.kubectl(
+            "patch",
+            "dataset",
+            "shared",
+            "-n",
+            ns,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            '{"status": {"nodes": {"vap-b": {"phase": "Ready"}}}}',
+        )
+        uid = json.loads(cp.kubectl("get", "pod", "vap-agent", "-n", CAIRN_NAMESPACE, "-o", "json").stdout)[
+            "metadata"
+        ]["uid"]
+        token = cp.kubectl(
+            "create",
+            "token",
+            "cairn-node-agent",
+            "-n",
+            CAIRN_NAMESPACE,
+            "--bound-object-kind=Pod",
+            "--bound-object-name=vap-agent",
+            f"--bound-object-uid={uid}",
+        ).stdout.strip()
+        cp.write_kubeconfig("agent-on-vap-a", {"token": token})
+        cp.kubectl("apply", "-f", "-", input_text=_objects(*policy))
+
+        def as_agent(*args: str, identity: str = "agent-on-vap-a") -> subprocess.CompletedProcess[str]:
+            return cp.kubectl(*args, identity=identity, check=False)
+
+        def patch_ready(node: str, identity: str = "agent-on-vap-a") -> subprocess.CompletedProcess[str]:
+            return as_agent(
+                "patch",
+                "storagenode",
+                node,
+                "--subresource=status",
+                "--type=merge",
+                "-p",
+                '{"status": {"ready": true}}',
+                identity=identity,
+            )
+
+        # Policies take effect once the apiserver has compiled them.
+        wait_until(lambda: patch_ready("vap-b").returncode != 0, 30, "the admission policy to take effect")
+        refused = patch_ready("vap-b")
+        assert "the agent on vap-a may not change StorageNode vap-b" in refused.stderr
+        assert patch_ready("vap-a").returncode == 0, patch_ready("vap-a").stderr
+        # A token not bound to a pod says nothing about its node, and is refused outright.
+        unbound = patch_ready("vap-a", identity="cairn-node-agent")
+        assert unbound.returncode != 0 and "bound to its pod" in unbound.stderr
+
+        def patch_entry(node: str) -> subprocess.CompletedProcess[str]:
+            body = json.dumps({"status": {"nodes": {node: {"phase": "Failed"}}}})
+            return as_agent(
+                "patch", "dataset", "shared", "-n", ns, "--subresource=status", "--type=merge", "-p", body
+            )
+
+        other = patch_entry("vap-b")
+        assert other.returncode != 0 and "only its own entry" in other.stderr
+        assert patch_entry("vap-a").returncode == 0
+        theirs = as_agent("delete", "checkpoint", "step-vap-b", "-n", ns)
+        assert theirs.returncode != 0 and "recorded by another node" in theirs.stderr
+        assert as_agent("delete", "checkpoint", "step-vap-a", "-n", ns).returncode == 0
+        stored = json.loads(cp.kubectl("get", "dataset", "shared", "-n", ns, "-o", "json").stdout)["status"][
+            "nodes"
+        ]
+        assert stored["vap-b"]["phase"] == "Ready" and stored["vap-a"]["phase"] == "Failed"
+    finally:
+        cp.kubectl("delete", "-f", "-", "--ignore-not-found", input_text=_objects(*policy), check=False)
+        cp.kubectl(
+            "delete", "pod", "vap-agent", "-n", CAIRN_NAMESPACE, "--force", "--grace-period=0", check=False
+        )
+        for n in ("vap-a", "vap-b"):
+            cp.kubectl("delete", "storagenode", n, "--ignore-not-found", check=False)
+            cp.kubectl("delete", "node", n, "--ignore-not-found", check=False)
+        cp.kubectl("delete", "namespace", ns, "--wait=false", check=False)
 
 
 # -- the alert rules ---------------------------------------------------------------------------------
