@@ -20,6 +20,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from cairn import TOPOLOGY_KEY
 from cairn.csi.proto import csi_pb2
 from tests.testbed.bed import TestBed
 from tests.testbed.components import Driver, mount_capability, running_driver
@@ -211,7 +212,16 @@ def test_a_new_block_volume_never_shows_what_a_deleted_one_held(bed: TestBed) ->
                 csi_pb2.NodeUnpublishVolumeRequest(volume_id=volume_id, target_path=str(target)), timeout=60
             )
 
-        first = create(driver, "tenant-a-block", 48 * MiB, capability=block_capability()).volume.volume_id
+        # Other modules' nodes may still be reporting: both volumes go to this node's one disk.
+        here = csi_pb2.Topology(segments={TOPOLOGY_KEY: driver.node.name})
+        on_this_node = csi_pb2.TopologyRequirement(requisite=[here], preferred=[here])
+        first = create(
+            driver,
+            "tenant-a-block",
+            48 * MiB,
+            capability=block_capability(),
+            accessibility_requirements=on_this_node,
+        ).volume.volume_id
         device = publish(first, "a-device")
         descriptor = os.open(device, os.O_WRONLY)
         try:
@@ -225,7 +235,13 @@ def test_a_new_block_volume_never_shows_what_a_deleted_one_held(bed: TestBed) ->
         unpublish(first, device)
         delete(driver, first)
 
-        second = create(driver, "tenant-b-block", 48 * MiB, capability=block_capability()).volume.volume_id
+        second = create(
+            driver,
+            "tenant-b-block",
+            48 * MiB,
+            capability=block_capability(),
+            accessibility_requirements=on_this_node,
+        ).volume.volume_id
         device = publish(second, "b-device")
         descriptor = os.open(device, os.O_RDONLY | os.O_DIRECT)
         try:  # the finally releases the device even when an assertion fails
