@@ -25,6 +25,7 @@ import json
 import os
 import re
 import stat
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -187,16 +188,9 @@ def _count(value: object) -> int:
 def hash_file(
     path: Path | str, algorithm: HashAlgorithm | str, *, chunk_bytes: int = CHUNK_BYTES, threads: int = 1
 ) -> tuple[int, str]:
-    """(bytes read, "<algorithm>:<hex>") for one regular file, streamed through one reused buffer."""
-    hasher = new_hasher(algorithm, threads)
-    buffer = bytearray(chunk_bytes)
-    view = memoryview(buffer)
-    total = 0
+    """(bytes read, "<algorithm>:<hex>") for one regular file the agent owns, read to its end."""
     with open(path, "rb", buffering=0) as stream:
-        while read := stream.readinto(buffer):
-            hasher.update(view[:read])
-            total += read
-    return total, f"{HashAlgorithm(algorithm)}:{hasher.hexdigest()}"
+        return hash_stream(stream, algorithm, limit=sys.maxsize, chunk_bytes=chunk_bytes, threads=threads)
 
 
 def hash_stream(
@@ -207,8 +201,10 @@ def hash_stream(
     chunk_bytes: int = CHUNK_BYTES,
     threads: int = 1,
 ) -> tuple[int, str]:
-    """Like `hash_file`, for an open stream, reading at most `limit` bytes and one more: a file
-    longer than listed shows as such without being read to its end (it may be endless)."""
+    """(bytes read, "<algorithm>:<hex>") of an open stream, streamed through one reused buffer.
+
+    At most `limit` bytes and one more are read: a file longer than listed shows as such without
+    being read to its end (it may be endless)."""
     hasher = new_hasher(algorithm, threads)
     buffer = bytearray(chunk_bytes)
     view = memoryview(buffer)
@@ -218,40 +214,6 @@ def hash_stream(
         hasher.update(view[:read])
         total += read
     return total, f"{HashAlgorithm(algorithm)}:{hasher.hexdigest()}"
-
-
-@dataclass
-class _Listing:
-    files: list[tuple[str, os.stat_result]]
-    """Regular files with the stat taken while listing."""
-    empty_dirs: list[str]
-    others: list[tuple[str, str]]
-    """(path, what it is) for symlinks, sockets, devices: nothing a checkpoint may hold."""
-
-
-def _walk(directory: Path, exclude: frozenset[str]) -> _Listing:
-    listing = _Listing([], [], [])
-    pending = [""]
-    while pending:
-        relative = pending.pop()
-        with os.scandir(directory / relative if relative else directory) as scanner:
-            found = list(scanner)
-        if relative and not found:
-            listing.empty_dirs.append(relative)
-        for entry in found:
-            path = f"{relative}/{entry.name}" if relative else entry.name
-            if path in exclude:
-                continue
-            info = entry.stat(follow_symlinks=False)
-            if stat.S_ISDIR(info.st_mode):
-                pending.append(path)
-            elif stat.S_ISREG(info.st_mode):
-                listing.files.append((path, info))
-            else:
-                listing.others.append(
-                    (path, "a symlink" if stat.S_ISLNK(info.st_mode) else "not a regular file")
-                )
-    return listing
 
 
 def build_manifest(
@@ -335,7 +297,7 @@ def verify_tree(directory: Path | str, manifest: Manifest, *, threads: int = 1) 
     root = Path(directory)
     if not root.is_dir():
         return [f"{root} is not a directory"]
-    listing = _walk(root, frozenset({MANIFEST_NAME}))
+    listing = list_beneath(root, skip=frozenset({MANIFEST_NAME}))
     problems: list[str] = []
     for entry in manifest.files:
         target = root / safe_relative_path(entry.path)

@@ -201,8 +201,17 @@ def list_beneath(
 ) -> TreeListing:
     """Every entry under root/relative, by path relative to it; `skip` names paths left out."""
     listing = TreeListing()
-    top = open_directory_beneath(root, relative)
-    pending: list[tuple[str, int]] = [("", top)]
+    pending: list[tuple[str, int]] = [("", open_directory_beneath(root, relative))]
+    try:
+        _list_into(listing, pending, skip)
+    finally:
+        for _, left_open in pending:  # an error part way leaves subdirectories not yet listed
+            os.close(left_open)
+    listing.files.sort()
+    return listing
+
+
+def _list_into(listing: TreeListing, pending: list[tuple[str, int]], skip: frozenset[str]) -> None:
     while pending:
         prefix, descriptor = pending.pop()
         try:
@@ -225,8 +234,6 @@ def list_beneath(
                     listing.others.append((path, kind))
         finally:
             os.close(descriptor)
-    listing.files.sort()
-    return listing
 
 
 def remove_tree_beneath(directory: Directory, relative: PurePosixPath | str = ".") -> None:
@@ -257,12 +264,20 @@ def remove_tree_beneath(directory: Directory, relative: PurePosixPath | str = ".
         os.close(parent)
 
 
-def atomic_write_beneath(root: Directory, relative: PurePosixPath | str, data: bytes | str) -> None:
-    """`atomic_write` into a tenant's directory, reaching it without following any link."""
+def atomic_write_beneath(
+    root: Directory, relative: PurePosixPath | str, data: bytes | str, *, temporary_prefix: str = "."
+) -> None:
+    """Replace root/relative with `data` so that a crash leaves the old file or the new one, whole.
+
+    The directory is reached without following any link, so this is safe inside a tenant's volume.
+    The data is fsynced before the rename and the directory after it: without the first, a crash
+    can leave the new name pointing at an empty file; without the second, the old one. The
+    temporary name starts with `temporary_prefix` and is unique, so writers never share one.
+    """
     root, parts = _anchored(root, relative)
     payload = data.encode() if isinstance(data, str) else data
     directory = open_directory_beneath(root, PurePosixPath(*parts[:-1]) if parts[:-1] else ".")
-    temporary = f".{parts[-1]}.{secrets.token_hex(4)}.tmp"
+    temporary = f"{temporary_prefix}{parts[-1]}.{secrets.token_hex(4)}.tmp"
     try:
         descriptor = os.open(
             temporary,
@@ -285,25 +300,9 @@ def atomic_write_beneath(root: Directory, relative: PurePosixPath | str, data: b
 
 
 def atomic_write(path: Path, data: bytes | str, *, temporary_prefix: str = ".") -> None:
-    """Replace `path` with `data` so that a crash leaves the old file or the new one, whole.
-
-    The data is fsynced before the rename and the directory after it: without the first, a crash
-    can leave the new name pointing at an empty file; without the second, the old one. The
-    temporary name starts with `temporary_prefix` and is unique, so writers never share one.
-    """
-    payload = data.encode() if isinstance(data, str) else data
+    """`atomic_write_beneath` for a file the agent owns, creating its directory if need be."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f"{temporary_prefix}{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(temporary, "xb") as output:
-            output.write(payload)
-            output.flush()
-            os.fsync(output.fileno())
-        os.rename(temporary, path)
-    finally:
-        with suppress(FileNotFoundError):
-            os.unlink(temporary)
-    fsync_directory(path.parent)
+    atomic_write_beneath(path.parent, path.name, data, temporary_prefix=temporary_prefix)
 
 
 def fsync_directory(path: Path) -> None:

@@ -215,13 +215,15 @@ def test_a_new_block_volume_never_shows_what_a_deleted_one_held(bed: TestBed) ->
         # Other modules' nodes may still be reporting: both volumes go to this node's one disk.
         here = csi_pb2.Topology(segments={TOPOLOGY_KEY: driver.node.name})
         on_this_node = csi_pb2.TopologyRequirement(requisite=[here], preferred=[here])
-        first = create(
-            driver,
-            "tenant-a-block",
-            48 * MiB,
-            capability=block_capability(),
-            accessibility_requirements=on_this_node,
-        ).volume.volume_id
+
+        def create_block(name: str) -> str:
+            capability = block_capability()
+            response = create(
+                driver, name, 48 * MiB, capability=capability, accessibility_requirements=on_this_node
+            )
+            return response.volume.volume_id
+
+        first = create_block("tenant-a-block")
         device = publish(first, "a-device")
         descriptor = os.open(device, os.O_WRONLY)
         try:
@@ -235,13 +237,7 @@ def test_a_new_block_volume_never_shows_what_a_deleted_one_held(bed: TestBed) ->
         unpublish(first, device)
         delete(driver, first)
 
-        second = create(
-            driver,
-            "tenant-b-block",
-            48 * MiB,
-            capability=block_capability(),
-            accessibility_requirements=on_this_node,
-        ).volume.volume_id
+        second = create_block("tenant-b-block")
         device = publish(second, "b-device")
         descriptor = os.open(device, os.O_RDONLY | os.O_DIRECT)
         try:  # the finally releases the device even when an assertion fails
