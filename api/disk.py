@@ -74,6 +74,11 @@ class AgentEndpoints(CairnModel):
     csi_socket: str | None = None
     p2p_address: str | None = Field(default=None, description="host:port of the BitTorrent listener.")
     peer_restore_address: str | None = Field(default=None, description="host:port serving checkpoints.")
+    peer_certificate: str | None = Field(
+        default=None,
+        max_length=8192,
+        description="PEM certificate the agent presents on the peer plane; peers trust exactly this.",
+    )
     metrics_address: str | None = None
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import ClassVar, Literal
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from .base import CairnModel, Condition, PrinterColumn, Resource, age_column
 
@@ -36,6 +36,20 @@ class PopulateSource(CairnModel):
 
 
 class LocalVolumeSpec(CairnModel):
+    # What a volume is filled from is also what lets its node read another node's copy of that
+    # checkpoint (the peer server checks it), so nobody may change it once the volume exists.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "has(self.populateFrom) == has(oldSelf.populateFrom) && "
+                    "(!has(self.populateFrom) || self.populateFrom == oldSelf.populateFrom)",
+                    "message": "populateFrom is immutable",
+                }
+            ]
+        }
+    )
+
     csi_name: str = Field(description="The CSI CreateVolume name this LocalVolume was created for.")
     node_name: str = Field(description="The node whose agent owns and carves this volume.")
     pool: PoolClass = Field(default=PoolClass.NVME, description="Disk class of the pool to carve from.")

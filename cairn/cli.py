@@ -65,10 +65,19 @@ def restore_command(args: argparse.Namespace) -> None:
 
     from cairn.node_agent.checkpoints.restore.engine import RestoreError, RestoreProgress, restore
     from cairn.node_agent.checkpoints.restore.sources import SourcesError, sources_for
+    from cairn.node_agent.p2p.identity import IdentityError, PeerIdentity
 
+    identity = None
+    if args.peer_identity is not None:
+        if not args.node:
+            _fail("--peer-identity speaks for a node: name it with --node")
+        try:
+            identity = PeerIdentity.load(args.node, args.peer_identity)
+        except IdentityError as error:
+            _fail(str(error))
     api_client = _api_client(args.kubeconfig)
     try:
-        checkpoint, sources = sources_for(api_client, args.namespace, args.name, args.node)
+        checkpoint, sources = sources_for(api_client, args.namespace, args.name, args.node, identity=identity)
     except SourcesError as error:
         _fail(str(error))
     except ApiException as error:
@@ -182,6 +191,14 @@ def parser() -> argparse.ArgumentParser:
         "--node",
         default=None,
         help="the node this runs on: its own copy then counts as local (streamed from its agent)",
+    )
+    restoring.add_argument(
+        "--peer-identity",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="the --node agent's peer identity (<agent state dir>/peer-identity, root only): agents "
+        "serve copies only to Cairn agents, so without it peers are passed over",
     )
     restoring.set_defaults(run=restore_command)
     return top

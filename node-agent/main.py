@@ -36,7 +36,8 @@ from cairn.node_agent.disks.plan import DiskPolicy
 from cairn.node_agent.disks.watch import watch_block_events
 from cairn.node_agent.lvm.adapter import Lvm
 from cairn.node_agent.p2p.addresses import split_address
-from cairn.node_agent.p2p.peer_server import start_peer_server
+from cairn.node_agent.p2p.identity import PEER_IDENTITY_DIR, PeerIdentity
+from cairn.node_agent.p2p.peer_server import DatasetTorrent, PeerDirectory, start_peer_server
 from cairn.node_agent.p2p.session import TorrentNode
 from cairn.node_agent.volumes.index import PopulateError, VolumeIndex
 from cairn.node_agent.volumes.node_service import NodeService
@@ -143,6 +144,7 @@ def start_disks(
     index: VolumeIndex,
     policy: DiskPolicy,
     stop: threading.Event,
+    identity: PeerIdentity | None,
 ) -> tuple[StorageNodePublisher, Coalescing]:
     """LocalDisks kept true, eligible disks claimed, and this node's StorageNode published."""
     endpoints = AgentEndpoints(
@@ -150,6 +152,7 @@ def start_disks(
         metrics_address=args.metrics_address,
         p2p_address=args.p2p_address,
         peer_restore_address=args.peer_restore_address,
+        peer_certificate=identity.certificate_pem if identity else None,
     )
     publisher = StorageNodePublisher(
         args.node_name,
@@ -183,20 +186,31 @@ def start_peer_plane(
     replicas: ReplicaKeeper,
     datasets: DatasetAgent | None,
     stop: threading.Event,
+    identity: PeerIdentity,
+    peers: PeerDirectory,
 ) -> None:
     """The peer server: this node's checkpoint copies and dataset torrents, for Cairn agents only."""
     locate = checkpoint_locator(
         ResourceClient(api_client, Checkpoint), args.node_name, staged.path_of, replicas.replica_directory
     )
-    storage_nodes = ResourceClient(api_client, StorageNode)
-    torrents = datasets.torrent_bytes if datasets else lambda namespace, name, part: None
-    start_peer_server(
-        args.peer_restore_address, locate, lambda: [i.model for i in storage_nodes.list()], stop, torrents
+    volumes = ResourceClient(api_client, LocalVolume)
+
+    def read_volume(name: str) -> LocalVolume | None:
+        found = volumes.get(name)
+        return None if found is None else found.model
+
+    torrents: DatasetTorrent = (
+        datasets.torrent_bytes if datasets else lambda namespace, name, part, node: None
     )
+    start_peer_server(args.peer_restore_address, identity, peers, locate, read_volume, stop, torrents)
 
 
 def start_dataset_agent(
-    args: argparse.Namespace, api_client: Any, index: VolumeIndex, stop: threading.Event
+    args: argparse.Namespace,
+    api_client: Any,
+    index: VolumeIndex,
+    stop: threading.Event,
+    identity: PeerIdentity | None,
 ) -> tuple[DatasetAgent | None, Callable[[], None]]:
     """The libtorrent session and dataset work, only with --p2p-address (the one address peers use);
     returns the agent and what starts a pass at once (a copy's volume carved: mount it now)."""
@@ -212,6 +226,7 @@ def start_dataset_agent(
         args.state_dir,
         TorrentNode(host, port),
         egress_policy_reader(api_client, args.origin_allow_cidr, args.origin_deny_cidr),
+        identity,
     )
     passes = Coalescing("datasets", agent.run_pass, stop, min_interval=0.2, period=2.0).start()
     trigger_on_change(agent.datasets, wake_shape, passes.trigger, stop, "dataset-watch")
@@ -224,6 +239,7 @@ def start_checkpoints(
     index: VolumeIndex,
     staged: StagedVolumes,
     stop: threading.Event,
+    identity: PeerIdentity | None,
 ) -> tuple[CheckpointWatcher, ReplicaKeeper]:
     """Recording, tiering, retention and peer replicas of the checkpoints on this node's volumes."""
     tierer = CheckpointTierer(
@@ -247,7 +263,11 @@ def start_checkpoints(
         on_recorded=lambda namespace, name: tiering.trigger(),
     )
     replicas = ReplicaKeeper(
-        args.node_name, api_client, ResourceClient(api_client, Checkpoint), args.state_dir / "replicas"
+        args.node_name,
+        api_client,
+        ResourceClient(api_client, Checkpoint),
+        args.state_dir / "replicas",
+        identity,
     )
     Coalescing("replicas", replicas.run_pass, stop, min_interval=1.0, period=5.0).start()
     # Mounts outlive the agent, and kubelet will not stage them again: pick them back up.
@@ -259,11 +279,15 @@ def start_checkpoints(
 
 
 def volume_filler(
-    args: argparse.Namespace, api_client: Any, staged: StagedVolumes, datasets: DatasetAgent | None
+    args: argparse.Namespace,
+    api_client: Any,
+    staged: StagedVolumes,
+    datasets: DatasetAgent | None,
+    identity: PeerIdentity | None,
 ) -> Callable[[str, LocalVolumeSpec, str], str]:
     """What fills a new volume from its populateFrom: a Dataset's local copy, or a Checkpoint."""
 
-    def fill(spec: LocalVolumeSpec, root: Path) -> str:
+    def fill(name: str, spec: LocalVolumeSpec, root: Path) -> str:
         assert spec.populate_from is not None
         if spec.populate_from.kind == "Dataset":
             if datasets is None:
@@ -274,13 +298,15 @@ def volume_filler(
         return restore_into_volume(
             api_client,
             args.node_name,
+            name,
             spec,
             root,
             lambda checkpoint: local_copy_directory(checkpoint, args.node_name, staged.path_of),
+            identity,
         )
 
     return lambda name, spec, device: populate_volume(
-        name, spec, device, args.state_dir / "populate", lambda root: fill(spec, root)
+        name, spec, device, args.state_dir / "populate", lambda root: fill(name, spec, root)
     )
 
 
@@ -330,9 +356,15 @@ def main(argv: list[str] | None = None) -> None:
     api_client = load_api_client(args.kubeconfig)
     stop = threading.Event()
     index, staged = VolumeIndex(), StagedVolumes(args.state_dir)
-    publisher, publish_soon = start_disks(args, api_client, lvm, index, policy, stop)
-    datasets, dataset_pass = start_dataset_agent(args, api_client, index, stop)
-    watcher, replicas = start_checkpoints(args, api_client, index, staged, stop)
+    # A new key at every start: it never leaves this node, and the StorageNode publishes its certificate.
+    identity = (
+        PeerIdentity.create(args.node_name, args.state_dir / PEER_IDENTITY_DIR)
+        if args.peer_restore_address or args.p2p_address
+        else None
+    )
+    publisher, publish_soon = start_disks(args, api_client, lvm, index, policy, stop, identity)
+    datasets, dataset_pass = start_dataset_agent(args, api_client, index, stop, identity)
+    watcher, replicas = start_checkpoints(args, api_client, index, staged, stop, identity)
 
     def volumes_changed() -> None:
         publish_soon.trigger()
@@ -346,7 +378,7 @@ def main(argv: list[str] | None = None) -> None:
         on_change=volumes_changed,
         publish_now=publisher.publish,
         before_remove=datasets.release_volume if datasets else lambda volume: None,
-        populate=volume_filler(args, api_client, staged, datasets),
+        populate=volume_filler(args, api_client, staged, datasets, identity),
     )
     ready = threading.Event()
 
@@ -355,8 +387,10 @@ def main(argv: list[str] | None = None) -> None:
         reconciler.run(stop)
 
     threading.Thread(target=reconcile_forever, name="volumes", daemon=True).start()
-    if args.peer_restore_address:
-        start_peer_plane(args, api_client, staged, replicas, datasets, stop)
+    if args.peer_restore_address and identity is not None:
+        storage_nodes = ResourceClient(api_client, StorageNode)
+        peers = PeerDirectory(lambda: [i.model for i in storage_nodes.list()])
+        start_peer_plane(args, api_client, staged, replicas, datasets, stop, identity, peers)
     server = serve_node(args, index, reconciler, staged, watcher, ready.is_set)
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

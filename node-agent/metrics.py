@@ -41,6 +41,11 @@ DATASET_PROGRESS = Gauge(
     "Share of a dataset this node holds, verified.",
     ["node", "namespace", "dataset"],
 )
+PEER_REFUSED = Counter(
+    "cairn_peer_refused_total",
+    "Connections and requests the peer server turned away, by why (tls, deadline, busy, forbidden...).",
+    ["node", "reason"],
+)
 P2P_UPLOAD_BYTES = Counter(
     "cairn_p2p_upload_bytes_total", "Dataset bytes this node served to peers.", ["node"]
 )

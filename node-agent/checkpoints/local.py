@@ -12,8 +12,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cairn.api.checkpoint import Checkpoint
+from cairn.api.names import REPLICA_NODE_LABEL
 from cairn.kube import ResourceClient
 from cairn.node_agent.host.files import Directory, TenantDirectory, open_directory_beneath
+from cairn.node_agent.p2p.authorisation import CheckpointCopy
 from cairn.paths import UnsafePathError, safe_relative_path
 
 
@@ -48,17 +50,27 @@ def checkpoint_locator(
     node_name: str,
     staging_path_of: Callable[[str], Path | None],
     replica_directory: Callable[[Checkpoint, str, str], Path | None],
-) -> Callable[[str, str], tuple[Directory, str] | None]:
+) -> Callable[[str, str], CheckpointCopy | None]:
     """What the peer server serves for checkpoint namespace/name: this node's own copy
-    (status.local) or the peer replica it keeps (status.peer), with the digest it must match."""
+    (status.local) or the peer replica it keeps (status.peer), with the digest it must match and
+    the nodes the record names as its holders."""
 
-    def locate(namespace: str, name: str) -> tuple[Directory, str] | None:
+    def locate(namespace: str, name: str) -> CheckpointCopy | None:
         item = checkpoints.get(name, namespace)
         if item is None:
             return None
         directory: Directory | None = local_copy_directory(
             item.model, node_name, staging_path_of
         ) or replica_directory(item.model, namespace, name)
-        return None if directory is None else (directory, item.model.spec.manifest_digest)
+        if directory is None:
+            return None
+        return CheckpointCopy(
+            namespace,
+            name,
+            directory,
+            item.model.spec.manifest_digest,
+            origin_node=item.model.spec.node_name,
+            replica_node=(item.metadata.get("labels") or {}).get(REPLICA_NODE_LABEL),
+        )
 
     return locate

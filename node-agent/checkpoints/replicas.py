@@ -32,6 +32,7 @@ from cairn.api.names import REPLICA_NODE_LABEL
 from cairn.kube import ResourceClient, Typed
 from cairn.node_agent.checkpoints.restore.engine import RestoreError, count_restored_bytes, restore
 from cairn.node_agent.checkpoints.restore.sources import SourcesError, sources_for
+from cairn.node_agent.p2p.identity import PeerIdentity
 
 log = logging.getLogger("cairn.node.replicas")
 PARTIAL_SUFFIX = ".partial"
@@ -71,6 +72,8 @@ class ReplicaKeeper:
     checkpoints: ResourceClient
     root: Path
     """`<state>/replicas`: one directory per namespace, one per checkpoint under it."""
+    identity: PeerIdentity | None = None
+    """This agent on the peer plane; the copy is pulled from the recording node with it."""
 
     def directory(self, namespace: str, name: str) -> Path:
         return self.root / namespace / name
@@ -101,7 +104,9 @@ class ReplicaKeeper:
         if final.exists():
             shutil.rmtree(final)  # on disk but not in status: its record was lost, so it is not trusted
         try:
-            _checkpoint, sources = sources_for(self.api_client, namespace, name, self.node_name)
+            _checkpoint, sources = sources_for(
+                self.api_client, namespace, name, self.node_name, identity=self.identity
+            )
             report = restore(item.model.spec.manifest_digest, sources, partial, hash_threads=1)
         except (SourcesError, RestoreError) as error:
             log.warning("replicating %s/%s failed: %s", namespace, name, error)

@@ -31,6 +31,9 @@ from cairn.node_agent.datasets.steps import DatasetView, Step, next_step
 from cairn.node_agent.datasets.store import PartStore
 from cairn.node_agent.datasets.swarm import Swarm, dataset_key
 from cairn.node_agent.host import mounts
+from cairn.node_agent.p2p.authorisation import dataset_read_refusal
+from cairn.node_agent.p2p.identity import PeerIdentity
+from cairn.node_agent.p2p.peer_server import PeerRefused
 from cairn.node_agent.p2p.session import TorrentNode
 from cairn.node_agent.volumes.index import PopulateError, StagedVolume
 
@@ -47,6 +50,7 @@ class DatasetAgent:
     state_dir: Path
     torrent: TorrentNode
     egress: Callable[[], EgressPolicy] = EgressPolicy
+    identity: PeerIdentity | None = None
     _busy: dict[str, threading.Thread] = field(default_factory=dict)
     store: PartStore = field(init=False)
     reports: NodeReports = field(init=False)
@@ -56,7 +60,9 @@ class DatasetAgent:
     def __post_init__(self) -> None:
         self.store = PartStore(self.state_dir / "datasets")
         self.reports = NodeReports(self.node_name, self.datasets)
-        self.swarm = Swarm(self.node_name, self.torrent, self.store, self.storage_nodes, self.reports)
+        self.swarm = Swarm(
+            self.node_name, self.torrent, self.store, self.storage_nodes, self.reports, self.identity
+        )
         self.seeder = Seeder(
             self.node_name,
             secret_reader(self.api_client),
@@ -82,8 +88,16 @@ class DatasetAgent:
     def mount_point(self, namespace: str, name: str) -> Path:
         return self.store.mount_point(namespace, name)
 
-    def torrent_bytes(self, namespace: str, name: str, index: int) -> bytes | None:
-        """For the peer server: this node's .torrent of one part of a dataset, once it has one."""
+    def torrent_bytes(self, namespace: str, name: str, index: int, requester: str) -> bytes | None:
+        """For the peer server: this node's .torrent of one part of a dataset, once it has one, and
+        only for one of the dataset's targets (PeerRefused otherwise)."""
+        item = self.datasets.get(name, namespace)
+        if item is None:
+            return None
+        refusal = dataset_read_refusal(requester, item.model.status.target_nodes, namespace, name)
+        if refusal is not None:
+            log.warning("refused %s", refusal)
+            raise PeerRefused(refusal)
         return self.store.torrent(namespace, name, index)
 
     def data_directory(self, namespace: str, name: str) -> Path | None:

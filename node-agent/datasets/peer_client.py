@@ -1,20 +1,30 @@
-"""Fetching a part's .torrent from the agents that hold it, over their peer servers."""
+"""Fetching a part's .torrent from the agents that hold it, over their peer servers (mutual TLS)."""
 
 from __future__ import annotations
 
+import http.client
 import logging
-import urllib.request
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from cairn.api.dataset import Dataset
 from cairn.api.disk import StorageNode
+from cairn.node_agent.p2p.addresses import split_address
+from cairn.node_agent.p2p.identity import PeerIdentity
 
 log = logging.getLogger("cairn.node.datasets")
 MAX_TORRENT_BYTES = 64 * 1024 * 1024
 
 
-def torrent_holders(nodes: list[StorageNode], me: str, dataset: Dataset) -> list[tuple[str, str]]:
-    """(node, peer server address) of the targets that may serve a part's .torrent, seeder first.
+@dataclass(frozen=True)
+class Holder:
+    node: str
+    address: str
+    certificate: str
+
+
+def torrent_holders(nodes: list[StorageNode], me: str, dataset: Dataset) -> list[Holder]:
+    """The targets that may serve a part's .torrent, seeder first; only agents that publish a certificate.
 
     The seeder has every published part; a node that joined a part serves it too.
     """
@@ -25,14 +35,23 @@ def torrent_holders(nodes: list[StorageNode], me: str, dataset: Dataset) -> list
             if n.spec.node_name != me
             and n.spec.node_name in dataset.status.target_nodes
             and n.status.endpoints.peer_restore_address
+            and n.status.endpoints.peer_certificate
         ),
         key=lambda n: n.spec.node_name != dataset.status.seeder,
     )
-    return [(n.spec.node_name, str(n.status.endpoints.peer_restore_address)) for n in holders]
+    return [
+        Holder(
+            n.spec.node_name,
+            str(n.status.endpoints.peer_restore_address),
+            str(n.status.endpoints.peer_certificate),
+        )
+        for n in holders
+    ]
 
 
 def fetch_part_torrent(
-    holders: list[tuple[str, str]],
+    identity: PeerIdentity,
+    holders: list[Holder],
     namespace: str,
     name: str,
     index: int,
@@ -40,20 +59,38 @@ def fetch_part_torrent(
     info_hash_of: Callable[[bytes], str | None],
 ) -> bytes | None:
     """The first .torrent a holder serves whose info-hash is `expected`; None if nobody has it yet."""
-    for node, address in holders:
-        url = f"http://{address}/v1/datasets/{namespace}/{name}/parts/{index}/torrent"
+    for holder in holders:
+        path = f"/v1/datasets/{namespace}/{name}/parts/{index}/torrent"
         try:
-            with urllib.request.urlopen(url, timeout=10) as response:
+            host, port = split_address(holder.address)
+            connection = http.client.HTTPSConnection(
+                host, port, timeout=10, context=identity.client_context(holder.certificate)
+            )
+            try:
+                connection.request("GET", path)
+                response = connection.getresponse()
                 data: bytes = response.read(MAX_TORRENT_BYTES)
-        except OSError as error:
-            log.debug("dataset %s/%s: no torrent from %s: %s", namespace, name, node, error)
+            finally:
+                connection.close()
+        except (OSError, ValueError, http.client.HTTPException) as error:
+            log.debug("dataset %s/%s: no torrent from %s: %s", namespace, name, holder.node, error)
+            continue
+        if response.status != 200:
+            log.debug(
+                "dataset %s/%s: %s answered %d for part %d",
+                namespace,
+                name,
+                holder.node,
+                response.status,
+                index,
+            )
             continue
         if info_hash_of(data) != expected:
             log.warning(
                 "dataset %s/%s: %s served a torrent for part %d that is not %s; ignored",
                 namespace,
                 name,
-                node,
+                holder.node,
                 index,
                 expected,
             )

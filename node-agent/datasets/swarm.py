@@ -32,6 +32,7 @@ from cairn.node_agent.datasets.reports import NodeReports
 from cairn.node_agent.datasets.store import DATA_DIR, PartStore
 from cairn.node_agent.manifests import build_manifest
 from cairn.node_agent.p2p.addresses import split_address
+from cairn.node_agent.p2p.identity import PeerIdentity
 from cairn.node_agent.p2p.metadata import TorrentMetadataError, info_hash_of
 from cairn.node_agent.p2p.session import (
     FileFailed,
@@ -77,6 +78,8 @@ class Swarm:
     store: PartStore
     storage_nodes: ResourceClient
     reports: NodeReports
+    identity: PeerIdentity | None = None
+    """Who this agent is on the peer plane: without it, no .torrent can be fetched from a peer."""
     lock: threading.RLock = field(default_factory=threading.RLock)
     """Held by the agent's whole pass and by the seeder's thread whenever it changes a share."""
     _joined: dict[str, Joined] = field(default_factory=dict)
@@ -138,8 +141,12 @@ class Swarm:
         local = self.store.torrent(namespace, item.name, index)
         if local is not None and _hash_or_none(local) == expected:
             return local
+        if self.identity is None:
+            return None
         holders = torrent_holders(nodes, self.node_name, item.model)
-        fetched = fetch_part_torrent(holders, namespace, item.name, index, expected, _hash_or_none)
+        fetched = fetch_part_torrent(
+            self.identity, holders, namespace, item.name, index, expected, _hash_or_none
+        )
         if fetched is not None:
             self.store.save_torrent(namespace, item.name, index, fetched)
         return fetched

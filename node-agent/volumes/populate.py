@@ -20,6 +20,7 @@ from cairn.api.volume import LocalVolumeSpec, VolumeAccess
 from cairn.node_agent.checkpoints.restore.engine import RestoreError, count_restored_bytes, restore
 from cairn.node_agent.checkpoints.restore.sources import LocalDirectory, SourcesError, sources_for
 from cairn.node_agent.host import mounts
+from cairn.node_agent.p2p.identity import PeerIdentity
 from cairn.node_agent.volumes.index import PopulateError
 from cairn.paths import UnsafePathError, safe_relative_path
 
@@ -55,16 +56,28 @@ def populate_volume(
 def restore_into_volume(
     api_client: client.ApiClient,
     node_name: str,
+    volume_name: str,
     spec: LocalVolumeSpec,
     root: Path,
     local_directory: LocalDirectory,
+    identity: PeerIdentity | None,
 ) -> str:
-    """Restore spec.populateFrom under `root`, at the checkpoint's own relative path."""
+    """Restore spec.populateFrom under `root`, at the checkpoint's own relative path.
+
+    Peers are asked with this node's identity and the volume's name, which is what authorises a
+    node that holds no copy of its own to read one.
+    """
     source = spec.populate_from
     assert source is not None
     try:
         checkpoint, sources = sources_for(
-            api_client, source.namespace, source.name, node_name, local_directory=local_directory
+            api_client,
+            source.namespace,
+            source.name,
+            node_name,
+            local_directory=local_directory,
+            identity=identity,
+            volume=volume_name,
         )
     except SourcesError as error:
         raise PopulateError("CheckpointUnavailable", str(error)) from None

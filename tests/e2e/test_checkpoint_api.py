@@ -63,3 +63,45 @@ def test_a_policy_that_would_let_one_upload_hold_unbounded_memory_is_refused(bed
     result = bed.control_plane.kubectl("apply", "-f", "-", input_text=json.dumps(long_pattern), check=False)
     assert result.returncode != 0 and "stepPattern" in result.stderr
     assert bed.control_plane.kubectl("get", "ckptpolicy", "hourly", check=False).returncode != 0
+
+
+def test_what_a_volume_is_filled_from_cannot_be_changed_once_it_exists(bed: TestBed) -> None:
+    """The peer server lets a node read a checkpoint it restores into its own LocalVolume; were
+    populateFrom mutable, an agent could point its volume at any checkpoint and read that."""
+    cp = bed.control_plane
+    volume = {
+        "apiVersion": "cairn.dev/v1alpha1",
+        "kind": "LocalVolume",
+        "metadata": {"name": "pvc-immutable-source"},
+        "spec": {
+            "csiName": "pvc-immutable-source",
+            "nodeName": "node-a",
+            "sizeBytes": 1 << 30,
+            "populateFrom": {"kind": "Checkpoint", "namespace": "team-a", "name": "step-100"},
+        },
+    }
+    cp.kubectl("apply", "-f", "-", input_text=json.dumps(volume))
+    try:
+        for patch in (
+            {"spec": {"populateFrom": {"namespace": "team-b", "name": "their-step"}}},
+            {"spec": {"populateFrom": None}},
+        ):
+            result = cp.kubectl(
+                "patch", "lvol", "pvc-immutable-source", "--type=merge", "-p", json.dumps(patch), check=False
+            )
+            assert result.returncode != 0 and "populateFrom is immutable" in result.stderr, result.stderr
+        stored = json.loads(cp.kubectl("get", "lvol", "pvc-immutable-source", "-o", "json").stdout)
+        assert stored["spec"]["populateFrom"]["namespace"] == "team-a"
+        assert (
+            cp.kubectl(
+                "patch",
+                "lvol",
+                "pvc-immutable-source",
+                "--type=merge",
+                "-p",
+                '{"spec":{"sizeBytes":2147483648}}',
+            ).returncode
+            == 0
+        )
+    finally:
+        cp.kubectl("delete", "lvol", "pvc-immutable-source", "--wait=false")

@@ -1,4 +1,5 @@
-"""`cairn checkpoint restore` on another node: from the peer, then from S3, never a corrupt byte.
+"""`cairn checkpoint restore`: a peer serves only nodes with a reason to hold the copy, S3 serves
+the rest, and never a corrupt byte.
 
 The volume is staged by the kubelet stand-in (tests/testbed/kubelet_standin.py): the tests delete the
 local copy and a replica under the agents and corrupt objects in S3 between steps.
@@ -117,14 +118,23 @@ def cluster(bed: TestBed, restore_bucket: str) -> Iterator[Cluster]:
     bed.control_plane.kubectl("delete", "secret", "restore-s3", "-n", NAMESPACE)
 
 
-def cairn_restore(bed: TestBed, cluster: Cluster, name: str, destination: Path) -> CompletedProcess[str]:
-    """The CLI as a user on node B runs it: inside B's network namespace, with a user's kubeconfig."""
+def cairn_restore(
+    bed: TestBed, cluster: Cluster, name: str, destination: Path, *, as_agent: bool = False
+) -> CompletedProcess[str]:
+    """The CLI as a user on node B runs it: inside B's network namespace, with a user's kubeconfig;
+    `as_agent`: as root on B with B's agent's peer identity."""
     argv = [sys.executable, "-m", "cairn.cli", "checkpoint", "restore", name, "--to", str(destination)]
     argv += ["-n", NAMESPACE, "--node", cluster.other.name]
     argv += ["--kubeconfig", str(bed.control_plane.kubeconfigs["admin"])]
+    if as_agent:
+        argv += ["--peer-identity", str(peer_identity(cluster, cluster.other.name))]
     result = cluster.other.run(argv, check=False, timeout=180, text=True)
     print(f"\n$ cairn checkpoint restore {name} ...\n{result.stdout}{result.stderr}")
     return result
+
+
+def peer_identity(cluster: Cluster, node: str) -> Path:
+    return cluster.driver.workdir / "state" / node / "peer-identity"
 
 
 def lose_the_peer_copy(cluster: Cluster) -> None:
@@ -140,16 +150,32 @@ def restored(destination: Path) -> dict[str, bytes]:
     }
 
 
-def test_a_checkpoint_restores_on_another_node_from_the_peer(bed: TestBed, cluster: Cluster) -> None:
-    wait_until(lambda: checkpoint(bed), 60, "step 100 to be recorded")
+def test_a_node_with_no_reason_to_hold_a_checkpoint_is_refused_the_peer_copy_and_s3_serves(
+    bed: TestBed, cluster: Cluster
+) -> None:
+    wait_until(
+        lambda: checkpoint(bed).get("status", {}).get("phase") == "Tiered",
+        120,
+        "step 100 to be Tiered",
+        context=lambda: json.dumps(checkpoint(bed).get("status"), indent=1),
+    )
     record = checkpoint(bed)
     assert record["spec"]["nodeName"] == cluster.driver.node.name
-    destination = cluster.driver.workdir / "restored-from-peer"
+    trainer = cluster.driver.node.name
+    # Node B's own agent identity gets through TLS, but B neither wrote nor replicates step 100.
+    destination = cluster.driver.workdir / "refused-as-node-b"
+    result = cairn_restore(bed, cluster, record["metadata"]["name"], destination, as_agent=True)
+    assert result.returncode == 0, result.stderr
+    assert f"passed over peer {trainer}:" in result.stderr and "answered 403" in result.stderr
+    assert f"node {cluster.other.name} neither wrote checkpoint {NAMESPACE}/" in result.stderr
+    assert "served by s3: 3 files" in result.stdout and "served by peer" not in result.stdout
+    assert restored(destination) == cluster.written
+    # A user without any agent's identity is not even let through TLS: told why, S3 serves.
+    destination = cluster.driver.workdir / "refused-as-user"
     result = cairn_restore(bed, cluster, record["metadata"]["name"], destination)
     assert result.returncode == 0, result.stderr
-    assert f"served by peer (peer {cluster.driver.node.name}): 3 files" in result.stdout
-    assert "served by s3" not in result.stdout and "passed over" not in result.stderr
-    assert restored(destination) == cluster.written
+    assert "only to Cairn agents over mutual TLS" in result.stderr
+    assert "served by s3: 3 files" in result.stdout and restored(destination) == cluster.written
 
 
 def test_with_the_peer_copy_gone_the_restore_comes_from_s3(bed: TestBed, cluster: Cluster) -> None:
@@ -231,11 +257,13 @@ def test_a_peer_replica_serves_the_restore_when_the_trainer_node_lost_its_copy(
     assert "peer" in record["status"]["tiers"].split(",")
     shutil.rmtree(cluster.staging / "checkpoints" / "step_200")
 
-    # The trainer's own node restores it: its copy is gone, so the replica on node B serves it.
+    # The trainer's own node restores it as its agent: its copy is gone, so the replica on node B
+    # (which pulled it from the trainer's node over mutual TLS) serves it.
     destination = cluster.driver.workdir / "restored-from-replica"
     argv = [sys.executable, "-m", "cairn.cli", "checkpoint", "restore", record["metadata"]["name"]]
     argv += ["--to", str(destination), "-n", NAMESPACE, "--node", cluster.driver.node.name]
     argv += ["--kubeconfig", str(bed.control_plane.kubeconfigs["admin"])]
+    argv += ["--peer-identity", str(peer_identity(cluster, cluster.driver.node.name))]
     result = cluster.driver.node.run(argv, check=False, timeout=180, text=True)
     print(f"\n$ cairn checkpoint restore {record['metadata']['name']} ...\n{result.stdout}{result.stderr}")
     assert result.returncode == 0, result.stderr

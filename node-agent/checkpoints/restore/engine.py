@@ -17,6 +17,7 @@ from __future__ import annotations
 import http.client
 import os
 import secrets
+import ssl
 import time
 from collections.abc import Callable, Sequence
 from contextlib import suppress
@@ -145,6 +146,10 @@ class _HttpStream:
         self._connection.close()
 
 
+TLS_ATTEMPTS = 4
+TLS_RETRY_SECONDS = 1.5
+
+
 def checkpoint_url_path(namespace: str, name: str, what: str) -> str:
     """The peer server's path for a checkpoint's `manifest` or `files/<relative path>`."""
     return f"/v1/checkpoints/{quote(namespace, safe='')}/{quote(name, safe='')}/{what}"
@@ -156,33 +161,53 @@ def file_url_part(relative: PurePosixPath) -> str:
 
 
 class PeerSource:
-    """Another node's agent (or this node's, seen from a CLI on it) serving its copy."""
+    """Another node's agent (or this node's, seen from a CLI on it) serving its copy, over mutual TLS.
+
+    `tls` trusts only the certificate that node publishes and presents this node's own; `headers`
+    carry what the server authorises by (the volume a restore fills).
+    """
 
     def __init__(
         self,
         address: str,
         namespace: str,
         checkpoint: str,
+        tls: ssl.SSLContext,
         *,
         kind: SourceKind = SourceKind.PEER,
         name: str = "peer",
         timeout: float = 30.0,
+        headers: dict[str, str] | None = None,
     ) -> None:
         self.host, self.port = split_address(address)
         self.namespace = namespace
         self.checkpoint = checkpoint
+        self.tls = tls
         self.timeout = timeout
         self.kind = kind
         self.name = name
+        self.headers = dict(headers or {})
 
     def _get(self, what: str) -> _HttpStream:
-        connection = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
-        try:
-            connection.request("GET", checkpoint_url_path(self.namespace, self.checkpoint, what))
-            response = connection.getresponse()
-        except (OSError, http.client.HTTPException) as error:
-            connection.close()
-            raise SourceError(f"agent at {self.host}:{self.port} is unreachable: {error}") from None
+        path = checkpoint_url_path(self.namespace, self.checkpoint, what)
+        for attempt in range(TLS_ATTEMPTS):
+            connection = http.client.HTTPSConnection(
+                self.host, self.port, timeout=self.timeout, context=self.tls
+            )
+            try:
+                connection.request("GET", path, headers=self.headers)
+                response = connection.getresponse()
+                break
+            except ssl.SSLError as error:
+                connection.close()
+                # A node that just joined is trusted once the server re-lists StorageNodes (it does so
+                # within seconds of refusing one): a refused handshake is worth a few more tries.
+                if attempt + 1 == TLS_ATTEMPTS:
+                    raise SourceError(f"agent at {self.host}:{self.port} is unreachable: {error}") from None
+                time.sleep(TLS_RETRY_SECONDS)
+            except (OSError, http.client.HTTPException) as error:
+                connection.close()
+                raise SourceError(f"agent at {self.host}:{self.port} is unreachable: {error}") from None
         if response.status != 200:
             message = response.read(4096).decode(errors="replace").strip()
             connection.close()

@@ -33,6 +33,8 @@ from cairn.node_agent.checkpoints.restore.plan import (
     no_source_reason,
 )
 from cairn.node_agent.host.files import Directory
+from cairn.node_agent.p2p.identity import PeerIdentity
+from cairn.node_agent.p2p.peer_server import VOLUME_HEADER
 from cairn.s3 import CredentialsError, S3Location, client_from_secret
 
 LocalDirectory = Callable[[Checkpoint], Directory | None]
@@ -74,6 +76,8 @@ def build_sources(
     *,
     s3_client: Callable[[], Any],
     local_directory: LocalDirectory | None = None,
+    identity: PeerIdentity | None = None,
+    volume: str | None = None,
     timeout: float = 30.0,
 ) -> list[FetchSource]:
     """The sources for `restore`, best first; SourcesError when none is reported anywhere.
@@ -81,6 +85,9 @@ def build_sources(
     `this_node` is where the restore runs (None: on no node, so every copy is a peer's).
     `s3_client` is called only if S3 is reached. Without `local_directory`, this node's own copy is
     streamed from its own agent, which is how a CLI on the node reads it without the volume mounted.
+    Agents serve copies only over mutual TLS, so peers are sources only with this node's `identity`;
+    `volume` names the LocalVolume a restore fills, which is what lets a node that neither wrote
+    nor replicates the checkpoint read it.
     """
     nodes = list(nodes)
     tiers = checkpoint_tiers(checkpoint, nodes, this_node or "")
@@ -88,6 +95,8 @@ def build_sources(
     if not chosen:
         raise SourcesError(f"checkpoint {namespace}/{name}: {no_source_reason(tiers)}")
     addresses = {node.spec.node_name: node.status.endpoints.peer_restore_address for node in nodes}
+    certificates = {node.spec.node_name: node.status.endpoints.peer_certificate for node in nodes}
+    headers = {VOLUME_HEADER: volume} if volume else {}
     sources: list[FetchSource] = []
     for source in chosen:
         if source.kind is SourceKind.S3:
@@ -100,9 +109,34 @@ def build_sources(
         )
         if directory is not None:
             sources.append(LocalDirectorySource(directory, SourceKind.LOCAL, label))
-        elif address := addresses.get(node):
+        elif identity is None:
             sources.append(
-                PeerSource(address, namespace, name, kind=source.kind, name=label, timeout=timeout)
+                UnavailableSource(
+                    source.kind,
+                    label,
+                    "agents serve copies only to Cairn agents over mutual TLS; run this on a node as "
+                    "root with its agent's identity, or restore into a claim",
+                )
+            )
+        elif (address := addresses.get(node)) and (certificate := certificates.get(node)):
+            tls = identity.client_context(certificate)
+            sources.append(
+                PeerSource(
+                    address,
+                    namespace,
+                    name,
+                    tls,
+                    kind=source.kind,
+                    name=label,
+                    timeout=timeout,
+                    headers=headers,
+                )
+            )
+        elif address:
+            sources.append(
+                UnavailableSource(
+                    source.kind, label, f"node {node} publishes no peer certificate; is its agent up to date?"
+                )
             )
         else:
             sources.append(
@@ -147,6 +181,8 @@ def sources_for(
     this_node: str | None,
     *,
     local_directory: LocalDirectory | None = None,
+    identity: PeerIdentity | None = None,
+    volume: str | None = None,
     timeout: float = 30.0,
 ) -> tuple[Checkpoint, list[FetchSource]]:
     """Read the Checkpoint and the StorageNodes and build its sources; SourcesError if it is not there."""
@@ -165,6 +201,8 @@ def sources_for(
         this_node,
         s3_client=policy_s3_client(api_client, namespace, checkpoint.spec.policy),
         local_directory=local_directory,
+        identity=identity,
+        volume=volume,
         timeout=timeout,
     )
     return checkpoint, sources

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import shutil
-import threading
+import ssl
+import tempfile
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from cairn.api.checkpoint import (
     LocalCopy,
     RemoteCopy,
 )
-from cairn.api.disk import AgentEndpoints, StorageNode, StorageNodeSpec, StorageNodeStatus
+from cairn.api.disk import StorageNode
 from cairn.node_agent.checkpoints.restore.engine import (
     PARTIAL_MARK,
     LocalDirectorySource,
@@ -43,7 +44,11 @@ from cairn.node_agent.manifests import (
     build_manifest,
     verify_tree,
 )
-from cairn.node_agent.p2p.peer_server import AllowedPeers, PeerServer, peer_hosts
+from cairn.node_agent.p2p.authorisation import CheckpointCopy
+from cairn.node_agent.p2p.peer_server import PeerServer
+from tests.unit.node_agent.p2p.peers import Identities, published
+from tests.unit.node_agent.p2p.peers import get as peer_get
+from tests.unit.node_agent.p2p.peers import peer_server as started_peer_server
 
 MiB = 1024 * 1024
 NAMESPACE = "team-a"
@@ -82,39 +87,33 @@ def checkpoint(tmp_path: Path) -> tuple[Path, Manifest]:
 
 
 @pytest.fixture
-def peer_server() -> Iterator[Callable[..., PeerServer]]:
-    """Start real peer servers on 127.0.0.1 with the given locate/allowed; all stopped at the end."""
-    stop = threading.Event()
-    started: list[PeerServer] = []
-
-    def start(
-        locate: Callable[[str, str], tuple[Path, str] | None],
-        allowed: Callable[[str], bool] = lambda ip: True,
-    ) -> PeerServer:
-        server = PeerServer("127.0.0.1:0", locate, allowed).serve_in_background()
-        started.append(server)
-        return server
-
-    yield start
-    stop.set()
-    for server in started:
-        server.shutdown()
-        server.server_close()
+def identities(tmp_path: Path) -> Identities:
+    return Identities(tmp_path / "identities")
 
 
-def serving(directory: Path, manifest: Manifest) -> Callable[[str, str], tuple[Path, str] | None]:
-    return lambda ns, name: (directory, manifest.digest) if (ns, name) == (NAMESPACE, NAME) else None
+@pytest.fixture
+def peer_server(identities: Identities) -> Iterator[Callable[..., PeerServer]]:
+    """Real TLS peer servers of node n1 on 127.0.0.1, trusting node n2; all stopped at the end."""
+    with ExitStack() as stack:
+        yield lambda locate: stack.enter_context(started_peer_server(identities, "n1", ["n2"], locate))
 
 
-def get(server: PeerServer, what: str) -> tuple[int, bytes]:
-    host, port = server.server_address[:2]
-    connection = http.client.HTTPConnection(str(host), int(port), timeout=10)
-    try:
-        connection.request("GET", checkpoint_url_path(NAMESPACE, NAME, what))
-        response = connection.getresponse()
-        return response.status, response.read()
-    finally:
-        connection.close()
+def serving(directory: Path, manifest: Manifest) -> Callable[[str, str], CheckpointCopy | None]:
+    """A copy of the checkpoint that node n2 wrote, so n2 may read it back."""
+    return lambda ns, name: (
+        CheckpointCopy(ns, name, directory, manifest.digest, "n2", None)
+        if (ns, name) == (NAMESPACE, NAME)
+        else None
+    )
+
+
+def as_n2(identities: Identities, server: PeerServer) -> ssl.SSLContext:
+    return identities["n2"].client_context(server.identity.certificate_pem)
+
+
+def get(identities: Identities, server: PeerServer, what: str) -> tuple[int, bytes]:
+    """GET a checkpoint path as node n2."""
+    return peer_get(server, checkpoint_url_path(NAMESPACE, NAME, what), identities["n2"])
 
 
 # -- restore --------------------------------------------------------------------------------------
@@ -138,7 +137,10 @@ def test_restore_from_a_local_directory_is_a_verified_copy(
 
 
 def test_a_corrupt_file_at_the_first_source_falls_through_to_the_next(
-    checkpoint: tuple[Path, Manifest], tmp_path: Path, peer_server: Callable[..., PeerServer]
+    checkpoint: tuple[Path, Manifest],
+    tmp_path: Path,
+    peer_server: Callable[..., PeerServer],
+    identities: Identities,
 ) -> None:
     good, manifest = checkpoint
     corrupt = tmp_path / "copy-b"
@@ -146,7 +148,7 @@ def test_a_corrupt_file_at_the_first_source_falls_through_to_the_next(
     flip_byte(corrupt / "__1_0.distcp")
     server = peer_server(serving(corrupt, manifest))
     sources = [
-        PeerSource(server.address, NAMESPACE, NAME, name="peer node-b"),
+        PeerSource(server.address, NAMESPACE, NAME, as_n2(identities, server), name="peer node-b"),
         LocalDirectorySource(good, SourceKind.S3, "s3"),
     ]
     report = restore(manifest.digest, sources, tmp_path / "out", hash_threads=1)
@@ -159,16 +161,18 @@ def test_a_corrupt_file_at_the_first_source_falls_through_to_the_next(
 
 
 def test_an_unreachable_or_unusable_source_falls_through(
-    checkpoint: tuple[Path, Manifest], tmp_path: Path, peer_server: Callable[..., PeerServer]
+    checkpoint: tuple[Path, Manifest],
+    tmp_path: Path,
+    peer_server: Callable[..., PeerServer],
+    identities: Identities,
 ) -> None:
     good, manifest = checkpoint
     closed = peer_server(serving(good, manifest))
-    address = closed.address
-    closed.shutdown()
-    closed.server_close()
+    address, tls = closed.address, as_n2(identities, closed)
+    closed.close()
     sources = [
         UnavailableSource(SourceKind.LOCAL, "local", "node n1 publishes no peerRestoreAddress"),
-        PeerSource(address, NAMESPACE, NAME, name="peer gone", timeout=2),
+        PeerSource(address, NAMESPACE, NAME, tls, name="peer gone", timeout=2),
         LocalDirectorySource(good, SourceKind.PEER, "peer n3"),
     ]
     report = restore(manifest.digest, sources, tmp_path / "out")
@@ -272,85 +276,59 @@ def test_a_non_empty_destination_is_refused_and_left_alone(
 
 
 def test_restore_from_a_peer_server_over_http(
-    checkpoint: tuple[Path, Manifest], tmp_path: Path, peer_server: Callable[..., PeerServer]
+    checkpoint: tuple[Path, Manifest],
+    tmp_path: Path,
+    peer_server: Callable[..., PeerServer],
+    identities: Identities,
 ) -> None:
     good, manifest = checkpoint
     server = peer_server(serving(good, manifest))
     report = restore(
-        manifest.digest, [PeerSource(server.address, NAMESPACE, NAME, name="peer n2")], tmp_path / "o"
+        manifest.digest,
+        [PeerSource(server.address, NAMESPACE, NAME, as_n2(identities, server), name="peer n2")],
+        tmp_path / "o",
     )
     assert verify_tree(tmp_path / "o", manifest) == []
     assert report.by_tier == {SourceKind.PEER: report.by_source["peer n2"]}
 
 
-def test_the_peer_server_refuses_a_client_that_is_not_a_node(
-    checkpoint: tuple[Path, Manifest], peer_server: Callable[..., PeerServer]
-) -> None:
-    good, manifest = checkpoint
-    asked: list[str] = []
-    server = peer_server(serving(good, manifest), lambda ip: bool(asked.append(ip)))
-    status, body = get(server, "manifest")
-    assert status == 403 and b"127.0.0.1 is not a Cairn node" in body
-    assert asked == ["127.0.0.1"]
-
-
 def test_the_peer_server_serves_only_files_its_manifest_names(
-    checkpoint: tuple[Path, Manifest], peer_server: Callable[..., PeerServer]
+    checkpoint: tuple[Path, Manifest],
+    peer_server: Callable[..., PeerServer],
+    identities: Identities,
 ) -> None:
     good, manifest = checkpoint
     (good / "unlisted.bin").write_bytes(b"not part of the checkpoint")
     server = peer_server(serving(good, manifest))
-    assert get(server, "files/__1_0.distcp") == (200, (good / "__1_0.distcp").read_bytes())
-    status, body = get(server, "files/unlisted.bin")
+    assert get(identities, server, "files/__1_0.distcp") == (200, (good / "__1_0.distcp").read_bytes())
+    status, body = get(identities, server, "files/unlisted.bin")
     assert status == 404 and b"not a file of this checkpoint's manifest" in body
-    status, body = get(server, "files/sub/../unlisted.bin")
+    status, body = get(identities, server, "files/sub/../unlisted.bin")
     assert status == 404 and b"'..' part" in body
-    status, _ = get(server, "files/" + "%2e%2e/" * 3 + "etc/passwd")
+    status, _ = get(identities, server, "files/" + "%2e%2e/" * 3 + "etc/passwd")
     assert status == 404
 
 
 def test_the_peer_server_refuses_a_copy_whose_manifest_is_not_the_checkpoints(
-    checkpoint: tuple[Path, Manifest], peer_server: Callable[..., PeerServer]
+    checkpoint: tuple[Path, Manifest],
+    peer_server: Callable[..., PeerServer],
+    identities: Identities,
 ) -> None:
     good, manifest = checkpoint
     other = Manifest(manifest.algorithm, manifest.files[1:]).digest
-    server = peer_server(lambda ns, name: (good, other))
-    status, body = get(server, "files/__0_0.distcp")
+    server = peer_server(lambda ns, name: CheckpointCopy(ns, name, good, other, "n2", None))
+    status, body = get(identities, server, "files/__0_0.distcp")
     assert status == 404 and b"is not the checkpoint's" in body
     missing = peer_server(lambda ns, name: None)
-    status, body = get(missing, "manifest")
+    status, body = get(identities, missing, "manifest")
     assert status == 404 and f"checkpoint {NAMESPACE}/{NAME} has no copy on this node".encode() in body
 
 
-def test_allowed_peers_are_the_addresses_agents_publish_refreshed_when_unknown() -> None:
-    now = [0.0]
-    listings: list[list[StorageNode]] = [[storage_node("n1", "10.0.0.1:9750")]]
-    allowed = AllowedPeers(lambda: listings[-1], min_interval=3, max_age=30, clock=lambda: now[0])
-    assert allowed("10.0.0.1") and not allowed("10.0.0.2")
-    listings.append([storage_node("n1", "10.0.0.1:9750"), storage_node("n2", "10.0.0.2:9750")])
-    now[0] = 1.0
-    assert not allowed("10.0.0.2")  # re-listed at most every 3 s, even for an unknown address
-    now[0] = 3.5
-    assert allowed("10.0.0.2")
-    listings.append([storage_node("n2", "10.0.0.2:9750")])
-    now[0] = 40.0
-    assert not allowed("10.0.0.1")  # a removed node is shut out once the set ages
-
-
-def test_peer_hosts_come_from_restore_and_p2p_addresses() -> None:
-    node = storage_node("n1", "10.0.0.1:9750")
-    node.status.endpoints.p2p_address = "10.0.1.1:6881"
-    assert peer_hosts([node, storage_node("n2", None)]) == {"10.0.0.1", "10.0.1.1"}
-
-
-# -- sources from a Checkpoint --------------------------------------------------------------------
+IDENTITIES = Identities(Path(tempfile.mkdtemp(prefix="cairn-identities-")))
 
 
 def storage_node(name: str, address: str | None, ready: bool = True) -> StorageNode:
-    return StorageNode(
-        spec=StorageNodeSpec(node_name=name),
-        status=StorageNodeStatus(ready=ready, endpoints=AgentEndpoints(peer_restore_address=address)),
-    )
+    return published(name, address, IDENTITIES[name], ready=ready)
 
 
 def recorded(node: str, *, verified: bool) -> Checkpoint:
@@ -383,16 +361,39 @@ def no_client() -> object:
 
 def test_sources_are_the_peer_then_s3_on_another_node() -> None:
     nodes = [storage_node("n1", "10.0.0.1:9750"), storage_node("n2", "10.0.0.2:9750")]
-    sources = build_sources(NAMESPACE, NAME, recorded("n1", verified=True), nodes, "n2", s3_client=no_client)
+    sources = build_sources(
+        NAMESPACE,
+        NAME,
+        recorded("n1", verified=True),
+        nodes,
+        "n2",
+        s3_client=no_client,
+        identity=IDENTITIES["n2"],
+        volume="vol-restore",
+    )
     assert [(s.kind, s.name) for s in sources] == [(SourceKind.PEER, "peer n1"), (SourceKind.S3, "s3")]
     assert isinstance(sources[0], PeerSource) and sources[0].host == "10.0.0.1"
+    assert sources[0].headers == {"X-Cairn-Volume": "vol-restore"}
     assert isinstance(sources[1], S3Source) and sources[1].location.prefix == "team-a/trainer/step_100"
+
+
+def test_without_a_node_identity_peers_are_passed_over_saying_why() -> None:
+    nodes = [storage_node("n1", "10.0.0.1:9750")]
+    sources = build_sources(NAMESPACE, NAME, recorded("n1", verified=True), nodes, None, s3_client=no_client)
+    assert [(s.kind, type(s)) for s in sources] == [
+        (SourceKind.PEER, UnavailableSource),
+        (SourceKind.S3, S3Source),
+    ]
+    with pytest.raises(SourceError, match="only to Cairn agents over mutual TLS"):
+        sources[0].manifest_text()
 
 
 def test_this_nodes_copy_is_local_read_from_disk_or_from_its_own_agent(tmp_path: Path) -> None:
     nodes = [storage_node("n1", "10.0.0.1:9750")]
     checkpoint = recorded("n1", verified=False)
-    via_agent = build_sources(NAMESPACE, NAME, checkpoint, nodes, "n1", s3_client=no_client)
+    via_agent = build_sources(
+        NAMESPACE, NAME, checkpoint, nodes, "n1", s3_client=no_client, identity=IDENTITIES["n1"]
+    )
     assert [(s.kind, type(s)) for s in via_agent] == [(SourceKind.LOCAL, PeerSource)]
     on_disk = build_sources(
         NAMESPACE, NAME, checkpoint, nodes, "n1", s3_client=no_client, local_directory=lambda c: tmp_path
@@ -404,7 +405,13 @@ def test_a_peer_without_an_address_is_reported_and_an_unverified_remote_is_not_a
     with pytest.raises(SourcesError, match="not verified yet; wait for the checkpoint to be Tiered"):
         build_sources(NAMESPACE, NAME, recorded("n1", verified=False), [], "n2", s3_client=no_client)
     this_node_unpublished = build_sources(
-        NAMESPACE, NAME, recorded("n1", verified=False), [storage_node("n1", None)], "n1", s3_client=no_client
+        NAMESPACE,
+        NAME,
+        recorded("n1", verified=False),
+        [storage_node("n1", None)],
+        "n1",
+        s3_client=no_client,
+        identity=IDENTITIES["n1"],
     )
     assert isinstance(this_node_unpublished[0], UnavailableSource)
     with pytest.raises(SourceError, match="publishes no peerRestoreAddress"):
