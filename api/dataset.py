@@ -118,6 +118,20 @@ class DatasetPart(CairnModel):
     bytes: int
 
 
+class SwarmCredentials(CairnModel):
+    """Who may join the dataset's swarm: written by the controller, public material only.
+
+    Every part's torrent embeds `caCertificate` (libtorrent's SSL torrents), so a peer is let into
+    the swarm only with a certificate that CA signed; the controller signs one per target node, for
+    the public key that node's StorageNode publishes, and for no other node.
+    """
+
+    ca_certificate: str = Field(max_length=8192, description="PEM of this dataset's swarm CA.")
+    node_certificates: dict[str, str] = Field(
+        default_factory=dict, description="PEM certificate per target node, for its agent's published key."
+    )
+
+
 class DatasetStatus(CairnModel):
     phase: DatasetPhase = DatasetPhase.PENDING
     source: str | None = Field(default=None, description="The source in one line, for the printer column.")
@@ -140,6 +154,7 @@ class DatasetStatus(CairnModel):
         default=None, description="For a PVC source: the LocalVolume behind the claim, read on its node."
     )
     target_nodes: list[str] = Field(default_factory=list)
+    swarm: SwarmCredentials | None = None
     nodes: dict[str, DatasetNodeStatus] = Field(default_factory=dict)
     ready_count: int = 0
     ready: str = Field(default="0/0", description="Ready nodes out of wanted, for the printer column.")

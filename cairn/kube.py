@@ -6,6 +6,7 @@ rest of the code handles typed models and never raw dicts.
 
 from __future__ import annotations
 
+import base64
 import builtins
 import logging
 import threading
@@ -268,6 +269,33 @@ def trigger_on_change(
 
 
 _UNSEEN = object()
+
+
+def made_once_secret(
+    api_client: client.ApiClient, namespace: str, name: str, key: str, make: Callable[[], bytes]
+) -> bytes:
+    """The bytes under `key` in Secret namespace/name, creating it with `make()` the first time.
+
+    Two replicas racing to create it both end up reading the one that won.
+    """
+    core_v1 = client.CoreV1Api(api_client)
+    try:
+        secret = core_v1.read_namespaced_secret(name, namespace)
+    except ApiException as error:
+        if error.status != 404:
+            raise
+        body = client.V1Secret(
+            metadata=client.V1ObjectMeta(name=name, namespace=namespace),
+            data={key: base64.b64encode(make()).decode()},
+            type="Opaque",
+        )
+        try:
+            core_v1.create_namespaced_secret(namespace, body)
+        except ApiException as racing:
+            if racing.status != 409:
+                raise
+        secret = core_v1.read_namespaced_secret(name, namespace)
+    return base64.b64decode((secret.data or {})[key])
 
 
 def secret_reader(api_client: client.ApiClient) -> ReadSecret:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import secrets
 import signal
 import socket
 import threading
@@ -17,13 +18,14 @@ from cairn.api.disk import StorageNode
 from cairn.api.volume import LocalVolume, PoolClass
 from cairn.controller import metrics
 from cairn.controller.datasets.controller import DatasetController
+from cairn.controller.datasets.swarm_authority import SEED_BYTES, SWARM_AUTHORITY_SECRET, SwarmAuthority
 from cairn.controller.populator import VolumePopulator
 from cairn.controller.volumes.service import ControllerService
 from cairn.csi.identity import IdentityService
 from cairn.csi.proto import csi_pb2_grpc
 from cairn.csi.server import serve
 from cairn.events import EventRecorder
-from cairn.kube import ResourceClient, claim_reader, load_api_client
+from cairn.kube import ResourceClient, claim_reader, load_api_client, made_once_secret
 from cairn.leader import LeaseElector
 from cairn.logs import setup_logging
 
@@ -77,7 +79,16 @@ def start_cluster_loops(
 ) -> None:
     """The Dataset controller and the volume populator: one set per cluster."""
     core = client.CoreV1Api(api_client)
-    datasets = DatasetController(ResourceClient(api_client, Dataset), volumes, storage_nodes, core)
+    seed = made_once_secret(
+        api_client,
+        args.populator_namespace,
+        SWARM_AUTHORITY_SECRET,
+        "seed",
+        lambda: secrets.token_bytes(SEED_BYTES),
+    )
+    datasets = DatasetController(
+        ResourceClient(api_client, Dataset), volumes, storage_nodes, core, SwarmAuthority(seed)
+    )
     threading.Thread(target=datasets.run, args=(stop,), name="datasets", daemon=True).start()
     if not args.no_populator:
         populator = VolumePopulator(

@@ -224,7 +224,7 @@ def start_dataset_agent(
         ResourceClient(api_client, StorageNode),
         index.lookup,
         args.state_dir,
-        TorrentNode(host, port),
+        TorrentNode(host, port, tls=identity is not None),
         egress_policy_reader(api_client, args.origin_allow_cidr, args.origin_deny_cidr),
         identity,
     )

@@ -45,6 +45,7 @@ from cairn.controller.datasets.planner import (
     target_nodes,
     volume_bytes,
 )
+from cairn.controller.datasets.swarm_authority import SwarmAuthority
 from cairn.kube import ResourceClient, Typed, trigger_on_change
 
 log = logging.getLogger("cairn.controller.datasets.controller")
@@ -56,6 +57,8 @@ class DatasetController:
     volumes: ResourceClient
     storage_nodes: ResourceClient
     core: client.CoreV1Api
+    authority: SwarmAuthority | None = None
+    """Signs who may join each dataset's swarm; without it no swarm credentials are written."""
     period: float = 2.0
     min_interval: float = 0.2
     _wake: threading.Event = field(default_factory=threading.Event)
@@ -151,6 +154,16 @@ class DatasetController:
         }
         if source_volume is not None:
             patch["source_volume"] = source_volume.name
+        if self.authority is not None:
+            published = {
+                name: pem
+                for name in targets
+                if name in nodes and (pem := nodes[name][0].status.endpoints.peer_certificate)
+            }
+            uid = item.metadata.get("uid", "")
+            swarm = self.authority.credentials(uid, namespace, item.name, status.swarm, published)
+            if swarm != status.swarm:
+                patch["swarm"] = swarm
         reports = dict(status.nodes)
 
         if status.total_bytes is not None:
@@ -202,7 +215,8 @@ class DatasetController:
             "ready": summary.ready,
             "ready_count": summary.ready_count,
         }
-        if current != wanted or status.target_nodes != targets or "nodes" in patch or "conditions" in patch:
+        changed = any(k in patch for k in ("nodes", "conditions", "swarm"))
+        if current != wanted or status.target_nodes != targets or changed:
             self.datasets.patch_status(item.name, DatasetStatus(**patch), namespace=namespace)
 
     def _source_volume(

@@ -179,6 +179,10 @@ class DatasetAgent:
         mount = self.mount_point(namespace, item.name)
         self._ensure_mounted(volume, mount)
         if step == Step.SEED_FROM_ORIGIN:
+            if self.identity is not None and self.swarm.swarm_certificate(dataset) is None:
+                # Every part's torrent embeds the dataset's swarm CA: nothing is published without it.
+                log.info("dataset %s: waiting for its swarm credentials before seeding", key)
+                return
             self.swarm.begin_seeding(key)
             thread = threading.Thread(
                 target=self.seeder.seed,

@@ -105,7 +105,13 @@ class Seeder:
             def publish(index: int, part_entries: list[ManifestEntry]) -> None:
                 entries.extend(part_entries)
                 part = plan[index]
-                meta = make_torrent(data, piece_size, files=[(f.path, f.size) for f in part])
+                swarm = dataset.status.swarm
+                meta = make_torrent(
+                    data,
+                    piece_size,
+                    files=[(f.path, f.size) for f in part],
+                    root_certificate=swarm.ca_certificate if swarm else None,
+                )
                 check_republished(dataset, index, meta.info_hash)
                 self.store.save_torrent(namespace, item.name, index, meta.torrent)
                 info_hash = self.swarm.seed_part(key, index, meta.torrent, data, dataset, nodes)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from cairn.api.dataset import Dataset, DatasetNodeStatus, NodePhase
 from cairn.api.disk import StorageNode
+from cairn.certificates import same_public_key
 from cairn.kube import ResourceClient, Typed
 from cairn.node_agent import metrics
 from cairn.node_agent.datasets.parts import part_peers, stranded
@@ -69,6 +70,8 @@ class Joined:
     counted_download: int = 0
     counted_upload: int = 0
     counted_redundant: int = 0
+    certified: set[int] = field(default_factory=set)
+    """Parts whose torrent has this node's swarm certificate; the others cannot talk to peers yet."""
 
 
 @dataclass
@@ -107,8 +110,36 @@ class Swarm:
         with self.lock:
             joined = self._joined[key]
             joined.parts[index] = info_hash
+            self._certify(joined, dataset)
             self._tell_peers(joined, index, dataset, nodes, stalled=False)
         return info_hash
+
+    def swarm_certificate(self, dataset: Dataset) -> str | None:
+        """This node's certificate for the dataset's swarm, once signed for the key it holds now."""
+        swarm = dataset.status.swarm
+        if self.identity is None or swarm is None:
+            return None
+        pem = swarm.node_certificates.get(self.node_name)
+        if pem is None or not same_public_key(pem, self.identity.certificate_pem):
+            return None
+        return pem
+
+    def _certify(self, joined: Joined, dataset: Dataset) -> None:
+        """Give each part's torrent this node's swarm certificate, as soon as the controller signed it."""
+        waiting = [index for index in joined.parts if index not in joined.certified]
+        if not waiting or self.identity is None:
+            return
+        certificate = self.swarm_certificate(dataset)
+        if certificate is None:
+            log.info(
+                "dataset %s: waiting for the controller to sign this node's swarm certificate",
+                dataset.status.source,
+            )
+            return
+        key = self.identity.key_path.read_text()
+        for index in waiting:
+            self.torrent.set_certificate(joined.parts[index], certificate, key)
+            joined.certified.add(index)
 
     def join(
         self, item: Typed, namespace: str, mount: Path, report: DatasetNodeStatus, nodes: list[StorageNode]
@@ -133,6 +164,7 @@ class Swarm:
             joined.parts[index] = info_hash
             self._tell_peers(joined, index, dataset, nodes, stalled=False)
             log.info("dataset %s: joined the swarm of part %d", key, index)
+        self._certify(joined, dataset)
         return joined
 
     def _torrent_file(

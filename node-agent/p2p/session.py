@@ -24,6 +24,8 @@ two sessions in one process, page-cached source, clock from the first payload by
     on the downloader, which checks every byte; `cp` needs ~0.3 CPU-s per GB.
   - Piece size: 256 KiB-1 MiB 570-700 MB/s; 2, 4 and 16 MiB 300-570 MB/s and erratic (see
     `piece_size_for`).
+The figures above are plaintext. The agent's sessions run `tls=True`: every dataset torrent is an SSL
+torrent (`make_torrent(root_certificate=)`), each peer presenting a certificate its dataset's CA signed.
 """
 
 from __future__ import annotations
@@ -49,11 +51,24 @@ TARGET_PIECES = 8192
 
 SettingValue = str | int | bool
 
+FFDHE2048 = """-----BEGIN DH PARAMETERS-----
+MIIBCAKCAQEA//////////+t+FRYortKmq/cViAnPTzx2LnFg84tNpWp4TZBFGQz
++8yTnc4kmz75fS/jY2MMddj2gbICrsRhetPfHtXV/WVhJDP1H18GbtCFY2VVPe0a
+87VXE15/V8k1mE8McODmi3fipona8+/och3xWKE2rec1MKzKT0g6eXq8CrGCsyT7
+YdEIqUuyyOP7uWrat2DX9GgdT0Kj3jlN9K5W7edjcrsZCwenyO4KbXCeAvzhzffi
+7MA0BM0oNC9hkXL+nOmFg/+OTxIy7vKBg8P+OxtMb61zO7X8vC7CIAXFjvGDfRaD
+ssbzSibBsu/6iGtCOGEoXJf//////////wIBAg==
+-----END DH PARAMETERS-----
+"""
+"""RFC 7919's ffdhe2048 group: libtorrent insists on DH parameters for an SSL torrent's context
+(and fails the torrent without them), though TLS 1.3 peers agree keys with ECDHE."""
 
-def lan_settings(listen_address: str, port: int = 0) -> dict[str, SettingValue]:
+
+def lan_settings(listen_address: str, port: int = 0, *, tls: bool = False) -> dict[str, SettingValue]:
     """Session settings for peers on one cluster LAN that trust each other's network, not their data.
 
-    `port` 0 lets the kernel choose (read it back from `TorrentNode.port`). Pure: no session needed.
+    `port` 0 lets the kernel choose (read it back from `TorrentNode.port`). With `tls` the one listen
+    socket is libtorrent's SSL one, for SSL torrents only. Pure: no session needed.
     """
     address = ipaddress.ip_address(listen_address)
     host = f"[{address}]" if address.version == 6 else str(address)
@@ -64,7 +79,7 @@ def lan_settings(listen_address: str, port: int = 0) -> dict[str, SettingValue]:
             # One interface for listening and for connecting out: peers filter by the StorageNode
             # address, so a connection leaving from another interface (a pod network, a second NIC)
             # would be refused by them.
-            "listen_interfaces": f"{host}:{port}",
+            "listen_interfaces": f"{host}:{port}{'s' if tls else ''}",
             "outgoing_interfaces": str(address),
             # uTP yields to any queueing delay (LEDBAT) and runs its congestion control in user space,
             # packet by packet; the defaults, uTP included, moved 10-33 MB/s here. Inside a cluster
@@ -166,6 +181,7 @@ def make_torrent(
     *,
     files: Sequence[tuple[str, int]] | None = None,
     web_seeds: Iterable[str] = (),
+    root_certificate: str | None = None,
 ) -> TorrentMeta:
     """Hash the files under `root` once and return a v2-only torrent named after `root`.
 
@@ -177,6 +193,10 @@ def make_torrent(
     the torrent has several files but `<url><file name>` when it has one (a one-file torrent has no
     directory), so pass the URL of `root`'s parent for a directory of several files and the URL of
     `root` itself for a single file.
+
+    `root_certificate` (a CA's PEM) makes it an SSL torrent: its peers talk only over TLS, each
+    presenting a certificate that CA signed (`TorrentNode.set_certificate`). It is part of the
+    info dictionary, so of the info-hash.
 
     v2-only, not hybrid: v2 gives each file its own Merkle root (a file is identified by its
     content, and a bad 16 KiB block is pinned on the peer that sent it) and starts every file on a
@@ -200,6 +220,8 @@ def make_torrent(
     # Private: no peer exchange. Nodes learn peers only from the agent (StorageNode addresses), so
     # which node talks to which for each part stays the agent's choice (see datasets/parts.py).
     creator.set_priv(True)
+    if root_certificate is not None:
+        creator.set_root_cert(root_certificate)
     for url in web_seeds:
         creator.add_url_seed(url)
     lt.set_piece_hashes(creator, str(root.parent))
@@ -348,11 +370,17 @@ class TorrentNode:
     """
 
     def __init__(
-        self, listen_address: str, port: int = 0, *, overrides: Mapping[str, SettingValue] | None = None
+        self,
+        listen_address: str,
+        port: int = 0,
+        *,
+        tls: bool = False,
+        overrides: Mapping[str, SettingValue] | None = None,
     ) -> None:
-        settings = lan_settings(listen_address, port)
+        settings = lan_settings(listen_address, port, tls=tls)
         settings.update(overrides or {})
         self.address = listen_address
+        self.tls = tls
         self._lock = threading.RLock()
         # The bindings take a plain dict of settings; the stubs know only settings_pack.
         self._session: Any = lt.session(settings)  # type: ignore[call-overload]
@@ -361,18 +389,26 @@ class TorrentNode:
         self._waits: dict[tuple[str, str], list[_Wait]] = {}
         # libtorrent moves on to the next free port when the asked one is taken; peers would then be
         # told a port nobody listens on.
-        if not self._session.is_listening() or port not in (0, self._session.listen_port()):
+        if not self._session.is_listening() or port not in (0, self._listen_port()):
             self._session = None
             raise TorrentSessionError(
                 f"libtorrent could not listen on {listen_address}:{port}; check that the address is "
                 "configured on this node and the port is free"
             )
 
+    def _listen_port(self) -> int:
+        return int(self._session.ssl_listen_port() if self.tls else self._session.listen_port())
+
     @property
     def port(self) -> int:
         with self._lock:
             self._check_open()
-            return int(self._session.listen_port())
+            return self._listen_port()
+
+    def set_certificate(self, info_hash: str, certificate_pem: str, key_pem: str) -> None:
+        """What this session presents to an SSL torrent's peers: a certificate its CA signed, and the key."""
+        with self._lock:
+            self._handle(info_hash).set_ssl_certificate_buffer(certificate_pem, key_pem, FFDHE2048)
 
     def __enter__(self) -> TorrentNode:
         return self

@@ -453,6 +453,20 @@ def test_one_nodes_agent_cannot_change_another_nodes_records(bed: TestBed) -> No
         other = patch_entry("vap-b")
         assert other.returncode != 0 and "only its own entry" in other.stderr
         assert patch_entry("vap-a").returncode == 0
+        # Nor may it sign itself into a dataset's swarm: that list is the controller's.
+        forged = {"caCertificate": "forged", "nodeCertificates": {"vap-a": "forged"}}
+        swarm = as_agent(
+            "patch",
+            "dataset",
+            "shared",
+            "-n",
+            ns,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            json.dumps({"status": {"swarm": forged}}),
+        )
+        assert swarm.returncode != 0 and "may not change the swarm credentials" in swarm.stderr
         theirs = as_agent("delete", "checkpoint", "step-vap-b", "-n", ns)
         assert theirs.returncode != 0 and "recorded by another node" in theirs.stderr
         assert as_agent("delete", "checkpoint", "step-vap-a", "-n", ns).returncode == 0
