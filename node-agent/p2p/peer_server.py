@@ -123,8 +123,8 @@ class PeerDirectory:
 
     Re-listed every `max_age`, and sooner (at most every `min_interval`) when a handshake failed,
     so a node that just joined is let in within a second or two of its first try (clients retry a
-    refused handshake) and a removed one is shut out. The
-    apiserver being away keeps the last set: it never opens the door.
+    refused handshake), and a removed one is shut out. The apiserver being away keeps the last set:
+    it never opens the door.
     """
 
     def __init__(
@@ -149,10 +149,6 @@ class PeerDirectory:
     def node_of(self, certificate_der: bytes) -> str | None:
         return self._nodes.get(fingerprint(certificate_der))
 
-    def certificate_of(self, node_name: str) -> str | None:
-        self.refresh_if_due()
-        return next((pem for pem in self._pems if self._nodes.get(pem_fingerprint(pem)) == node_name), None)
-
     def trusted(self) -> tuple[str, ...]:
         return self._pems
 
@@ -175,21 +171,23 @@ class PeerDirectory:
             published = _published_certificates(nodes)
             if set(published) == set(self._nodes):
                 return False
-            self._nodes = published
-            self._pems = tuple(pem for node in nodes if (pem := node.status.endpoints.peer_certificate))
+            self._nodes = {print_: name for print_, (name, _pem) in published.items()}
+            self._pems = tuple(pem for _name, pem in published.values())
             self.version += 1
             return True
 
 
-def _published_certificates(nodes: Iterable[StorageNode]) -> dict[str, str]:
-    found: dict[str, str] = {}
+def _published_certificates(nodes: Iterable[StorageNode]) -> dict[str, tuple[str, str]]:
+    """Fingerprint -> (node, PEM) of every certificate TLS can load; one bad entry must not shut all out."""
+    found: dict[str, tuple[str, str]] = {}
     for node in nodes:
         pem = node.status.endpoints.peer_certificate
         if not pem:
             continue
         try:
-            found[pem_fingerprint(pem)] = node.spec.node_name
-        except IdentityError:
+            ssl.create_default_context(cadata=pem)
+            found[pem_fingerprint(pem)] = (node.spec.node_name, pem)
+        except (IdentityError, ssl.SSLError, ValueError):
             log.warning("StorageNode %s publishes an unreadable peer certificate", node.spec.node_name)
     return found
 

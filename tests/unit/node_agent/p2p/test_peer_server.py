@@ -270,3 +270,21 @@ def test_a_node_that_joined_after_the_servers_last_listing_is_served_on_its_firs
         assert server.refused.get("tls") >= 1  # refused once, then trusted
     finally:
         server.close()
+
+
+def test_one_unreadable_published_certificate_does_not_shut_the_others_out(
+    identities: Identities, copy: tuple[Path, Manifest]
+) -> None:
+    root, manifest = copy
+    broken = published("n9", None, None)
+    broken.status.endpoints.peer_certificate = (
+        "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n"
+    )
+    nodes = [published("n2", None, identities["n2"]), broken]
+    server = PeerServer(
+        "127.0.0.1:0", identities["n1"], PeerDirectory(lambda: nodes), written_by(root, manifest, "n2")
+    ).serve_in_background()
+    try:
+        assert get(server, MANIFEST_PATH, identities["n2"])[0] == 200
+    finally:
+        server.close()
