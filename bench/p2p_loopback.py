@@ -34,6 +34,7 @@ from cairn.node_agent.p2p.session import (
     lan_settings,
     make_torrent,
     piece_size_for,
+    setting_names,
 )
 
 from .common import report
@@ -128,6 +129,8 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     overrides: dict[str, Any] = {}
     for pair in pairs:
         name, _, text = pair.partition("=")
+        if name not in known and name not in setting_names():
+            raise SystemExit(f"--set {name}: not a libtorrent setting")
         current = known.get(name)
         if isinstance(current, bool):
             overrides[name] = text.lower() in ("1", "true", "yes")

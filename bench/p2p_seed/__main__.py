@@ -99,7 +99,7 @@ def main() -> None:
 
     from tests.testbed.network import rate_bits_per_second
 
-    from .p2p_loopback import parse_overrides
+    from ..p2p_loopback import parse_overrides
 
     overrides = parse_overrides(args.set)
 

@@ -133,6 +133,11 @@ def lan_settings(listen_address: str, port: int = 0, *, tls: bool = False) -> di
     return settings
 
 
+def setting_names() -> frozenset[str]:
+    """Every session setting libtorrent knows, for checking an override before a session starts."""
+    return frozenset(lt.default_settings())
+
+
 def piece_size_for(total_bytes: int) -> int:
     """The v2 piece size for a dataset of `total_bytes`: at most 8192 pieces, 256 KiB to 16 MiB.
 
