@@ -28,7 +28,7 @@ def running_swarm(args: argparse.Namespace, size: int) -> Iterator[Swarm]:
     from cairn.controller.datasets.planner import volume_bytes
     from tests.testbed.network import Shaping
 
-    from .common import bench_bed
+    from ..common import bench_bed
 
     link = Shaping(rate=args.rate)
     with bench_bed(with_s3=False) as bed:
@@ -171,7 +171,7 @@ def main() -> None:
                     for run, moved in runs
                 ]
 
-    from .common import report
+    from ..common import report
 
     median = statistics.median
     if cairn:

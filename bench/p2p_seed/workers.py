@@ -80,7 +80,7 @@ def pull_worker(spec: dict[str, Any]) -> None:
 def swarm_worker(spec: dict[str, Any]) -> None:
     from cairn.node_agent.p2p.session import TorrentFinished, TorrentNode, make_torrent
 
-    from .p2p_loopback import fsync_tree
+    from ..p2p_loopback import fsync_tree
 
     data = Path(spec["dir"]) / "data"
     torrent_path = Path(spec["torrent"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import importlib.util
 import subprocess
 import sys
 
@@ -21,3 +23,18 @@ def test_a_bad_libtorrent_override_is_refused_by_name_before_anything_starts(ben
     )
     assert result.returncode != 0
     assert "--set no_such_setting: not a libtorrent setting" in result.stderr, result.stderr
+
+
+def test_every_import_in_the_benchmarks_names_a_module_that_exists() -> None:
+    """Benchmarks import lazily (after a bed is up), so a wrong name shows only minutes into a run."""
+    missing = []
+    for path in sorted((REPO_ROOT / "bench").rglob("*.py")):
+        package = ".".join(path.relative_to(REPO_ROOT).with_suffix("").parts)
+        if path.name != "__init__.py":
+            package = package.rsplit(".", 1)[0]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                name = importlib.util.resolve_name("." * node.level + (node.module or ""), package)
+                if importlib.util.find_spec(name) is None:
+                    missing.append(f"{path.relative_to(REPO_ROOT)}:{node.lineno} {name}")
+    assert missing == []
