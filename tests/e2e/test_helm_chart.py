@@ -467,6 +467,16 @@ def test_one_nodes_agent_cannot_change_another_nodes_records(bed: TestBed) -> No
             json.dumps({"status": {"swarm": forged}}),
         )
         assert swarm.returncode != 0 and "may not change the swarm credentials" in swarm.stderr
+
+        # The replica label is what lets a node read a checkpoint from a peer: only the recording
+        # node sets it, so an agent cannot name itself the replica of another node's checkpoint.
+        def label_replica(checkpoint: str) -> subprocess.CompletedProcess[str]:
+            return as_agent("label", "checkpoint", checkpoint, "-n", ns, "cairn.dev/replica-node=vap-a")
+
+        stolen = label_replica("step-vap-b")
+        assert stolen.returncode != 0 and "may not choose the replica of Checkpoint" in stolen.stderr
+        labelled = label_replica("step-vap-a")
+        assert labelled.returncode == 0, labelled.stderr
         theirs = as_agent("delete", "checkpoint", "step-vap-b", "-n", ns)
         assert theirs.returncode != 0 and "recorded by another node" in theirs.stderr
         assert as_agent("delete", "checkpoint", "step-vap-a", "-n", ns).returncode == 0
