@@ -453,6 +453,29 @@ def test_one_nodes_agent_cannot_change_another_nodes_records(bed: TestBed) -> No
         other = patch_entry("vap-b")
         assert other.returncode != 0 and "only its own entry" in other.stderr
         assert patch_entry("vap-a").returncode == 0
+
+        # Only the seeder publishes what the dataset holds.
+        def publish_digest() -> subprocess.CompletedProcess[str]:
+            body = json.dumps({"status": {"digest": "blake3:" + "1" * 64}})
+            return as_agent(
+                "patch", "dataset", "shared", "-n", ns, "--subresource=status", "--type=merge", "-p", body
+            )
+
+        not_seeder = publish_digest()
+        assert not_seeder.returncode != 0 and "is not the seeder of Dataset" in not_seeder.stderr
+        cp.kubectl(
+            "patch",
+            "dataset",
+            "shared",
+            "-n",
+            ns,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            '{"status": {"seeder": "vap-a"}}',
+        )
+        seeder = publish_digest()
+        assert seeder.returncode == 0, seeder.stderr
         # Nor may it sign itself into a dataset's swarm: that list is the controller's.
         forged = {"caCertificate": "forged", "nodeCertificates": {"vap-a": "forged"}}
         swarm = as_agent(
