@@ -18,12 +18,11 @@ import hashlib
 import hmac
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from cairn.api.dataset import SwarmCredentials
-from cairn.certificates import same_public_key
+from cairn.certificates import issue_certificate, same_public_key
 
 SEED_BYTES = 32
 SWARM_AUTHORITY_SECRET = "cairn-swarm-authority"
@@ -46,53 +45,41 @@ class SwarmAuthority:
     def ca_certificate(self, dataset_uid: str, namespace: str, name: str) -> str:
         key = self._key(dataset_uid)
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"cairn swarm {namespace}/{name}"[:64])])
-        now = datetime.datetime.now(datetime.UTC)
-        certificate = (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + VALIDITY)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=False,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=True,
-                    crl_sign=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .sign(key, hashes.SHA256())
+        signs_certificates_only = x509.KeyUsage(
+            digital_signature=False,
+            content_commitment=False,
+            key_encipherment=False,
+            data_encipherment=False,
+            key_agreement=False,
+            key_cert_sign=True,
+            crl_sign=False,
+            encipher_only=False,
+            decipher_only=False,
         )
-        return certificate.public_bytes(serialization.Encoding.PEM).decode()
+        return issue_certificate(
+            subject,
+            key.public_key(),
+            subject,
+            key,
+            datetime.datetime.now(datetime.UTC) + VALIDITY,
+            [(x509.BasicConstraints(ca=True, path_length=0), True), (signs_certificates_only, True)],
+        )
 
     def node_certificate(self, dataset_uid: str, ca_pem: str, node: str, node_pem: str) -> str:
         """A certificate for `node`'s published key, signed by the dataset's CA; valid for its swarm only."""
         ca = x509.load_pem_x509_certificate(ca_pem.encode())
-        public_key = x509.load_pem_x509_certificate(node_pem.encode()).public_key()
-        now = datetime.datetime.now(datetime.UTC)
-        certificate = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, node)]))
-            .issuer_name(ca.subject)
-            .public_key(public_key)
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(ca.not_valid_after_utc)
-            # libtorrent accepts a peer whose name is the torrent's or "*"; the CA is this dataset's alone.
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("*")]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .sign(self._key(dataset_uid), hashes.SHA256())
+        return issue_certificate(
+            x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, node)]),
+            x509.load_pem_x509_certificate(node_pem.encode()).public_key(),
+            ca.subject,
+            self._key(dataset_uid),
+            ca.not_valid_after_utc,
+            [
+                # libtorrent accepts a peer named as the torrent or "*"; the CA is this dataset's alone.
+                (x509.SubjectAlternativeName([x509.DNSName("*")]), False),
+                (x509.BasicConstraints(ca=False, path_length=None), True),
+            ],
         )
-        return certificate.public_bytes(serialization.Encoding.PEM).decode()
 
     def credentials(
         self,

@@ -20,9 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from cairn.certificates import issue_certificate
 
 PEER_IDENTITY_DIR = "peer-identity"
 """Under the agent's state directory; a root CLI on the node finds the pair there."""
@@ -64,28 +66,23 @@ class PeerIdentity:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(directory, 0o700)
         key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.UTC)
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, node_name)])
-        certificate = (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))  # peers' clocks drift a little
-            .not_valid_after(now + VALIDITY)
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(node_name)]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
-                critical=False,
-            )
-            .sign(key, hashes.SHA256())
+        both_ends = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH])
+        pem = issue_certificate(
+            subject,
+            key.public_key(),
+            subject,
+            key,
+            datetime.datetime.now(datetime.UTC) + VALIDITY,
+            [
+                (x509.SubjectAlternativeName([x509.DNSName(node_name)]), False),
+                (x509.BasicConstraints(ca=False, path_length=None), True),
+                (both_ends, False),
+            ],
         )
         key_bytes = key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
-        pem = certificate.public_bytes(serialization.Encoding.PEM).decode()
         _write_private(directory / KEY_FILE, key_bytes)
         _write_private(directory / CERTIFICATE_FILE, pem.encode())
         return cls(node_name, pem, directory / CERTIFICATE_FILE, directory / KEY_FILE)
