@@ -393,17 +393,24 @@ def test_one_nodes_agent_cannot_change_another_nodes_records(bed: TestBed) -> No
     cp.kubectl("create", "namespace", ns)
     try:
         cp.kubectl("apply", "-f", "-", input_text=_objects(*nodes, *records, dataset, pod, *checkpoints))
-        cp.kubectl(
-            "patch",
-            "dataset",
-            "shared",
-            "-n",
-            ns,
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            '{"status": {"nodes": {"vap-b": {"phase": "Ready"}}}}',
-        )
+
+        def patch_dataset_status(status: dict, identity: str = "admin") -> subprocess.CompletedProcess[str]:
+            body = json.dumps({"status": status})
+            return cp.kubectl(
+                "patch",
+                "dataset",
+                "shared",
+                "-n",
+                ns,
+                "--subresource=status",
+                "--type=merge",
+                "-p",
+                body,
+                identity=identity,
+                check=identity == "admin",
+            )
+
+        patch_dataset_status({"nodes": {"vap-b": {"phase": "Ready"}}})
         uid = json.loads(cp.kubectl("get", "pod", "vap-agent", "-n", CAIRN_NAMESPACE, "-o", "json").stdout)[
             "metadata"
         ]["uid"]
@@ -445,10 +452,7 @@ def test_one_nodes_agent_cannot_change_another_nodes_records(bed: TestBed) -> No
         assert unbound.returncode != 0 and "bound to its pod" in unbound.stderr
 
         def patch_entry(node: str) -> subprocess.CompletedProcess[str]:
-            body = json.dumps({"status": {"nodes": {node: {"phase": "Failed"}}}})
-            return as_agent(
-                "patch", "dataset", "shared", "-n", ns, "--subresource=status", "--type=merge", "-p", body
-            )
+            return patch_dataset_status({"nodes": {node: {"phase": "Failed"}}}, "agent-on-vap-a")
 
         other = patch_entry("vap-b")
         assert other.returncode != 0 and "only its own entry" in other.stderr
@@ -456,39 +460,16 @@ def test_one_nodes_agent_cannot_change_another_nodes_records(bed: TestBed) -> No
 
         # Only the seeder publishes what the dataset holds.
         def publish_digest() -> subprocess.CompletedProcess[str]:
-            body = json.dumps({"status": {"digest": "blake3:" + "1" * 64}})
-            return as_agent(
-                "patch", "dataset", "shared", "-n", ns, "--subresource=status", "--type=merge", "-p", body
-            )
+            return patch_dataset_status({"digest": "blake3:" + "1" * 64}, "agent-on-vap-a")
 
         not_seeder = publish_digest()
         assert not_seeder.returncode != 0 and "is not the seeder of Dataset" in not_seeder.stderr
-        cp.kubectl(
-            "patch",
-            "dataset",
-            "shared",
-            "-n",
-            ns,
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            '{"status": {"seeder": "vap-a"}}',
-        )
+        patch_dataset_status({"seeder": "vap-a"})
         seeder = publish_digest()
         assert seeder.returncode == 0, seeder.stderr
         # Nor may it sign itself into a dataset's swarm: that list is the controller's.
         forged = {"caCertificate": "forged", "nodeCertificates": {"vap-a": "forged"}}
-        swarm = as_agent(
-            "patch",
-            "dataset",
-            "shared",
-            "-n",
-            ns,
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            json.dumps({"status": {"swarm": forged}}),
-        )
+        swarm = patch_dataset_status({"swarm": forged}, "agent-on-vap-a")
         assert swarm.returncode != 0 and "may not change the swarm credentials" in swarm.stderr
 
         # The replica label is what lets a node read a checkpoint from a peer: only the recording

@@ -60,10 +60,20 @@ def signed(authority: SwarmAuthority, ca: str, identity: PeerIdentity) -> str:
     return authority.node_certificate("uid-corpus", ca, identity.node_name, identity.certificate_pem)
 
 
+def ask_the_seeder(node: TorrentNode, seeder: TorrentNode, info_hash: str) -> list[TorrentEvent]:
+    """Point `node` at the seeder and give it 3 s: libtorrent retries a peer about once a second."""
+    node.add_peers(info_hash, [(SEEDER, seeder.port)])
+    events: list[TorrentEvent] = []
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        events += node.poll_alerts(0.1)
+    return events
+
+
 def test_a_node_the_datasets_ca_signed_downloads_and_one_it_did_not_gets_nothing(
     tmp_path: Path,
     authority: SwarmAuthority,
-    tls_nodes: Callable[[str, str], tuple[TorrentNode, PeerIdentity]],
+    tls_nodes: Nodes,
 ) -> None:
     ca = authority.ca_certificate("uid-corpus", "team-a", "corpus")
     origin, meta = ssl_dataset(tmp_path, ca)
@@ -77,28 +87,15 @@ def test_a_node_the_datasets_ca_signed_downloads_and_one_it_did_not_gets_nothing
     )
 
     info_hash = seeder.seed(meta.torrent, origin, already_verified=True)
-    certify(
-        seeder,
-        seeder_id,
-        info_hash,
-        authority.node_certificate("uid-corpus", ca, "node-a", seeder_id.certificate_pem),
-    )
+    certify(seeder, seeder_id, info_hash, signed(authority, ca, seeder_id))
     outsider.download(meta.torrent, tmp_path / "node-c")
     certify(outsider, outsider_id, info_hash, outsider_certificate)
-    outsider.add_peers(info_hash, [(SEEDER, seeder.port)])
-    deadline = time.monotonic() + 3  # libtorrent retries a peer about once a second
-    while time.monotonic() < deadline:
-        outsider.poll_alerts(0.1)
+    ask_the_seeder(outsider, seeder, info_hash)
     assert outsider.status(info_hash).total_payload_download == 0
     assert seeder.status(info_hash).total_payload_upload == 0
 
     member.download(meta.torrent, tmp_path / "node-b")
-    certify(
-        member,
-        member_id,
-        info_hash,
-        authority.node_certificate("uid-corpus", ca, "node-b", member_id.certificate_pem),
-    )
+    certify(member, member_id, info_hash, signed(authority, ca, member_id))
     member.add_peers(info_hash, [(SEEDER, seeder.port)])
     wait_for(lambda: member.status(info_hash).is_seeding, 20, "the signed member finishing")
     member.flush(info_hash)
@@ -109,29 +106,20 @@ def test_a_node_the_datasets_ca_signed_downloads_and_one_it_did_not_gets_nothing
 def test_a_certificate_for_another_nodes_key_is_useless(
     tmp_path: Path,
     authority: SwarmAuthority,
-    tls_nodes: Callable[[str, str], tuple[TorrentNode, PeerIdentity]],
+    tls_nodes: Nodes,
 ) -> None:
     ca = authority.ca_certificate("uid-corpus", "team-a", "corpus")
     origin, meta = ssl_dataset(tmp_path, ca)
     (seeder, seeder_id), (thief, thief_id) = tls_nodes(SEEDER, "node-a"), tls_nodes(OUTSIDER, "node-c")
     member_id = PeerIdentity.create("node-b", tmp_path / "identities" / "node-b-elsewhere")
     info_hash = seeder.seed(meta.torrent, origin, already_verified=True)
-    certify(
-        seeder,
-        seeder_id,
-        info_hash,
-        authority.node_certificate("uid-corpus", ca, "node-a", seeder_id.certificate_pem),
-    )
+    certify(seeder, seeder_id, info_hash, signed(authority, ca, seeder_id))
     # The certificates are public (they sit in the Dataset's status); node-b's is no use without
     # node-b's private key, which never leaves node-b.
     stolen = authority.node_certificate("uid-corpus", ca, "node-b", member_id.certificate_pem)
     thief.download(meta.torrent, tmp_path / "node-c")
     certify(thief, thief_id, info_hash, stolen)
-    thief.add_peers(info_hash, [(SEEDER, seeder.port)])
-    events: list[TorrentEvent] = []
-    deadline = time.monotonic() + 3
-    while time.monotonic() < deadline:
-        events += thief.poll_alerts(0.1)
+    events = ask_the_seeder(thief, seeder, info_hash)
     assert TorrentFailed(info_hash, "key values mismatch (x509 certificate routines)") in events
     assert thief.status(info_hash).total_payload_download == 0
     assert seeder.status(info_hash).total_payload_upload == 0
