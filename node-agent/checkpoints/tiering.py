@@ -46,6 +46,8 @@ from cairn.node_agent.checkpoints.replicas import assign_replicas
 from cairn.node_agent.checkpoints.retention import CheckpointRecord, plan_retention
 from cairn.node_agent.checkpoints.upload import (
     CheckpointUploader,
+    RemoteConflictError,
+    TransferError,
     UnsafeFileError,
     UploadError,
     checkpoint_location,
@@ -77,8 +79,9 @@ class RetryableFailure(PermanentFailure):
 
 # -- pure decisions --------------------------------------------------------------------------------
 
-PERMANENT_REASONS = frozenset({"ChangedAfterCommit", "ManifestMismatch", "UnsafeFile"})
-"""Failures no retry can fix: the files no longer match what was committed."""
+PERMANENT_REASONS = frozenset({"ChangedAfterCommit", "ManifestMismatch", "UnsafeFile", "RemoteCopyConflict"})
+"""Failures no retry can fix: the files no longer match what was committed, or the remote location
+already holds another copy that is not ours to overwrite."""
 
 
 def needs_upload(checkpoint: Checkpoint, policy: CheckpointPolicySpec) -> bool:
@@ -267,9 +270,7 @@ class CheckpointTierer:
             )
         except CredentialsError as error:
             raise RetryableFailure(error.reason, str(error)) from None
-        location = checkpoint_location(
-            target.bucket, target.prefix, namespace, checkpoint.spec.pvc_name, checkpoint.spec.path
-        )
+        location = remote_location(item, target)
         uploader = CheckpointUploader(
             s3,
             self.upload_state_dir,
@@ -306,10 +307,14 @@ class CheckpointTierer:
         started = time.monotonic()
         try:
             report = uploader.upload(directory, manifest, location, on_progress=progress)
-        except UnsafeFileError as error:
-            raise PermanentFailure("UnsafeFile", str(error)) from None
+        except TransferError:
+            raise  # S3 or the network: retried, resuming from the parts that arrived
+        except RemoteConflictError as error:
+            raise PermanentFailure("RemoteCopyConflict", str(error)) from None
         except UploadError as error:
-            raise PermanentFailure("ChangedAfterCommit", str(error)) from None
+            uploader.abandon(manifest, location)
+            reason = "UnsafeFile" if isinstance(error, UnsafeFileError) else "ChangedAfterCommit"
+            raise PermanentFailure(reason, str(error)) from None
         problems = uploader.verify(manifest, location)
         if problems:
             raise RetryableFailure(
@@ -347,7 +352,7 @@ class CheckpointTierer:
             ),
             namespace=namespace,
         )
-        state_path(self.upload_state_dir, location).unlink(missing_ok=True)
+        state_path(self.upload_state_dir, location, manifest.digest).unlink(missing_ok=True)
         self.events.record(_involved(item), "Tiered", message)
         log.info("checkpoint %s/%s tiered: %s", namespace, item.name, message)
 
@@ -478,18 +483,23 @@ class CheckpointTierer:
         s3 = _policy_client(
             self.read_secret, namespace, checkpoint.spec.policy, policy.target, policy.upload.concurrency
         )
-        keys = []
-        paginator = s3.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=location.bucket, Prefix=f"{location.prefix}/"):
-            keys += [{"Key": entry["Key"]} for entry in page.get("Contents", [])]
-        for start in range(0, len(keys), 1000):
-            s3.delete_objects(Bucket=location.bucket, Delete={"Objects": keys[start : start + 1000]})
+        deleted, refused = delete_remote_copy(s3, location)
+        if refused:
+            # The record stays while any object does: it is what says the objects are there.
+            self.events.record(
+                _involved(item),
+                "RemoteDeleteFailed",
+                f"retention could not delete {len(refused)} object(s) of {location.url}, so the "
+                f"Checkpoint is kept and the deletion retried: " + "; ".join(refused[:3]),
+                warning=True,
+            )
+            return
         # The plan deletes a remote copy only once no local copy is left, so nothing remains.
         self.checkpoints.delete(item.name, namespace=namespace)
         self.events.record(
             _involved(item),
             "Expired",
-            f"remote copy {location.url} deleted by retention ({len(keys)} objects)",
+            f"remote copy {location.url} deleted by retention ({deleted} objects)",
         )
 
     # -- metrics --------------------------------------------------------------------------------
@@ -500,6 +510,47 @@ class CheckpointTierer:
             counts[item.model.status.phase.value] += 1
         for phase, count in counts.items():
             metrics.CHECKPOINTS.labels(node=self.node_name, phase=phase).set(count)
+
+
+def remote_location(item: Typed, target: S3Target) -> S3Location:
+    """Where this Checkpoint's copy goes: a location no other record shares (its uid is in it)."""
+    checkpoint: Checkpoint = item.model
+    return checkpoint_location(
+        target.bucket,
+        target.prefix,
+        item.metadata.get("namespace", ""),
+        checkpoint.spec.pvc_name,
+        checkpoint.spec.path,
+        item.metadata.get("uid", ""),
+    )
+
+
+def delete_remote_copy(s3: Any, location: S3Location) -> tuple[int, list[str]]:
+    """Deletes every object under the copy's location, and unfinished uploads there.
+
+    Returns how many objects went and, per key, what S3 refused (its per-key errors, and anything
+    a fresh listing still finds). Only an empty list proves the copy is gone.
+    """
+    prefix = f"{location.prefix}/"
+
+    def listed() -> list[str]:
+        pages = s3.get_paginator("list_objects_v2").paginate(Bucket=location.bucket, Prefix=prefix)
+        return [entry["Key"] for page in pages for entry in page.get("Contents", [])]
+
+    for upload in s3.list_multipart_uploads(Bucket=location.bucket, Prefix=prefix).get("Uploads", []):
+        s3.abort_multipart_upload(Bucket=location.bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+    keys = listed()
+    refused: list[str] = []
+    for start in range(0, len(keys), 1000):
+        batch = [{"Key": key} for key in keys[start : start + 1000]]
+        response = s3.delete_objects(Bucket=location.bucket, Delete={"Objects": batch})
+        refused += [
+            f"{error.get('Key')}: {error.get('Code')} {error.get('Message', '')}".strip()
+            for error in response.get("Errors", [])
+        ]
+    if not refused:
+        refused = [f"{key}: still listed after its deletion" for key in listed()]
+    return len(keys) - len(refused), refused
 
 
 def _policy_client(

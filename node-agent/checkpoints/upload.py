@@ -5,14 +5,21 @@ checks on receipt (it refuses a part whose bytes do not match), so when the file
 the manifest entry and the object's composite checksum equals ours, the remote copy is proven
 equal to the manifest without reading it back.
 
-Progress is persisted after every part. After a crash (kill -9 included) the next run asks S3
-which parts it holds, re-reads them locally only to hash them, and sends the rest.
+Progress is persisted after every part, keyed by the location and the manifest's digest, so
+progress made for one manifest is never taken for another's. After a crash (kill -9 included) the
+next run asks S3 which parts it holds, re-reads them locally only to hash them, and sends the rest.
+
+A remote copy is never overwritten by a different one: each object carries the manifest digest of
+its file as metadata, and an upload into a location whose manifest names other contents is refused.
+Verification reads only the remote side and compares it with the manifest: the remote manifest's
+digest, each object's size, its recorded digest and S3's own checksum over what it received.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -30,7 +37,14 @@ from botocore.exceptions import ClientError
 from cairn.node_agent.host.files import Directory, atomic_write, open_beneath
 from cairn.node_agent.host.priority import run_in_background
 from cairn.node_agent.host.rate_limit import ThrottledBody, TokenBucket
-from cairn.node_agent.manifests import MANIFEST_NAME, Manifest, ManifestEntry, new_hasher
+from cairn.node_agent.manifests import (
+    MANIFEST_NAME,
+    MAX_MANIFEST_BYTES,
+    Manifest,
+    ManifestEntry,
+    ManifestError,
+    new_hasher,
+)
 from cairn.paths import UnsafePathError, safe_relative_path
 from cairn.s3 import S3Location, s3_client
 from cairn.units import MiB
@@ -42,9 +56,26 @@ class UploadError(Exception):
     pass
 
 
-def checkpoint_location(bucket: str, target_prefix: str, namespace: str, pvc: str, path: str) -> S3Location:
-    """`<prefix>/<namespace>/<pvc>/<checkpoint path>`: browsable, and it mirrors the volume."""
-    parts = [target_prefix.strip("/"), namespace, pvc, str(safe_relative_path(path))]
+DIGEST_METADATA = "cairn-digest"
+"""Object metadata naming the manifest digest of the file it holds (`blake3:…`)."""
+
+
+class RemoteConflictError(UploadError):
+    """The location already holds a different checkpoint; nothing was written."""
+
+
+def checkpoint_location(
+    bucket: str, target_prefix: str, namespace: str, pvc: str, path: str, checkpoint_uid: str
+) -> S3Location:
+    """`<prefix>/<namespace>/<pvc>/<checkpoint path>/<Checkpoint uid>`.
+
+    Browsable by claim and step, and the uid makes it this record's alone: a claim deleted and
+    made again under the same name, writing the same step path, lands beside the first run's copy
+    instead of over it, and both Checkpoints stay restorable.
+    """
+    if not checkpoint_uid or "/" in checkpoint_uid:
+        raise ValueError(f"checkpoint uid {checkpoint_uid!r} cannot name a remote location")
+    parts = [target_prefix.strip("/"), namespace, pvc, str(safe_relative_path(path)), checkpoint_uid]
     return S3Location(bucket, "/".join(p for p in parts if p))
 
 
@@ -90,8 +121,10 @@ class UploadState:
         atomic_write(self.path, json.dumps({"files": self.files}, sort_keys=True))
 
 
-def state_path(state_dir: Path, location: S3Location) -> Path:
-    return state_dir / f"{hashlib.sha256(location.url.encode()).hexdigest()[:24]}.json"
+def state_path(state_dir: Path, location: S3Location, manifest_digest: str) -> Path:
+    """One file per location and manifest: progress towards one manifest never counts for another."""
+    name = hashlib.sha256(f"{location.url}\n{manifest_digest}".encode()).hexdigest()[:24]
+    return state_dir / f"{name}.json"
 
 
 class CheckpointUploader:
@@ -120,7 +153,8 @@ class CheckpointUploader:
         on_progress: Callable[[int], None] = lambda sent: None,
     ) -> UploadReport:
         started = time.monotonic()
-        state = UploadState(state_path(self.state_dir, location))
+        self._refuse_a_different_copy(manifest, location)
+        state = UploadState(state_path(self.state_dir, location, manifest.digest))
         report = UploadReport(url=location.url)
         for entry in manifest.files:
             if state.file(entry.path).get("checksum"):
@@ -142,6 +176,41 @@ class CheckpointUploader:
         )
         report.seconds = time.monotonic() - started
         return report
+
+    def _remote_manifest(self, location: S3Location) -> Manifest | None:
+        try:
+            response = self.client.get_object(Bucket=location.bucket, Key=location.key(MANIFEST_NAME))
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                return None
+            raise
+        return Manifest.from_json(response["Body"].read(MAX_MANIFEST_BYTES + 1))
+
+    def _refuse_a_different_copy(self, manifest: Manifest, location: S3Location) -> None:
+        try:
+            remote = self._remote_manifest(location)
+        except ManifestError as error:
+            raise RemoteConflictError(
+                f"{location.url} already holds an unreadable manifest ({error}); it is left as it is"
+            ) from None
+        if remote is not None and remote.digest != manifest.digest:
+            raise RemoteConflictError(
+                f"{location.url} already holds checkpoint {remote.digest}, not {manifest.digest}; "
+                "another copy points there, so nothing was overwritten"
+            )
+
+    def abandon(self, manifest: Manifest, location: S3Location) -> None:
+        """Aborts this manifest's unfinished multipart uploads and forgets its progress: after a
+        failure no retry can fix, parts nobody will complete must not be billed forever."""
+        path = state_path(self.state_dir, location, manifest.digest)
+        state = UploadState(path)
+        for relative, record in state.files.items():
+            if record.get("uploadId"):
+                with contextlib.suppress(ClientError):
+                    self.client.abort_multipart_upload(
+                        Bucket=location.bucket, Key=location.key(relative), UploadId=record["uploadId"]
+                    )
+        path.unlink(missing_ok=True)
 
     # -- one file -------------------------------------------------------------------------------
 
@@ -166,6 +235,7 @@ class CheckpointUploader:
             Body=self._body(data),
             ContentLength=len(data),
             ChecksumSHA256=checksum,
+            Metadata={DIGEST_METADATA: entry.digest},
         )
         state.update(entry.path, checksum=checksum)
         report.bytes_sent += len(data)
@@ -185,7 +255,10 @@ class CheckpointUploader:
         held = self._parts_on_server(location.bucket, key, record.get("uploadId"))
         if held is None:
             upload = self.client.create_multipart_upload(
-                Bucket=location.bucket, Key=key, ChecksumAlgorithm="SHA256"
+                Bucket=location.bucket,
+                Key=key,
+                ChecksumAlgorithm="SHA256",
+                Metadata={DIGEST_METADATA: entry.digest},
             )
             state.update(entry.path, uploadId=upload["UploadId"], parts={})
             held = {}
@@ -253,8 +326,16 @@ class CheckpointUploader:
             for future in futures:
                 future.result()
         if failures:
-            raise UploadError(f"uploading {entry.path} failed: {failures[0]}") from failures[0]
-        _check_matches_manifest(entry, f"{entry.algorithm}:{hasher.hexdigest()}", size)
+            # Kept, not aborted: the parts that did arrive are what a retry resumes from.
+            raise TransferError(f"uploading {entry.path} failed: {failures[0]}") from failures[0]
+        try:
+            _check_matches_manifest(entry, f"{entry.algorithm}:{hasher.hexdigest()}", size)
+        except UploadError:
+            # These bytes will never be completed into an object: do not leave them billed in S3.
+            with contextlib.suppress(ClientError):
+                self.client.abort_multipart_upload(Bucket=location.bucket, Key=key, UploadId=upload_id)
+            state.update(entry.path, uploadId=None, parts={})
+            raise
         parts = [
             {"PartNumber": n, "ETag": completed[n][0], "ChecksumSHA256": completed[n][1]}
             for n in sorted(completed)
@@ -292,11 +373,27 @@ class CheckpointUploader:
     # -- verification --------------------------------------------------------------------------
 
     def verify(self, manifest: Manifest, location: S3Location) -> list[str]:
-        """Problems with the remote copy; empty when every object matches what was sent."""
-        state = UploadState(state_path(self.state_dir, location))
+        """Problems with the remote copy, judged against the manifest; empty when it matches.
+
+        Only the remote side and the manifest are consulted, so a copy is judged the same whether
+        this agent uploaded it a moment ago or another run left it there. Each object must have the
+        manifest's size, carry the manifest's digest for its file, and hold S3's checksum over the
+        bytes it received (which S3 checked against the checksum computed from the bytes whose
+        digest matched the manifest). Where this run's progress still knows the checksum sent, S3's
+        must equal it too.
+        """
         problems = []
+        try:
+            remote = self._remote_manifest(location)
+        except (ClientError, ManifestError) as error:
+            return [f"{MANIFEST_NAME}: unreadable ({error})"]
+        if remote is None:
+            return [f"{MANIFEST_NAME}: missing"]
+        if remote.digest != manifest.digest:
+            return [f"{MANIFEST_NAME}: names checkpoint {remote.digest}, not {manifest.digest}"]
+        state = UploadState(state_path(self.state_dir, location, manifest.digest))
         for entry in manifest.files:
-            expected = state.file(entry.path).get("checksum")
+            sent = state.files.get(entry.path, {}).get("checksum")
             try:
                 head = self.client.head_object(
                     Bucket=location.bucket, Key=location.key(entry.path), ChecksumMode="ENABLED"
@@ -304,14 +401,16 @@ class CheckpointUploader:
             except ClientError as error:
                 problems.append(f"{entry.path}: {error.response.get('Error', {}).get('Code', error)}")
                 continue
+            recorded = head.get("Metadata", {}).get(DIGEST_METADATA)
+            checksum = head.get("ChecksumSHA256")
             if head["ContentLength"] != entry.size:
                 problems.append(
                     f"{entry.path}: remote size {head['ContentLength']}, manifest says {entry.size}"
                 )
-            elif not expected or head.get("ChecksumSHA256") != expected:
-                problems.append(
-                    f"{entry.path}: remote checksum {head.get('ChecksumSHA256')} is not {expected}"
-                )
+            elif recorded != entry.digest:
+                problems.append(f"{entry.path}: remote object holds {recorded}, manifest says {entry.digest}")
+            elif not checksum or (sent and checksum != sent):
+                problems.append(f"{entry.path}: remote checksum {checksum} is not {sent or 'present'}")
         return problems
 
 
@@ -320,6 +419,10 @@ def data_hash(entry: ManifestEntry, chunks: list[bytes]) -> str:
     for chunk in chunks:
         hasher.update(chunk)
     return f"{entry.algorithm}:{hasher.hexdigest()}"
+
+
+class TransferError(UploadError):
+    """S3 or the network failed mid-file; the parts that arrived are kept for the retry."""
 
 
 class UnsafeFileError(UploadError):

@@ -17,6 +17,7 @@ from subprocess import CompletedProcess
 
 import pytest
 
+from cairn.s3 import S3Location
 from tests.testbed.bed import TestBed
 from tests.testbed.checkpoints import write_dcp
 from tests.testbed.components import Driver, mount_capability, running_driver, start_node_agent
@@ -206,7 +207,7 @@ def test_with_the_peer_copy_gone_the_restore_comes_from_s3(bed: TestBed, cluster
 def test_a_flipped_byte_in_s3_fails_the_restore_naming_the_file(bed: TestBed, cluster: Cluster) -> None:
     assert bed.s3 is not None
     record = checkpoint(bed)
-    key = f"runs/{NAMESPACE}/{PVC}/{STEP_PATH}/__0_0.distcp"
+    key = f"{S3Location.from_url(record['status']['remote']['url']).prefix}/__0_0.distcp"
     client = bed.s3.client()
     data = bytearray(client.get_object(Bucket=cluster.bucket, Key=key)["Body"].read())
     data[len(data) // 2] ^= 0x01
@@ -269,3 +270,41 @@ def test_a_peer_replica_serves_the_restore_when_the_trainer_node_lost_its_copy(
     assert result.returncode == 0, result.stderr
     assert f"served by peer (peer {cluster.other.name}): 2 files" in result.stdout
     assert restored(destination) == written
+
+
+def test_a_claim_deleted_and_made_again_under_its_name_keeps_both_runs_restorable(
+    bed: TestBed, cluster: Cluster
+) -> None:
+    """Same namespace, claim name and step path, two runs: the second must not land on the first."""
+    pvc = "rerun"
+
+    def records() -> list[dict]:
+        listed = bed.control_plane.kubectl(
+            "get", "checkpoints", "-n", NAMESPACE, "-l", f"cairn.dev/pvc={pvc}", "-o", "json"
+        ).stdout
+        return json.loads(listed)["items"]
+
+    def tiered_on(volume: str) -> dict:
+        mine = [r for r in records() if r["spec"]["volume"] == volume]
+        return mine[0] if mine and mine[0].get("status", {}).get("phase") == "Tiered" else {}
+
+    written: dict[str, dict[str, bytes]] = {}
+    try:
+        for run, name in enumerate(("rerun-first", "rerun-second")):
+            with standin_claim_volume(
+                cluster.driver, name, 32 * MiB, pvc=pvc, namespace=NAMESPACE, policy="restore-policy"
+            ) as (volume, staging):
+                data = write_dcp(staging / STEP_PATH, [MiB + 1 + run, 2 * MiB])
+                wait_until(lambda volume=volume: tiered_on(volume), 90, f"{name}'s checkpoint to be Tiered")
+                written[tiered_on(volume)["metadata"]["name"]] = data
+            # Leaving the block unstages and deletes the volume, as deleting the claim does.
+        urls = {r["metadata"]["name"]: r["status"]["remote"]["url"] for r in records()}
+        assert len(urls) == 2 and len(set(urls.values())) == 2, urls
+        for name, data in written.items():
+            destination = cluster.driver.workdir / f"restored-{name}"
+            result = cairn_restore(bed, cluster, name, destination)
+            assert result.returncode == 0, result.stderr
+            assert "served by s3" in result.stdout
+            assert restored(destination) == data
+    finally:
+        bed.control_plane.kubectl("delete", "checkpoints", "-l", f"cairn.dev/pvc={pvc}", "-n", NAMESPACE)

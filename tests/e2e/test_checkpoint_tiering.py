@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from cairn.s3 import S3Location
 from tests.testbed.bed import TestBed
 from tests.testbed.checkpoints import write_dcp
 from tests.testbed.components import (
@@ -117,6 +118,11 @@ def phase(bed: TestBed, step: int) -> str | None:
     return checkpoints(bed).get(step, {}).get("status", {}).get("phase")
 
 
+def remote_prefix(record: dict) -> str:
+    """The key prefix of a Checkpoint's copy: `<prefix>/<ns>/<pvc>/<path>/<its uid>`."""
+    return S3Location.from_url(record["status"]["remote"]["url"]).prefix
+
+
 def remote_keys(bed: TestBed, bucket: str, prefix: str) -> set[str]:
     assert bed.s3 is not None
     pages = bed.s3.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/")
@@ -128,16 +134,16 @@ def test_a_dcp_checkpoint_becomes_tiered_with_verified_bytes(bed: TestBed, train
     wait_until(lambda: phase(bed, 10) == "Tiered", 90, "step 10 to be Tiered")
     record = checkpoints(bed)[10]
     status = record["status"]
-    url = f"s3://{trainer.bucket}/{trainer.prefix}/ckpt/step_10/"
+    url = f"s3://{trainer.bucket}/{trainer.prefix}/ckpt/step_10/{record['metadata']['uid']}/"
     assert status["remote"]["url"] == url and status["remote"]["verifiedAt"]
     assert status["tiers"] == "local,s3" and status["bytesUploaded"] == record["spec"]["sizeBytes"]
     uploaded = next(c for c in status["conditions"] if c["type"] == "Uploaded")
     assert uploaded["status"] == "True" and uploaded["reason"] == "Verified"
     client = bed.s3.client()
     for name, data in written.items():
-        body = client.get_object(Bucket=trainer.bucket, Key=f"{trainer.prefix}/ckpt/step_10/{name}")["Body"]
+        body = client.get_object(Bucket=trainer.bucket, Key=f"{remote_prefix(record)}/{name}")["Body"]
         assert body.read() == data
-    assert ".cairn-manifest.json" in remote_keys(bed, trainer.bucket, f"{trainer.prefix}/ckpt/step_10")
+    assert ".cairn-manifest.json" in remote_keys(bed, trainer.bucket, remote_prefix(record))
 
     node = trainer.driver.node.name
     scraped = MetricSamples.scrape(f"http://{trainer.driver.node.ip}:{METRICS_PORT}/metrics")
@@ -175,8 +181,9 @@ def test_an_agent_killed_mid_upload_resumes_without_resending_finished_parts(
 ) -> None:
     driver = trainer.driver
     write_dcp(trainer.staging / "ckpt" / "step_20", [40 * MiB], metadata_bytes=2048)
-    key = f"{trainer.prefix}/ckpt/step_20/__0_0.distcp"
     client = bed.s3.client()
+    wait_until(lambda: phase(bed, 20) == "Uploading", 60, "step 20 to start uploading")
+    key = f"{remote_prefix(checkpoints(bed)[20])}/__0_0.distcp"
 
     def parts_in_flight() -> int:
         uploads = client.list_multipart_uploads(Bucket=trainer.bucket, Prefix=key).get("Uploads", [])
@@ -207,9 +214,11 @@ def test_an_agent_killed_mid_upload_resumes_without_resending_finished_parts(
 
 def test_retention_keeps_two_local_and_three_remote_of_five(bed: TestBed, trainer: Trainer) -> None:
     steps = [100, 200, 300, 400, 500]
+    prefixes = {}
     for step in steps:
         write_dcp(trainer.staging / "series" / f"step_{step}", [MiB], metadata_bytes=2048)
         wait_until(lambda step=step: phase(bed, step) == "Tiered", 60, f"step {step} to be Tiered")
+        prefixes[step] = remote_prefix(checkpoints(bed)[step])
 
     def settled() -> bool:
         current = checkpoints(bed)
@@ -222,7 +231,7 @@ def test_retention_keeps_two_local_and_three_remote_of_five(bed: TestBed, traine
     local = sorted(p.name for p in (trainer.staging / "series").iterdir())
     assert local == ["step_400", "step_500"]
     for step in steps:
-        keys = remote_keys(bed, trainer.bucket, f"{trainer.prefix}/series/step_{step}")
+        keys = remote_keys(bed, trainer.bucket, prefixes[step])
         assert bool(keys) == (step >= 300), f"step {step}: remote objects {sorted(keys)}"
     assert checkpoints(bed)[300]["status"]["local"]["present"] is False
     # Retention is per series (one directory of checkpoints): the two in ckpt/ are untouched.

@@ -102,12 +102,18 @@ def test_series_are_one_directory_of_one_volume() -> None:
     assert sorted((k.directory, len(v)) for k, v in grouped.items()) == [("actor", 2), ("critic", 1)]
 
 
-def test_remote_keys_mirror_the_volume_and_refuse_traversal() -> None:
-    location = checkpoint_location("b", "/runs/", "ns", "pvc", "ckpt/step_1")
-    assert location.url == "s3://b/runs/ns/pvc/ckpt/step_1/"
+def test_remote_keys_mirror_the_volume_are_the_records_own_and_refuse_traversal() -> None:
+    location = checkpoint_location("b", "/runs/", "ns", "pvc", "ckpt/step_1", "uid-1")
+    assert location.url == "s3://b/runs/ns/pvc/ckpt/step_1/uid-1/"
     assert S3Location.from_url(location.url) == location
+    # The same claim name and step path under another record (a claim deleted and made again):
+    rerun = checkpoint_location("b", "/runs/", "ns", "pvc", "ckpt/step_1", "uid-2")
+    assert not rerun.prefix.startswith(location.prefix + "/") and rerun != location
     with pytest.raises(ValueError, match="other"):
-        checkpoint_location("b", "", "ns", "pvc", "../other")
+        checkpoint_location("b", "", "ns", "pvc", "../other", "uid-1")
+    for uid in ("", "a/b"):
+        with pytest.raises(ValueError, match="uid"):
+            checkpoint_location("b", "", "ns", "pvc", "ckpt/step_1", uid)
 
 
 def test_a_local_copy_is_only_returned_inside_its_volume(tmp_path: Path) -> None:
