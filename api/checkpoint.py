@@ -39,7 +39,10 @@ class S3Target(CairnModel):
     endpoint: str = Field(description="S3 endpoint URL, e.g. https://s3.us-east-1.amazonaws.com.")
     bucket: str
     prefix: str = Field(
-        default="", description="Key prefix; checkpoints go under <prefix>/<namespace>/<pvc>/."
+        default="",
+        description=(
+            "Key prefix; a checkpoint goes under <prefix>/<namespace>/<pvc>/<its path>/<Checkpoint uid>/."
+        ),
     )
     region: str = "us-east-1"
     credentials_secret_ref: SecretKeyRef
@@ -119,6 +122,10 @@ class UploadSpec(CairnModel):
         return self
 
 
+DEFAULT_DRAIN_TIMEOUT_SECONDS = 1800
+"""Half an hour: a few GiB at a modest uplink, not so long that a wedged target pins a disk for days."""
+
+
 class CheckpointPolicySpec(CairnModel):
     commit: CommitSpec = Field(default_factory=CommitSpec)
     target: S3Target | None = Field(
@@ -128,6 +135,16 @@ class CheckpointPolicySpec(CairnModel):
     upload: UploadSpec = Field(default_factory=UploadSpec)
     peer_replicas: int = Field(default=0, ge=0, le=1, description="Copies kept on another node's agent.")
     hash_algorithm: HashAlgorithm = HashAlgorithm.BLAKE3
+    drain_timeout_seconds: int = Field(
+        default=DEFAULT_DRAIN_TIMEOUT_SECONDS,
+        ge=0,
+        le=7 * 24 * 3600,
+        description=(
+            "How long a deleted volume is kept (DeleteVolume waits) for its committed checkpoints "
+            "to be recorded and Tiered; past it the volume is released with a Warning Event naming "
+            "what had no copy in S3."
+        ),
+    )
 
 
 class CheckpointPolicyStatus(CairnModel):

@@ -24,6 +24,7 @@ from cairn.events import EventRecorder
 from cairn.kube import ResourceClient, egress_policy_reader, load_api_client, secret_reader, trigger_on_change
 from cairn.logs import setup_logging
 from cairn.node_agent import metrics
+from cairn.node_agent.checkpoints.drain import VolumeDrainer
 from cairn.node_agent.checkpoints.local import checkpoint_locator, local_copy_directory
 from cairn.node_agent.checkpoints.replicas import ReplicaKeeper
 from cairn.node_agent.checkpoints.tiering import CheckpointTierer
@@ -240,8 +241,9 @@ def start_checkpoints(
     staged: StagedVolumes,
     stop: threading.Event,
     identity: PeerIdentity | None,
-) -> tuple[CheckpointWatcher, ReplicaKeeper]:
-    """Recording, tiering, retention and peer replicas of the checkpoints on this node's volumes."""
+) -> tuple[CheckpointWatcher, ReplicaKeeper, VolumeDrainer]:
+    """Recording, tiering, retention and peer replicas of the checkpoints on this node's volumes,
+    and the drain that keeps an unstaged volume watched until its checkpoints are tiered."""
     tierer = CheckpointTierer(
         args.node_name,
         ResourceClient(api_client, Checkpoint),
@@ -270,12 +272,35 @@ def start_checkpoints(
         identity,
     )
     Coalescing("replicas", replicas.run_pass, stop, min_interval=1.0, period=5.0).start()
-    # Mounts outlive the agent, and kubelet will not stage them again: pick them back up.
+
+    def move_watch(volume: str, path: Path) -> None:
+        staged.add(volume, str(path))
+        watcher.register(volume, str(path))
+
+    def forget(volume: str) -> None:
+        watcher.unregister(volume)
+        staged.remove(volume)
+
+    drainer = VolumeDrainer(
+        args.node_name,
+        args.state_dir,
+        ResourceClient(api_client, Checkpoint),
+        ResourceClient(api_client, CheckpointPolicy),
+        EventRecorder(api_client, "cairn-node-agent"),
+        index.spec_of,
+        watcher.pending,
+        move_watch,
+        forget,
+    )
+    # Mounts outlive the agent, and kubelet will not stage them again: pick them back up. The
+    # agent's own mounts of unstaged volumes are among them, and their drains carry on.
+    drainer.recover()
     for volume, path in staged.recover().items():
-        log.info("volume %s is still staged at %s; watching it again", volume, path)
+        log.info("volume %s is still mounted at %s; watching it again", volume, path)
         watcher.register(volume, str(path))
     threading.Thread(target=watcher.run, args=(stop,), name="checkpoints", daemon=True).start()
-    return watcher, replicas
+    Coalescing("drain", drainer.run_pass, stop, min_interval=1.0, period=2.0).start()
+    return watcher, replicas, drainer
 
 
 def volume_filler(
@@ -316,6 +341,7 @@ def serve_node(
     reconciler: VolumeReconciler,
     staged: StagedVolumes,
     watcher: CheckpointWatcher,
+    drainer: VolumeDrainer,
     ready: Callable[[], bool],
 ) -> grpc.Server:
     """The CSI Identity and Node services on --endpoint."""
@@ -323,8 +349,12 @@ def serve_node(
     def on_staged(volume: str, path: str) -> None:
         staged.add(volume, path)
         watcher.register(volume, path)
+        drainer.restaged(volume)
 
     def on_unstaged(volume: str) -> None:
+        staging = staged.path_of(volume)
+        if staging is not None and drainer.hold(volume, staging):
+            return  # watched through the agent's own mount until its checkpoints are tiered
         watcher.unregister(volume)
         staged.remove(volume)
 
@@ -364,22 +394,39 @@ def main(argv: list[str] | None = None) -> None:
     )
     publisher, publish_soon = start_disks(args, api_client, lvm, index, policy, stop, identity)
     datasets, dataset_pass = start_dataset_agent(args, api_client, index, stop, identity)
-    watcher, replicas = start_checkpoints(args, api_client, index, staged, stop, identity)
+    watcher, replicas, drainer = start_checkpoints(args, api_client, index, staged, stop, identity)
 
     def volumes_changed() -> None:
         publish_soon.trigger()
         dataset_pass()  # a copy's volume carved: mount it and start at once
 
+    def before_remove(volume: str) -> None:
+        if datasets is not None:
+            datasets.release_volume(volume)
+        if drainer.is_held(volume):
+            watcher.unregister(volume)
+            staged.remove(volume)
+            drainer.let_go(volume)
+
+    local_volumes = ResourceClient(api_client, LocalVolume)
     reconciler = VolumeReconciler(
         args.node_name,
         lvm,
-        ResourceClient(api_client, LocalVolume),
+        local_volumes,
         index,
         on_change=volumes_changed,
         publish_now=publisher.publish,
-        before_remove=datasets.release_volume if datasets else lambda volume: None,
+        before_remove=before_remove,
         populate=volume_filler(args, api_client, staged, datasets, identity),
+        removal_blocker=drainer.removal_blocker,
     )
+
+    def finish_deletion(volume: str) -> None:
+        item = local_volumes.get(volume)
+        if item is not None and item.metadata.get("deletionTimestamp"):
+            reconciler.handle("MODIFIED", item)
+
+    drainer.on_drained = finish_deletion
     ready = threading.Event()
 
     def reconcile_forever() -> None:
@@ -391,7 +438,7 @@ def main(argv: list[str] | None = None) -> None:
         storage_nodes = ResourceClient(api_client, StorageNode)
         peers = PeerDirectory(lambda: [i.model for i in storage_nodes.list()])
         start_peer_plane(args, api_client, staged, replicas, datasets, stop, identity, peers)
-    server = serve_node(args, index, reconciler, staged, watcher, ready.is_set)
+    server = serve_node(args, index, reconciler, staged, watcher, drainer, ready.is_set)
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     log.info("cairn-node-agent for node %s serving on %s", args.node_name, args.endpoint)

@@ -283,6 +283,12 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         deadline = time.monotonic() + self.ready_timeout
         while (volume := self.volumes.get(name)) is not None:
             if time.monotonic() > deadline:
+                status = volume.model.status
+                if status.reason == "Draining":
+                    raise DeadlineExceeded(
+                        f"volume {name} on node {volume.model.spec.node_name} is draining its "
+                        f"checkpoints to S3 before it goes: {status.message}"
+                    )
                 raise DeadlineExceeded(
                     f"node {volume.model.spec.node_name} has not removed volume {name} within "
                     f"{self.ready_timeout:.0f}s; is its cairn-node-agent running?"

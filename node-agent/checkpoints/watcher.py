@@ -63,6 +63,8 @@ class WatchedVolume:
     staging_path: Path
     tracker: CommitTracker | None = None
     policy_version: str = ""
+    polled_at: float = 0.0
+    """Monotonic time the last poll that completed began: a drain trusts only a look taken after it."""
 
 
 @dataclass
@@ -79,9 +81,24 @@ class CheckpointWatcher:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def register(self, volume: str, staging_path: str) -> None:
-        """Called after NodeStage; only volumes whose class names a policy are looked at."""
+        """Called after NodeStage; only volumes whose class names a policy are looked at.
+
+        Registering a volume again moves it (to the agent's own mount while it drains, and back
+        when it is staged again); what was already reported stays reported.
+        """
         with self._lock:
-            self._volumes.setdefault(volume, WatchedVolume(volume, Path(staging_path)))
+            watched = self._volumes.setdefault(volume, WatchedVolume(volume, Path(staging_path)))
+            watched.staging_path = Path(staging_path)
+
+    def pending(self, volume: str) -> tuple[float, list[str]] | None:
+        """When the last completed look at the volume began, and the committed checkpoints it found
+        that are not recorded yet (settling); None if the volume is not watched."""
+        with self._lock:
+            watched = self._volumes.get(volume)
+        if watched is None:
+            return None
+        waiting = watched.tracker.waiting() if watched.tracker else []
+        return watched.polled_at, [w.candidate.path for w in waiting]
 
     def staging_path_of(self, volume: str) -> Path | None:
         with self._lock:
@@ -104,6 +121,12 @@ class CheckpointWatcher:
                     log.warning("watching %s for checkpoints failed", volume.volume, exc_info=True)
 
     def poll(self, volume: WatchedVolume, now: float | None = None) -> list[CandidateCheckpoint]:
+        started = time.monotonic()
+        ready = self._poll(volume, now)
+        volume.polled_at = started
+        return ready
+
+    def _poll(self, volume: WatchedVolume, now: float | None) -> list[CandidateCheckpoint]:
         spec = self.spec_of(volume.volume)
         if spec is None or not (spec.checkpoint_policy and spec.pvc_name and spec.pvc_namespace):
             return []

@@ -66,6 +66,9 @@ class VolumeLvm(Protocol):
     def device_path(self, vg: str, lv: str) -> str | None: ...
 
 
+DRAINING = "Draining"
+
+
 class VolumeReconciler:
     def __init__(
         self,
@@ -78,6 +81,7 @@ class VolumeReconciler:
         publish_now: Callable[[], None] = lambda: None,
         before_remove: Callable[[str], None] = lambda name: None,
         populate: Callable[[str, LocalVolumeSpec, str], str] | None = None,
+        removal_blocker: Callable[[Typed], str | None] = lambda item: None,
     ) -> None:
         self.node_name = node_name
         self.lvm = lvm
@@ -90,6 +94,8 @@ class VolumeReconciler:
         """Lets go of a volume the agent itself uses (a dataset copy's mount) before its LV goes."""
         self.populate = populate
         """Fills a new volume (name, spec, device) from spec.populateFrom; raises PopulateError."""
+        self.removal_blocker = removal_blocker
+        """Why a deleted volume must wait (its checkpoints are still draining to S3), or None."""
         self._filling: set[str] = set()
         self._filling_lock = threading.Lock()
         self._volume_locks: dict[str, threading.Lock] = {}
@@ -301,6 +307,12 @@ class VolumeReconciler:
 
     def _remove(self, item: Typed, vg: str) -> None:
         if VOLUME_FINALIZER not in item.metadata.get("finalizers", []):
+            return
+        waiting = self.removal_blocker(item)
+        if waiting is not None:
+            # The finalizer stays, so DeleteVolume waits; the drainer calls again when it may go.
+            if item.model.status.message != waiting:
+                self.volumes.patch_status(item.name, LocalVolumeStatus(reason=DRAINING, message=waiting))
             return
         self.before_remove(item.name)
         # Already gone is fine: a retry after a crash, or a create that never happened.

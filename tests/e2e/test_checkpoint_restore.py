@@ -298,13 +298,13 @@ def test_a_claim_deleted_and_made_again_under_its_name_keeps_both_runs_restorabl
                 wait_until(lambda volume=volume: tiered_on(volume), 90, f"{name}'s checkpoint to be Tiered")
                 written[tiered_on(volume)["metadata"]["name"]] = data
             # Leaving the block unstages and deletes the volume, as deleting the claim does.
-        urls = {r["metadata"]["name"]: r["status"]["remote"]["url"] for r in records()}
-        assert len(urls) == 2 and len(set(urls.values())) == 2, urls
         for name, data in written.items():
             destination = cluster.driver.workdir / f"restored-{name}"
             result = cairn_restore(bed, cluster, name, destination)
             assert result.returncode == 0, result.stderr
             assert "served by s3" in result.stdout
             assert restored(destination) == data
+        urls = {r["metadata"]["name"]: r["status"]["remote"]["url"] for r in records()}
+        assert len(urls) == 2 and len(set(urls.values())) == 2, urls
     finally:
         bed.control_plane.kubectl("delete", "checkpoints", "-l", f"cairn.dev/pvc={pvc}", "-n", NAMESPACE)
