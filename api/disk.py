@@ -94,6 +94,10 @@ class StorageNodeSpec(CairnModel):
     node_name: str
 
 
+AGENT_LEASE_CONDITION = "AgentLease"
+"""False (set by the controller) once the node's agent Lease stopped being renewed."""
+
+
 class StorageNodeStatus(CairnModel):
     pools: list[PoolStatus] = Field(default_factory=list)
     free: FreeByClass = Field(default_factory=FreeByClass)
@@ -101,6 +105,12 @@ class StorageNodeStatus(CairnModel):
     ready: bool = False
     endpoints: AgentEndpoints = Field(default_factory=AgentEndpoints)
     conditions: list[Condition] = Field(default_factory=list)
+
+    def agent_gone(self) -> bool:
+        """The controller found the agent's Lease expired (or the node lost): not merely quiet."""
+        return not self.ready and any(
+            c.type == AGENT_LEASE_CONDITION and c.status == "False" for c in self.conditions
+        )
 
 
 class StorageNode(Resource):

@@ -33,6 +33,12 @@ OPT_OUT_LABEL = "cairn.dev/opt-out"
 
 # -- annotations ---------------------------------------------------------------------------------
 WIPE_ANNOTATION = "cairn.dev/wipe"
+NODE_LEASE_PREFIX = "cairn-node-"
+"""Each agent renews the Lease `cairn-node-<node>` in Cairn's namespace."""
+DEFAULT_NODE_LEASE_SECONDS = 40
+"""kubelet's default node lease duration; an agent renews four times within it."""
+LOST_ANNOTATION = "cairn.dev/lost"
+"""On a StorageNode, set to "true" by an operator: the node will not come back; release what it held."""
 """On a LocalDisk: the operator's consent to wipe it, naming the disk's own identity."""
 POPULATE_FROM_ANNOTATION = "cairn.dev/populate-from"
 """On a prime claim: `<Kind>/<namespace>/<name>`, Kind being Checkpoint or Dataset."""

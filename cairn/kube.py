@@ -168,6 +168,13 @@ class ResourceClient(Generic[R]):
         """Merge-patch the status with the fields `status` was given (None deletes a field)."""
         return self._merge_patch(name, {"status": status.merge_patch()}, namespace, subresource="status")
 
+    def patch_status_fields(
+        self, name: str, fields: dict[str, Any], namespace: str | None = None
+    ) -> Typed[R]:
+        """Merge-patch raw status fields by their wire names, for what a model cannot say (a map
+        entry set to None removes that entry)."""
+        return self._merge_patch(name, {"status": fields}, namespace, subresource="status")
+
     def _merge_patch(
         self, name: str, body: dict[str, Any], namespace: str | None, subresource: str = ""
     ) -> Typed[R]:

@@ -19,6 +19,7 @@ from cairn.api.volume import LocalVolume, PoolClass
 from cairn.controller import metrics
 from cairn.controller.datasets.controller import DatasetController
 from cairn.controller.datasets.swarm_authority import SEED_BYTES, SWARM_AUTHORITY_SECRET, SwarmAuthority
+from cairn.controller.nodes.lifecycle import NodeLifecycle
 from cairn.controller.populator import VolumePopulator
 from cairn.controller.volumes.service import ControllerService
 from cairn.csi.identity import IdentityService
@@ -66,6 +67,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--leader-elect-namespace", default="cairn-system", help="namespace of the cairn-controller Lease"
     )
+    parser.add_argument(
+        "--node-lease-namespace",
+        default="cairn-system",
+        help="namespace of the agents' per-node Leases (cairn-node-<node>)",
+    )
     parser.add_argument("--log-level", default="INFO")
     return parser.parse_args(argv)
 
@@ -90,6 +96,17 @@ def start_cluster_loops(
         ResourceClient(api_client, Dataset), volumes, storage_nodes, core, SwarmAuthority(seed)
     )
     threading.Thread(target=datasets.run, args=(stop,), name="datasets", daemon=True).start()
+    lifecycle = NodeLifecycle(
+        storage_nodes,
+        volumes,
+        ResourceClient(api_client, Checkpoint),
+        ResourceClient(api_client, Dataset),
+        client.CoordinationV1Api(api_client),
+        core,
+        EventRecorder(api_client, "cairn-controller"),
+        args.node_lease_namespace,
+    )
+    threading.Thread(target=lifecycle.run, args=(stop,), name="node-lifecycle", daemon=True).start()
     if not args.no_populator:
         populator = VolumePopulator(
             core,

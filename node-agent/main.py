@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from kubernetes import client
 
 from cairn.api.checkpoint import Checkpoint, CheckpointPolicy
 from cairn.api.dataset import Dataset
@@ -46,6 +47,7 @@ from cairn.node_agent.volumes.populate import copy_dataset_into, populate_volume
 from cairn.node_agent.volumes.reconciler import VolumeReconciler
 from cairn.node_agent.volumes.staged import StagedVolumes
 from cairn.node_agent.volumes.storage_node import StorageNodePublisher
+from cairn.node_lease import DEFAULT_LEASE_SECONDS, NodeLeaseRenewer
 
 log = logging.getLogger("cairn.node")
 
@@ -103,6 +105,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="LVM_SYSTEM_DIR for lvm commands (default: the host's /etc/lvm)",
     )
     parser.add_argument("--max-volumes", type=int, default=1000, help="volumes this node may carry")
+    parser.add_argument(
+        "--node-lease-namespace",
+        default="cairn-system",
+        help="namespace of this node's Lease (cairn-node-<node>), renewed so the controller knows it lives",
+    )
+    parser.add_argument(
+        "--node-lease-seconds",
+        type=int,
+        default=DEFAULT_LEASE_SECONDS,
+        help="the Lease's duration; it is renewed every quarter of it",
+    )
     parser.add_argument(
         "--checkpoint-poll-interval",
         type=float,
@@ -392,6 +405,13 @@ def main(argv: list[str] | None = None) -> None:
         if args.peer_restore_address or args.p2p_address
         else None
     )
+    renewer = NodeLeaseRenewer(
+        client.CoordinationV1Api(api_client),
+        args.node_lease_namespace,
+        args.node_name,
+        args.node_lease_seconds,
+    )
+    threading.Thread(target=renewer.run, args=(stop,), name="node-lease", daemon=True).start()
     publisher, publish_soon = start_disks(args, api_client, lvm, index, policy, stop, identity)
     datasets, dataset_pass = start_dataset_agent(args, api_client, index, stop, identity)
     watcher, replicas, drainer = start_checkpoints(args, api_client, index, staged, stop, identity)

@@ -135,7 +135,11 @@ class DatasetController:
             == (namespace, item.name)
         ]
         status = dataset.status
-        targets = sorted(set(target_nodes(dataset.spec.nodes, infos, consumers)) | set(status.target_nodes))
+        # A target whose agent is gone (its Lease expired) is planned out: the rest complete without
+        # it, and another node seeds if it was the seeder. It is planned back in when it returns.
+        gone = {name for name, (node, _labels) in nodes.items() if node.status.agent_gone()}
+        chosen = set(target_nodes(dataset.spec.nodes, infos, consumers)) | set(status.target_nodes)
+        targets = sorted(chosen - gone)
         source_volume, source_problem = self._source_volume(dataset, namespace, volumes)
         required = None
         if source_volume is not None:

@@ -288,6 +288,10 @@ RIGHTS = [
     ("cairn-node-agent", N, "create", "persistentvolumes"),
     ("cairn-node-agent", N, "create", "pods", "-n", "default"),
     ("cairn-node-agent", Y, "list", "servicecidrs.networking.k8s.io"),
+    # Its node Lease, in Cairn's namespace only (the admission policy narrows it to its own node's).
+    ("cairn-node-agent", Y, "patch", "leases.coordination.k8s.io", "-n", CAIRN_NAMESPACE),
+    ("cairn-node-agent", N, "patch", "leases.coordination.k8s.io", "-n", "default"),
+    ("cairn-node-agent", N, "delete", "leases.coordination.k8s.io", "-n", CAIRN_NAMESPACE),
     ("cairn-node-agent", N, "create", "servicecidrs.networking.k8s.io"),
     # The controller and the sidecars in its pod: volumes, claims, capacity, leases; no Secrets at all.
     ("cairn-controller", Y, "create", "persistentvolumes"),
@@ -313,6 +317,11 @@ RIGHTS = [
     ("cairn-controller", N, "get", "deployments.apps", "-n", "default"),
     ("cairn-controller", N, "create", "storageclasses.storage.k8s.io"),
     ("cairn-controller", N, "delete", "nodes"),
+    # A dead node is marked not Ready, and a lost node's copies dropped from Checkpoints' tiers.
+    ("cairn-controller", Y, "patch", "storagenodes.cairn.dev", "--subresource=status"),
+    ("cairn-controller", N, "patch", "storagenodes.cairn.dev"),
+    ("cairn-controller", Y, "patch", "checkpoints.cairn.dev", "--subresource=status", "-n", "default"),
+    ("cairn-controller", N, "delete", "checkpoints.cairn.dev", "-n", "default"),
 ]
 
 
@@ -488,7 +497,30 @@ def test_one_nodes_agent_cannot_change_another_nodes_records(bed: TestBed) -> No
             "nodes"
         ]
         assert stored["vap-b"]["phase"] == "Ready" and stored["vap-a"]["phase"] == "Failed"
+
+        # A node's Lease says its agent lives: an agent may keep only its own node alive.
+        def lease(node: str) -> str:
+            return json.dumps(
+                {
+                    "apiVersion": "coordination.k8s.io/v1",
+                    "kind": "Lease",
+                    "metadata": {"name": f"cairn-node-{node}", "namespace": CAIRN_NAMESPACE},
+                    "spec": {"holderIdentity": node, "leaseDurationSeconds": 40},
+                }
+            )
+
+        forged_lease = cp.kubectl(
+            "create", "-f", "-", input_text=lease("vap-b"), identity="agent-on-vap-a", check=False
+        )
+        assert forged_lease.returncode != 0 and "may renew only its own node Lease" in forged_lease.stderr
+        own = cp.kubectl(
+            "create", "-f", "-", input_text=lease("vap-a"), identity="agent-on-vap-a", check=False
+        )
+        assert own.returncode == 0, own.stderr
     finally:
+        cp.kubectl(
+            "delete", "lease", "cairn-node-vap-a", "-n", CAIRN_NAMESPACE, "--ignore-not-found", check=False
+        )
         cp.kubectl("delete", "-f", "-", "--ignore-not-found", input_text=_objects(*policy), check=False)
         cp.kubectl(
             "delete", "pod", "vap-agent", "-n", CAIRN_NAMESPACE, "--force", "--grace-period=0", check=False

@@ -1,0 +1,1 @@
+"""What the controller does about nodes: dead agents passed over, lost nodes released."""
