@@ -61,6 +61,8 @@ OWNED_TAG = "cairn.dev/owned"
 """On every VG and LV Cairn makes: what orphan GC may consider at all."""
 VOLUME_TAG_PREFIX = "cairn.dev/volume="
 """On an LV: the LocalVolume it belongs to, which proves ownership before anything replaces it."""
+REPLICA_STORE_TAG = "cairn.dev/replica-store"
+"""On the one LV per node that holds peer replicas: the agent's own, claimed by no LocalVolume."""
 
 
 def pool_vg(pool: str) -> str:

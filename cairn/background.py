@@ -48,3 +48,8 @@ class Coalescing:
             except Exception:  # the next trigger or period retries
                 log.warning("%s failed; will retry", self._name, exc_info=True)
             self._stop.wait(self._min_interval)
+
+
+def backoff_seconds(attempt: int, cap: float = 30.0) -> float:
+    """1, 2, 4 ... `cap` seconds before attempt n+1: patient with a peer that is away, never hammering it."""
+    return float(min(2 ** (attempt - 1), cap))

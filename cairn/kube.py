@@ -35,7 +35,34 @@ def load_api_client(kubeconfig: str | None) -> client.ApiClient:
     else:
         config.load_incluster_config(client_configuration=configuration)
     _send_bearer_tokens(configuration)
-    return client.ApiClient(configuration)
+    api_client = client.ApiClient(configuration)
+    _bound_every_request(api_client)
+    return api_client
+
+
+API_CONNECT_TIMEOUT = 5.0
+API_READ_TIMEOUT = 30.0
+"""Longest an answer to one ordinary request may take; the apiserver's own limit is 60 s."""
+WATCH_READ_MARGIN = 15
+"""A watch is silent until an event or its server-side timeout, so its read timeout sits above that."""
+
+
+def _bound_every_request(api_client: client.ApiClient) -> None:
+    """Give every request a connect and read timeout unless its caller set one.
+
+    The generated client waits forever by default: on a half-open connection (an apiserver or
+    load balancer that vanished without a reset) an informer, a lease renewal or a status patch
+    would hang with no error to retry on. A pool-wide urllib3 default does not help, as the
+    client passes its own (None) timeout explicitly.
+    """
+    rest = api_client.rest_client
+    send = rest.request
+
+    def request(method: str, url: str, *args: Any, _request_timeout: Any = None, **kwargs: Any) -> Any:
+        timeout = _request_timeout or (API_CONNECT_TIMEOUT, API_READ_TIMEOUT)
+        return send(method, url, *args, _request_timeout=timeout, **kwargs)
+
+    rest.request = request
 
 
 def _send_bearer_tokens(configuration: client.Configuration) -> None:
@@ -205,6 +232,7 @@ class ResourceClient(Generic[R]):
             "field_selector": field_selector,
             "timeout_seconds": timeout_seconds,
             "allow_watch_bookmarks": False,
+            "_request_timeout": (API_CONNECT_TIMEOUT, timeout_seconds + WATCH_READ_MARGIN),
         }
         if resource_version:
             kwargs["resource_version"] = resource_version

@@ -27,6 +27,7 @@ from cairn.logs import setup_logging
 from cairn.node_agent import metrics
 from cairn.node_agent.checkpoints.drain import VolumeDrainer
 from cairn.node_agent.checkpoints.local import checkpoint_locator, local_copy_directory
+from cairn.node_agent.checkpoints.replica_store import ReplicaStore
 from cairn.node_agent.checkpoints.replicas import ReplicaKeeper
 from cairn.node_agent.checkpoints.tiering import CheckpointTierer
 from cairn.node_agent.checkpoints.watcher import CheckpointWatcher
@@ -43,7 +44,14 @@ from cairn.node_agent.p2p.peer_server import DatasetTorrent, PeerDirectory, star
 from cairn.node_agent.p2p.session import TorrentNode
 from cairn.node_agent.volumes.index import PopulateError, VolumeIndex
 from cairn.node_agent.volumes.node_service import NodeService
-from cairn.node_agent.volumes.populate import copy_dataset_into, populate_volume, restore_into_volume
+from cairn.node_agent.volumes.orphan_sweeper import DEFAULT_ORPHAN_GRACE_SECONDS, OrphanSweeper
+from cairn.node_agent.volumes.populate import (
+    copy_dataset_into,
+    populate_volume,
+    release_unfinished_fills,
+    restore_into_volume,
+)
+from cairn.node_agent.volumes.quiesce import CloneSources
 from cairn.node_agent.volumes.reconciler import VolumeReconciler
 from cairn.node_agent.volumes.staged import StagedVolumes
 from cairn.node_agent.volumes.storage_node import StorageNodePublisher
@@ -115,6 +123,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=DEFAULT_LEASE_SECONDS,
         help="the Lease's duration; it is renewed every quarter of it",
+    )
+    parser.add_argument(
+        "--replica-store-bytes",
+        type=int,
+        default=16 * 1024**3,
+        help="size of the LV that holds other nodes' checkpoint replicas, carved when first needed; 0: none",
+    )
+    parser.add_argument(
+        "--replica-store-pool", default="nvme", help="the pool the replica store is carved in"
+    )
+    parser.add_argument(
+        "--orphan-grace-seconds",
+        type=float,
+        default=DEFAULT_ORPHAN_GRACE_SECONDS,
+        help="how long an LV tagged as Cairn's must stay unclaimed and unused before it is removed",
+    )
+    parser.add_argument(
+        "--orphan-pass-seconds", type=float, default=60.0, help="seconds between looks for orphan LVs"
     )
     parser.add_argument(
         "--checkpoint-poll-interval",
@@ -193,6 +219,35 @@ def start_disks(
     return publisher, publish_soon
 
 
+def start_orphan_sweeper(
+    args: argparse.Namespace,
+    api_client: Any,
+    lvm: Lvm,
+    publisher: StorageNodePublisher,
+    publish_soon: Coalescing,
+    stop: threading.Event,
+) -> OrphanSweeper:
+    storage_nodes = ResourceClient(api_client, StorageNode)
+
+    def storage_node_uid() -> str | None:
+        item = storage_nodes.get(args.node_name)
+        return item.metadata.get("uid") if item else None
+
+    sweeper = OrphanSweeper(
+        args.node_name,
+        lvm,
+        ResourceClient(api_client, LocalVolume),
+        EventRecorder(api_client, "cairn-node-agent"),
+        publisher.pools,
+        grace_seconds=args.orphan_grace_seconds,
+        on_change=publish_soon.trigger,
+        storage_node_uid=storage_node_uid,
+    )
+    publisher.extra_conditions = sweeper.conditions
+    Coalescing("orphans", sweeper.run_pass, stop, min_interval=1.0, period=args.orphan_pass_seconds).start()
+    return sweeper
+
+
 def start_peer_plane(
     args: argparse.Namespace,
     api_client: Any,
@@ -250,6 +305,7 @@ def start_dataset_agent(
 def start_checkpoints(
     args: argparse.Namespace,
     api_client: Any,
+    lvm: Lvm,
     index: VolumeIndex,
     staged: StagedVolumes,
     stop: threading.Event,
@@ -277,12 +333,14 @@ def start_checkpoints(
         period=args.checkpoint_poll_interval,
         on_recorded=lambda namespace, name: tiering.trigger(),
     )
+    store_root = args.state_dir / "replicas"
     replicas = ReplicaKeeper(
         args.node_name,
         api_client,
         ResourceClient(api_client, Checkpoint),
-        args.state_dir / "replicas",
+        store_root,
         identity,
+        store=ReplicaStore(lvm, args.replica_store_pool, args.replica_store_bytes, store_root),
     )
     Coalescing("replicas", replicas.run_pass, stop, min_interval=1.0, period=5.0).start()
 
@@ -414,7 +472,7 @@ def main(argv: list[str] | None = None) -> None:
     threading.Thread(target=renewer.run, args=(stop,), name="node-lease", daemon=True).start()
     publisher, publish_soon = start_disks(args, api_client, lvm, index, policy, stop, identity)
     datasets, dataset_pass = start_dataset_agent(args, api_client, index, stop, identity)
-    watcher, replicas, drainer = start_checkpoints(args, api_client, index, staged, stop, identity)
+    watcher, replicas, drainer = start_checkpoints(args, api_client, lvm, index, staged, stop, identity)
 
     def volumes_changed() -> None:
         publish_soon.trigger()
@@ -428,6 +486,11 @@ def main(argv: list[str] | None = None) -> None:
             staged.remove(volume)
             drainer.let_go(volume)
 
+    if unfinished := release_unfinished_fills(args.state_dir / "populate"):
+        log.warning("unmounted volumes a previous agent left mid-fill; they are filled again: %s", unfinished)
+    clone_sources = CloneSources(args.state_dir, staged.path_of)
+    if thawed := clone_sources.thaw_leftovers():
+        log.warning("thawed clone sources a previous agent left frozen mid-copy: %s", thawed)
     local_volumes = ResourceClient(api_client, LocalVolume)
     reconciler = VolumeReconciler(
         args.node_name,
@@ -439,6 +502,7 @@ def main(argv: list[str] | None = None) -> None:
         before_remove=before_remove,
         populate=volume_filler(args, api_client, staged, datasets, identity),
         removal_blocker=drainer.removal_blocker,
+        held_still=clone_sources.held_still,
     )
 
     def finish_deletion(volume: str) -> None:
@@ -447,6 +511,7 @@ def main(argv: list[str] | None = None) -> None:
             reconciler.handle("MODIFIED", item)
 
     drainer.on_drained = finish_deletion
+    start_orphan_sweeper(args, api_client, lvm, publisher, publish_soon, stop)
     ready = threading.Event()
 
     def reconcile_forever() -> None:

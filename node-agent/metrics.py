@@ -31,6 +31,14 @@ CHECKPOINT_TIER_LAG = Gauge(
     "Age of the oldest checkpoint of a PVC not yet verified in S3; 0 when all are.",
     ["node", "namespace", "pvc"],
 )
+ORPHANS = Gauge(
+    "cairn_orphan_volumes",
+    "LVs tagged as Cairn's that no LocalVolume claims, by what the sweeper makes of them.",
+    ["node", "state"],
+)
+ORPHANS_REMOVED = Counter(
+    "cairn_orphan_volumes_removed", "Orphan LVs removed after their grace period, with proof.", ["node"]
+)
 CHECKPOINTS = Gauge("cairn_checkpoints", "Checkpoints recorded by this node, by phase.", ["node", "phase"])
 
 DATASET_BYTES = Counter(

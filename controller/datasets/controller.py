@@ -46,6 +46,7 @@ from cairn.controller.datasets.planner import (
     volume_bytes,
 )
 from cairn.controller.datasets.swarm_authority import SwarmAuthority
+from cairn.fault_injection import crash_point
 from cairn.kube import ResourceClient, Typed, trigger_on_change
 
 log = logging.getLogger("cairn.controller.datasets.controller")
@@ -271,6 +272,7 @@ class DatasetController:
         except ApiException as error:
             if error.status != 409:
                 raise
+        crash_point("controller.seed.copy-volume-written")
 
     def _release(self, item: Typed, namespace: str, mine: list[Typed]) -> None:
         """A deleted Dataset's copies go first; the finalizer last, so no LV is left without an owner."""

@@ -32,9 +32,10 @@ from cairn.api.dataset import Dataset
 from cairn.api.disk import AGENT_LEASE_CONDITION, StorageNode, StorageNodeStatus
 from cairn.api.names import DRIVER_NAME, GROUP_VERSION, LOST_ANNOTATION, NODE_LEASE_PREFIX, VOLUME_FINALIZER
 from cairn.api.volume import LocalVolume
-from cairn.controller.nodes.fates import Fate, LeaseSighting, LeaseWatch, NodeFacts, copies_dropped, fate_of
+from cairn.controller.nodes.fates import Fate, NodeFacts, copies_dropped, fate_of
 from cairn.events import EventRecorder
 from cairn.kube import ResourceClient, Typed
+from cairn.lease_watch import LeaseSighting, LeaseWatch
 
 log = logging.getLogger("cairn.controller.nodes")
 

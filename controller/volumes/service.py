@@ -7,9 +7,11 @@ for the owning agent to report Ready or Failed.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 
 import grpc
@@ -46,6 +48,7 @@ from cairn.csi.errors import (
 )
 from cairn.csi.proto import csi_pb2, csi_pb2_grpc
 from cairn.events import EventRecorder
+from cairn.fault_injection import crash_point
 from cairn.kube import ResourceClient, Typed
 from cairn.units import human_bytes
 
@@ -57,6 +60,10 @@ VOLUME_CONTEXT_NODE = "cairn.dev/node"
 NO_ROOM_REASONS = {"InsufficientSpace", "NotContiguous"}
 # LVM's default extent size, for a pool whose report is not there to say otherwise.
 DEFAULT_EXTENT_BYTES = 4 * 1024 * 1024
+WAITING_CALLS = 12
+"""Calls that may wait on agents at once: csi/server.py serves 16, and Probe and GetCapacity must
+still find a worker while every agent is slow."""
+DEADLINE_MARGIN_SECONDS = 1.0
 
 
 class ControllerService(csi_pb2_grpc.ControllerServicer):
@@ -81,6 +88,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         self.storage_nodes = storage_nodes
         self.default_pools = default_pools
         self.ready_timeout = ready_timeout
+        self._waiting = threading.BoundedSemaphore(WAITING_CALLS)
 
     # -- CreateVolume ------------------------------------------------------------------------
 
@@ -103,9 +111,9 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         if existing is not None:
             self._check_compatible(existing, request.name, required, limit, access)
             if existing.model.status.phase != VolumePhase.FAILED:
-                return self._volume_response(self._wait_settled(name))
+                return self._volume_response(self._wait_settled(name, context))
             # A failed attempt leaves nothing on disk; start over, perhaps on another node.
-            self._delete_and_wait(name)
+            self._delete_and_wait(name, context)
 
         nodes = [NodeCapacity.from_storage_node(n.model) for n in self.storage_nodes.list()]
         requirements = request.accessibility_requirements
@@ -152,6 +160,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
             if error.status != 409:
                 raise
             # A concurrent call with the same name won the race; its result is ours.
+        crash_point("controller.create.object-written")
         log.info(
             "volume %s (%s): %s on node %s pool %s",
             name,
@@ -160,7 +169,29 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
             placement.node,
             placement.pool.value,
         )
-        return self._volume_response(self._wait_settled(name))
+        return self._volume_response(self._wait_settled(name, context))
+
+    @contextlib.contextmanager
+    def _waiting_for_agent(self, name: str, context: grpc.ServicerContext | None) -> Iterator[float]:
+        """A wait slot and the monotonic deadline of the wait: ours, or the caller's if sooner.
+
+        A wait holds a gRPC worker; unbounded, calls to unresponsive agents would take them all,
+        and Probe would time out with the rest. The object is written either way, so a call
+        turned away here is simply retried by the CO and finds it.
+        """
+        if not self._waiting.acquire(blocking=False):
+            raise Aborted(
+                f"{WAITING_CALLS} calls already wait for node agents; volume {name} is recorded and "
+                "a retry continues where this one stopped"
+            )
+        try:
+            deadline = time.monotonic() + self.ready_timeout
+            remaining = context.time_remaining() if context is not None else None
+            if remaining is not None:
+                deadline = min(deadline, time.monotonic() + remaining - DEADLINE_MARGIN_SECONDS)
+            yield deadline
+        finally:
+            self._waiting.release()
 
     def _populate_request(
         self, namespace: str | None, name: str | None
@@ -218,27 +249,12 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         if spec.access != access:
             raise AlreadyExists(f"volume {csi_name!r} already exists as a {spec.access.value} volume")
 
-    def _wait_settled(self, name: str) -> Typed:
+    def _wait_settled(self, name: str, context: grpc.ServicerContext | None = None) -> Typed:
         """Wait until the agent reports Ready (returned) or Failed (raised as a CSI error)."""
-        deadline = time.monotonic() + self.ready_timeout
         current = self.volumes.get(name)
-        while current is not None and current.model.status.phase == VolumePhase.PENDING:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise DeadlineExceeded(
-                    f"node {current.model.spec.node_name} has not carved volume {name} within "
-                    f"{self.ready_timeout:.0f}s; is its cairn-node-agent running?"
-                )
-            for _kind, item in self.volumes.watch(
-                field_selector=f"metadata.name={name}",
-                resource_version=current.resource_version,
-                timeout_seconds=max(1, int(min(remaining, 30))),
-            ):
-                current = item
-                if item.model.status.phase != VolumePhase.PENDING:
-                    break
-            else:
-                current = self.volumes.get(name)
+        if current is not None and current.model.status.phase == VolumePhase.PENDING:
+            with self._waiting_for_agent(name, context) as deadline:
+                current = self._watch_while_pending(current, deadline)
         if current is None:
             raise Aborted(f"volume {name} was deleted while it was being created; retry")
         status = current.model.status
@@ -250,6 +266,26 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
             if status.reason in NO_ROOM_REASONS:
                 raise ResourceExhausted(message)
             raise CsiError(message)
+        return current
+
+    def _watch_while_pending(self, current: Typed | None, deadline: float) -> Typed | None:
+        while current is not None and current.model.status.phase == VolumePhase.PENDING:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise DeadlineExceeded(
+                    f"node {current.model.spec.node_name} has not carved volume {current.name} yet; "
+                    "is its cairn-node-agent running? A retry goes on waiting"
+                )
+            for _kind, item in self.volumes.watch(
+                field_selector=f"metadata.name={current.name}",
+                resource_version=current.resource_version,
+                timeout_seconds=max(1, int(min(remaining, 30))),
+            ):
+                current = item
+                if item.model.status.phase != VolumePhase.PENDING:
+                    break
+            else:
+                current = self.volumes.get(current.name)
         return current
 
     def _volume_response(self, volume: Typed) -> csi_pb2.CreateVolumeResponse:
@@ -273,14 +309,20 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
     def DeleteVolume(self, request, context: grpc.ServicerContext):
         require(request.volume_id, "DeleteVolume needs a volume_id")
         if is_volume_name(request.volume_id):
-            self._delete_and_wait(request.volume_id)
+            self._delete_and_wait(request.volume_id, context)
         return csi_pb2.DeleteVolumeResponse()
 
-    def _delete_and_wait(self, name: str) -> None:
+    def _delete_and_wait(self, name: str, context: grpc.ServicerContext | None = None) -> None:
         """Delete and wait for the agent's finalizer: success means the LV is really gone."""
         if not self.volumes.delete(name):
             return
-        deadline = time.monotonic() + self.ready_timeout
+        crash_point("controller.delete.object-deleted")
+        if self.volumes.get(name) is None:
+            return
+        with self._waiting_for_agent(name, context) as deadline:
+            self._wait_removed(name, deadline)
+
+    def _wait_removed(self, name: str, deadline: float) -> None:
         while (volume := self.volumes.get(name)) is not None:
             if time.monotonic() > deadline:
                 status = volume.model.status
@@ -290,8 +332,8 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
                         f"checkpoints to S3 before it goes: {status.message}"
                     )
                 raise DeadlineExceeded(
-                    f"node {volume.model.spec.node_name} has not removed volume {name} within "
-                    f"{self.ready_timeout:.0f}s; is its cairn-node-agent running?"
+                    f"node {volume.model.spec.node_name} has not removed volume {name} yet; "
+                    "is its cairn-node-agent running? A retry goes on waiting"
                 )
             time.sleep(0.05)
 

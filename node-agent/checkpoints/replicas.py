@@ -10,8 +10,8 @@ a pull so that the copy goes through the verified restore path, and so that no n
 bytes onto another. A replica mirrors the local tier: once the recording node's copy is gone (by
 retention) or the Checkpoint is deleted, the replica is removed too.
 
-Replicas live under the agent's state directory (`<state>/replicas/<namespace>/<name>`), which
-the chart puts on the node's local disk.
+Replicas live at `<state>/replicas/<namespace>/<name>`, where the node's replica store, an LV
+in one of its pools, is mounted (replica_store.py); a replica that does not fit is not pulled.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import logging
 import os
 import shutil
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from kubernetes import client
@@ -30,6 +30,7 @@ from cairn.api.checkpoint import Checkpoint, CheckpointPolicySpec, CheckpointSta
 from cairn.api.disk import StorageNode
 from cairn.api.names import REPLICA_NODE_LABEL
 from cairn.kube import ResourceClient, Typed
+from cairn.node_agent.checkpoints.replica_store import ReplicaStore
 from cairn.node_agent.checkpoints.restore.engine import RestoreError, count_restored_bytes, restore
 from cairn.node_agent.checkpoints.restore.sources import SourcesError, sources_for
 from cairn.node_agent.p2p.identity import PeerIdentity
@@ -74,6 +75,9 @@ class ReplicaKeeper:
     """`<state>/replicas`: one directory per namespace, one per checkpoint under it."""
     identity: PeerIdentity | None = None
     """This agent on the peer plane; the copy is pulled from the recording node with it."""
+    store: ReplicaStore | None = None
+    """The pool LV mounted at `root`; without one (unit tests) `root` is a plain directory."""
+    _no_room: set[str] = field(default_factory=set)
 
     def directory(self, namespace: str, name: str) -> Path:
         return self.root / namespace / name
@@ -88,10 +92,15 @@ class ReplicaKeeper:
 
     def run_pass(self) -> None:
         assigned = self.checkpoints.list(label_selector=f"{REPLICA_NODE_LABEL}={self.node_name}")
-        for item in assigned:
-            if item.model.status.peer is None and keep_replica(
-                item.model, item.metadata.get("labels", {}), self.node_name
-            ):
+        wanted = [
+            item
+            for item in assigned
+            if item.model.status.peer is None
+            and keep_replica(item.model, item.metadata.get("labels", {}), self.node_name)
+        ]
+        # The store is carved only when a replica is first asked of this node; ready() says why not.
+        if wanted and (self.store is None or self.store.ready() is None):
+            for item in wanted:
                 self._pull(item)
         self._collect_garbage()
 
@@ -103,6 +112,12 @@ class ReplicaKeeper:
             shutil.rmtree(partial)  # a pull cut short by a restart; start it over
         if final.exists():
             shutil.rmtree(final)  # on disk but not in status: its record was lost, so it is not trusted
+        if self.store is not None and (short := self.store.lacks_room_for(item.model.spec.size_bytes)):
+            if item.name not in self._no_room:
+                log.warning("not replicating %s/%s: %s", namespace, name, short)
+                self._no_room.add(item.name)
+            return
+        self._no_room.discard(item.name)
         try:
             _checkpoint, sources = sources_for(
                 self.api_client, namespace, name, self.node_name, identity=self.identity

@@ -34,6 +34,7 @@ from typing import Any, BinaryIO
 
 from botocore.exceptions import ClientError
 
+from cairn.fault_injection import crash_point
 from cairn.node_agent.host.files import Directory, atomic_write, open_beneath
 from cairn.node_agent.host.priority import run_in_background
 from cairn.node_agent.host.rate_limit import ThrottledBody, TokenBucket
@@ -288,6 +289,7 @@ class CheckpointUploader:
                     ChecksumSHA256=checksum,
                 )
                 state.record_part(entry.path, number, response["ETag"], checksum)
+                crash_point("agent.upload.part-sent")
                 with lock:
                     completed[number] = (response["ETag"], checksum)
                     report.bytes_sent += len(data)

@@ -113,6 +113,8 @@ class DatasetAgent:
         report = item.model.status.nodes.get(self.node_name)
         if report is None or report.phase != NodePhase.READY:
             return None
+        if not self.swarm.copy_checked(namespace, name):
+            return None  # Ready before a crash: checked again before anyone copies it
         directory = self.store.data_directory(namespace, name)
         return directory if directory.is_dir() else None
 
@@ -214,7 +216,9 @@ class DatasetAgent:
                 namespace, name = key.split("/", 1)
                 if dataset_volume_name(namespace, name, self.node_name) == volume:
                     self.swarm.leave(key)
-            for namespace_dir in self.root.iterdir() if self.root.exists() else []:
+            # Namespaces are directories; the clean-shutdown marker beside them is not.
+            namespaces = [d for d in self.root.iterdir() if d.is_dir()] if self.root.exists() else []
+            for namespace_dir in namespaces:
                 for mount in namespace_dir.iterdir():
                     if (
                         mount.is_dir()

@@ -13,12 +13,15 @@ the dataset digest once its part is complete, from the page cache, before the pa
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from cairn.background import backoff_seconds
 from cairn.node_agent.datasets.origin import Origin, OriginError, OriginFile
 from cairn.node_agent.manifests import ManifestEntry, new_hasher
 from cairn.units import MiB
@@ -26,6 +29,8 @@ from cairn.units import MiB
 STREAMS = 4
 RANGE_BYTES = 8 * MiB
 READ_BYTES = 1 * MiB
+SPAN_ATTEMPTS = 5
+log = logging.getLogger("cairn.node.datasets.origin")
 
 
 @dataclass(frozen=True)
@@ -84,28 +89,84 @@ def fetch_parts(
             raise
 
 
-def _read_span(origin: Origin, span: Span, data: Path, on_bytes: Callable[[int], None]) -> None:
-    offset = span.start
+def _read_span(
+    origin: Origin,
+    span: Span,
+    data: Path,
+    on_bytes: Callable[[int], None],
+    *,
+    attempts: int = SPAN_ATTEMPTS,
+    backoff: Callable[[int], float] = backoff_seconds,
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
+    """Read one span into place, resuming a broken read where it stopped.
+
+    A ranged origin is asked again from the first byte not yet written, so what arrived is kept
+    and the origin is not read twice; one without ranges sends the file from its start again.
+    After `attempts` broken reads the seeding fails with a reason instead of looping for ever.
+    """
+    cursor = _Cursor(span.start)
     end = span.start + span.length
-    descriptor = os.open(data / span.file.path, os.O_WRONLY)
-    try:
-        with origin.open(span.file, span.start, span.length if origin.ranged else None) as stream:
-            while offset < end and (chunk := stream.read(min(READ_BYTES, end - offset))):
-                view = memoryview(chunk)
-                while view:
-                    written = os.pwrite(descriptor, view, offset)
-                    view = view[written:]
-                    offset += written
-                on_bytes(len(chunk))
-            surplus = stream.read(1) if not origin.ranged else b""
-    finally:
-        os.close(descriptor)
-    if offset != end or surplus:
+    surplus = b""
+    for attempt in range(1, attempts + 1):
+        if not origin.ranged:
+            cursor.offset = span.start
+        try:
+            surplus = _read_from(origin, span, data, on_bytes, cursor)
+            break
+        except OriginError:
+            raise  # the origin's own answer, not a broken connection: no retry changes it
+        except Exception as error:  # a reset, a timeout, a 5xx: the network's, so retried
+            if attempt == attempts:
+                raise OriginError(
+                    "OriginUnavailable",
+                    f"{span.file.path}: bytes {cursor.offset}-{end - 1} could not be read in "
+                    f"{attempts} attempts: {type(error).__name__}: {error}",
+                ) from None
+            delay = backoff(attempt)
+            log.warning(
+                "%s: read broke at byte %d (%s); attempt %d of %d in %.0fs",
+                span.file.path,
+                cursor.offset,
+                error,
+                attempt + 1,
+                attempts,
+                delay,
+            )
+            sleep(delay)
+    if cursor.offset != end or surplus:
         raise OriginError(
             "OriginChanged",
             f"{span.file.path}: the origin listed {span.file.size} bytes but sent "
-            f"{'more' if surplus else offset - span.start} for bytes {span.start}-{end - 1}",
+            f"{'more' if surplus else cursor.offset - span.start} for bytes {span.start}-{end - 1}",
         )
+
+
+@dataclass
+class _Cursor:
+    offset: int
+    """The first byte of the span not yet written: where a broken read resumes."""
+
+
+def _read_from(
+    origin: Origin, span: Span, data: Path, on_bytes: Callable[[int], None], cursor: _Cursor
+) -> bytes:
+    """Read the span from cursor.offset on, moving the cursor as bytes land; any byte past its end."""
+    end = span.start + span.length
+    descriptor = os.open(data / span.file.path, os.O_WRONLY)
+    try:
+        length = end - cursor.offset if origin.ranged else None
+        with origin.open(span.file, cursor.offset, length) as stream:
+            while cursor.offset < end and (chunk := stream.read(min(READ_BYTES, end - cursor.offset))):
+                view = memoryview(chunk)
+                while view:
+                    written = os.pwrite(descriptor, view, cursor.offset)
+                    view = view[written:]
+                    cursor.offset += written
+                on_bytes(len(chunk))
+            return stream.read(1) if not origin.ranged else b""
+    finally:
+        os.close(descriptor)
 
 
 def _settle(data: Path, file: OriginFile) -> ManifestEntry:

@@ -25,6 +25,7 @@ from cairn.api.dataset import Dataset, DatasetNodeStatus, DatasetPart, DatasetSt
 from cairn.api.disk import StorageNode
 from cairn.api.volume import VolumeAccess
 from cairn.egress import EgressPolicy, EgressRefused
+from cairn.fault_injection import crash_point
 from cairn.kube import ResourceClient, Typed
 from cairn.node_agent import metrics
 from cairn.node_agent.datasets.origin import DirectoryOrigin, HttpOrigin, Origin, OriginError, S3Origin
@@ -118,6 +119,7 @@ class Seeder:
                 published.append(DatasetPart(info_hash=info_hash, files=len(part), bytes=meta.total_bytes))
                 ready = None
                 if index == len(plan) - 1:
+                    self.swarm.mark_verified(key)
                     digest = Manifest(algorithm="blake3", files=tuple(entries)).digest  # type: ignore[arg-type]
                     ready = DatasetNodeStatus(
                         phase=NodePhase.READY,
@@ -128,6 +130,7 @@ class Seeder:
                     )
                 patch = published_patch(published, len(plan), piece_size, self.node_name, ready)
                 self.datasets.patch_status(item.name, patch, namespace=namespace)
+                crash_point("agent.seed.part-published")
                 log.info(
                     "dataset %s/%s: part %d/%d published (%d files, %s), info-hash %s",
                     namespace,

@@ -72,6 +72,8 @@ class Joined:
     counted_redundant: int = 0
     certified: set[int] = field(default_factory=set)
     """Parts whose torrent has this node's swarm certificate; the others cannot talk to peers yet."""
+    verified: bool = False
+    """This session checked the whole copy against the dataset's digest."""
 
 
 @dataclass
@@ -101,6 +103,11 @@ class Swarm:
     def begin_seeding(self, key: str) -> None:
         with self.lock:
             self._joined[key] = Joined(0)
+
+    def mark_verified(self, key: str) -> None:
+        """The seeder hashed every file as it landed: its copy is checked by construction."""
+        with self.lock:
+            self._joined[key].verified = True
 
     def seed_part(
         self, key: str, index: int, torrent: bytes, data: Path, dataset: Dataset, nodes: list[StorageNode]
@@ -259,8 +266,15 @@ class Swarm:
                 joined.told.pop(index, None)
                 joined.last_progress.pop(index, None)
             self._tell_peers(joined, index, dataset, nodes, stalled=idle >= STALL_SECONDS)
+        # After a crash the copy on disk may lack writes that its Ready report predates: it is a
+        # copy again only once this session has checked it whole, and Verifying until then.
+        was_ready = report.phase in (NodePhase.READY, NodePhase.VERIFYING)
+        recheck = was_ready and not self.copy_checked(namespace, item.name)
+        phase = NodePhase.DOWNLOADING
+        if was_ready:
+            phase = NodePhase.VERIFYING if recheck else NodePhase.READY
         updated = DatasetNodeStatus(
-            phase=report.phase if report.phase == NodePhase.READY else NodePhase.DOWNLOADING,
+            phase=phase,
             progress=progress,
             bytes_from_origin=report.bytes_from_origin,
             bytes_from_peers=joined.base_from_peers + download_total,
@@ -273,8 +287,9 @@ class Swarm:
             and len(joined.parts) == dataset.status.part_count
             and all(s.is_seeding for s in statuses.values())
         )
-        if complete and report.phase != NodePhase.READY:
+        if complete and (report.phase != NodePhase.READY or recheck):
             updated = self._verify(item, namespace, joined, updated, dataset.status.digest)
+            joined.verified = updated.phase == NodePhase.READY
         elif time.monotonic() - joined.resume_saved_at > RESUME_INTERVAL:
             for index, status in statuses.items():
                 if not status.is_seeding:
@@ -284,6 +299,12 @@ class Swarm:
             updated.updated_at = datetime.now(UTC)
             self.reports.report(item.name, namespace, updated)
         log.debug("dataset %s/%s: %.1f%% from %d peers", namespace, item.name, 100 * progress, peers)
+
+    def copy_checked(self, namespace: str, name: str) -> bool:
+        """Whether this node's copy may be handed to consumers: verified by this session, or kept
+        from a run that shut down cleanly (its resume data then vouches for every piece)."""
+        joined = self._joined.get(dataset_key(namespace, name))
+        return self.store.trust_resume_data() or (joined is not None and joined.verified)
 
     def _verify(
         self, item: Typed, namespace: str, joined: Joined, report: DatasetNodeStatus, expected: str | None

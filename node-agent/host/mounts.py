@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import subprocess
@@ -145,3 +146,62 @@ def ensure_directory(path: str) -> None:
 def ensure_file(path: str) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).touch(exist_ok=True)
+
+
+def why_device_in_use(device: str) -> str | None:
+    """What holds `device` (a filesystem mounted from it, a device-mapper or other holder), or None.
+
+    An exclusive open fails with EBUSY exactly while the kernel has the device claimed, which a
+    mount in any mount namespace and every holder do; the holders directory and mountinfo only
+    name the culprit. A device that does not exist is held by nothing.
+    """
+    try:
+        descriptor = os.open(device, os.O_RDONLY | os.O_EXCL | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        if error.errno != errno.EBUSY:
+            return f"{device} cannot be opened exclusively: {error.strerror}"
+        return f"{device} is {_claimed_by(device)}"
+    os.close(descriptor)
+    return None
+
+
+def _claimed_by(device: str) -> str:
+    rdev = os.stat(device).st_rdev
+    number = f"{os.major(rdev)}:{os.minor(rdev)}"
+    holders_dir = Path("/sys/dev/block", number, "holders")
+    holders = sorted(p.name for p in holders_dir.iterdir()) if holders_dir.is_dir() else []
+    if holders:
+        return f"held by {', '.join(holders)}"
+    mount_points = [
+        fields[4]
+        for line in Path("/proc/self/mountinfo").read_text().splitlines()
+        if len(fields := line.split()) > 4 and fields[2] == number
+    ]
+    if mount_points:
+        return f"mounted at {', '.join(mount_points)}"
+    return "claimed exclusively (mounted in another mount namespace, or held by a process)"
+
+
+def freeze(path: str) -> None:
+    """Flush and hold a mounted filesystem still (writers block) until `thaw`: a copy of its
+    device is then a clean filesystem, not a crash image."""
+    _run(["fsfreeze", "--freeze", path], timeout=120)
+
+
+def thaw(path: str) -> None:
+    result = subprocess.run(["fsfreeze", "--unfreeze", path], capture_output=True, text=True, timeout=60)
+    # EINVAL: not frozen (thawed already, or by an operator): the state wanted either way.
+    if result.returncode != 0 and "Invalid argument" not in result.stderr:
+        raise MountError(["fsfreeze", "--unfreeze", path], result.returncode, result.stderr)
+
+
+def device_bind_mounts(device: str) -> list[str]:
+    """Where `device` itself (a block volume's device node) is bind-mounted, as pods get it."""
+    name = os.path.basename(os.path.realpath(device))
+    return [
+        fields[4]
+        for line in Path("/proc/self/mountinfo").read_text().splitlines()
+        if len(fields := line.split()) > 4 and fields[3] == f"/{name}" and " - devtmpfs " in line
+    ]

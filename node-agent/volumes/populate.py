@@ -53,6 +53,29 @@ def populate_volume(
         root.rmdir()
 
 
+def release_unfinished_fills(work_dir: Path) -> list[str]:
+    """Unmount what a killed agent left mid-fill; returns the volumes it was filling.
+
+    A mount outlives the process that made it: without this, the restarted agent's lvremove of
+    the half-filled LV (it is made again from scratch) fails on its own stale mount, and the
+    volume waits forever. No pod can hold these mounts: they are the agent's private paths.
+    """
+    if not work_dir.is_dir():
+        return []
+    released = []
+    for root in sorted(work_dir.iterdir()):
+        if root.is_symlink() or not root.is_dir():
+            continue
+        if mounts.is_mount_point(str(root)):
+            mounts.unmount(str(root))
+            released.append(root.name)
+        try:
+            root.rmdir()
+        except OSError as error:  # not empty: something other than a fill wrote here; keep it
+            log.warning("left %s in place: %s", root, error)
+    return released
+
+
 def restore_into_volume(
     api_client: client.ApiClient,
     node_name: str,

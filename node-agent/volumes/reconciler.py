@@ -11,10 +11,13 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from typing import Protocol
 
 from cairn.api.names import NODE_LABEL, VOLUME_FINALIZER, pool_vg
 from cairn.api.volume import LocalVolumeSpec, LocalVolumeStatus, VolumeAccess, VolumePhase
+from cairn.background import backoff_seconds
+from cairn.fault_injection import crash_point
 from cairn.kube import ResourceClient, Typed
 from cairn.node_agent.host.device_copy import CopyError, copy_device
 from cairn.node_agent.lvm.errors import (
@@ -82,6 +85,9 @@ class VolumeReconciler:
         before_remove: Callable[[str], None] = lambda name: None,
         populate: Callable[[str, LocalVolumeSpec, str], str] | None = None,
         removal_blocker: Callable[[Typed], str | None] = lambda item: None,
+        held_still: Callable[[StagedVolume], AbstractContextManager[str]] = lambda source: (
+            contextlib.nullcontext("not checked")
+        ),
     ) -> None:
         self.node_name = node_name
         self.lvm = lvm
@@ -96,9 +102,12 @@ class VolumeReconciler:
         """Fills a new volume (name, spec, device) from spec.populateFrom; raises PopulateError."""
         self.removal_blocker = removal_blocker
         """Why a deleted volume must wait (its checkpoints are still draining to S3), or None."""
+        self.held_still = held_still
+        """Keeps a clone's source from changing during the copy (quiesce.py), or refuses."""
         self._filling: set[str] = set()
         self._filling_lock = threading.Lock()
         self._volume_locks: dict[str, threading.Lock] = {}
+        self._failures: dict[str, int] = {}
 
     # -- what the node service asks --------------------------------------------------------
 
@@ -130,7 +139,34 @@ class VolumeReconciler:
             try:
                 self._reconcile(event, item)
             except Exception:
-                log.exception("reconciling volume %s failed; it will be retried on the next event", item.name)
+                attempt = self._failures[item.name] = self._failures.get(item.name, 0) + 1
+                delay = backoff_seconds(attempt)
+                log.exception("reconciling volume %s failed; again in %.0fs", item.name, delay)
+                if event != "DELETED":
+                    self._later(delay, self._requeue, item.name)
+            else:
+                self._failures.pop(item.name, None)
+
+    def _requeue(self, name: str) -> None:
+        """Reconcile a volume again from its current object: a failure is retried, not forgotten
+        until an unrelated change happens to bring another event."""
+        try:
+            current = self.volumes.get(name)
+        except Exception as error:
+            attempt = self._failures[name] = self._failures.get(name, 0) + 1
+            log.warning("volume %s could not be read to retry (%s)", name, error)
+            self._later(backoff_seconds(attempt), self._requeue, name)
+            return
+        if current is None:
+            self._failures.pop(name, None)
+            return
+        self.handle("MODIFIED", current)
+
+    @staticmethod
+    def _later(delay: float, action: Callable[..., None], *args: object) -> None:
+        timer = threading.Timer(delay, action, args=args)
+        timer.daemon = True
+        timer.start()
 
     def _reconcile(self, event: str, item: Typed) -> None:
         spec: LocalVolumeSpec = item.model.spec
@@ -175,6 +211,7 @@ class VolumeReconciler:
                     return
                 info = recreated
             device = self.lvm.activate(vg, item.name, info)
+            crash_point("agent.create.lv-carved")
         except (InsufficientSpace, NotContiguous) as error:
             self._fail(item, type(error).__name__, str(error))
             return
@@ -205,25 +242,47 @@ class VolumeReconciler:
                 return
             self._ready(item, vg, info, device)
         except Exception:
-            log.exception("filling volume %s failed; it will be retried on the next event", item.name)
+            attempt = self._failures[item.name] = self._failures.get(item.name, 0) + 1
+            delay = backoff_seconds(attempt)
+            log.exception("filling volume %s failed; filled again in %.0fs", item.name, delay)
+            self._later(delay, self._requeue, item.name)
         finally:
             with self._filling_lock:
                 self._filling.discard(item.name)
 
     def _ready(self, item: Typed, vg: str, info: LvInfo, device: str) -> None:
         self._remember(item.name, device, item.model.spec)
-        self.volumes.patch_status(
-            item.name,
-            LocalVolumeStatus(
-                phase=VolumePhase.READY,
-                volume_group=vg,
-                logical_volume=item.name,
-                capacity_bytes=info.size_bytes,
-                reason=None,
-                message=None,
-            ),
+        status = LocalVolumeStatus(
+            phase=VolumePhase.READY,
+            volume_group=vg,
+            logical_volume=item.name,
+            capacity_bytes=info.size_bytes,
+            reason=None,
+            message=None,
         )
-        log.info("volume %s ready: %s/%s %d bytes on %s", item.name, vg, item.name, info.size_bytes, device)
+        log.info("volume %s carved: %s/%s %d bytes on %s", item.name, vg, item.name, info.size_bytes, device)
+        self._report_ready(item.name, status, attempt=0)
+
+    def _report_ready(self, name: str, status: LocalVolumeStatus, attempt: int) -> None:
+        """Patch Ready, and keep trying until it lands or the volume is no longer waiting for it.
+
+        The volume is indexed by now, so no later event would carve or report it again: a patch
+        that failed once and was only logged left it Pending for ever, and its CreateVolume with it.
+        """
+        try:
+            if attempt:
+                current = self.volumes.get(name)
+                if current is None or current.metadata.get("deletionTimestamp"):
+                    return
+                if current.model.status.phase != VolumePhase.PENDING:
+                    return
+            self.volumes.patch_status(name, status)
+        except Exception as error:
+            delay = backoff_seconds(attempt + 1)
+            log.warning("volume %s: Ready could not be reported (%s); again in %.0fs", name, error, delay)
+            self._later(delay, self._report_ready, name, status, attempt + 1)
+            return
+        log.info("volume %s ready%s", name, f" after {attempt} retries" if attempt else "")
         self.on_change()
 
     def _recreate(self, item: Typed, vg: str) -> LvInfo | None:
@@ -257,9 +316,13 @@ class VolumeReconciler:
             )
         else:
             try:
-                copy_device(source.device, device)
+                with self.held_still(source) as how:
+                    copy_device(source.device, device)
+                log.info("volume %s cloned from %s (source %s)", item.name, source.name, how)
             except CopyError as error:
                 problem = ("CloneFailed", str(error))
+            except PopulateError as error:
+                problem = (error.reason, str(error))
         if problem is None:
             return True
         # The new LV was never handed out and is tagged as this volume's: remove it before the
@@ -318,6 +381,7 @@ class VolumeReconciler:
         # Already gone is fine: a retry after a crash, or a create that never happened.
         with contextlib.suppress(LvNotFound, VgNotFound):
             self.lvm.lvremove(vg, item.name)
+        crash_point("agent.delete.lv-removed")
         self._forget(item.name)
         # Report the freed space before letting go: DeleteVolume returns when the finalizer is gone,
         # and a CreateVolume right after it must not be refused on a stale free-space figure.

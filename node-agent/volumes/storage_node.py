@@ -38,6 +38,8 @@ class StorageNodePublisher:
         endpoints: AgentEndpoints,
         volume_count: Callable[[str], int] = lambda vg: 0,
     ) -> None:
+        self.extra_conditions: Callable[[list[Condition]], list[dict]] = lambda previous: []
+        """Conditions other parts of the agent own (the orphan sweeper's), given the published ones."""
         self.node_name = node_name
         self.lvm = lvm
         self.client = client
@@ -85,12 +87,13 @@ class StorageNodePublisher:
             pools, problems = self.pool_statuses()
             free = FreeByClass(**{p.pool_class.value: human_bytes(p.free_bytes) for p in pools})
             existing = self.client.get(self.node_name)
+            previous = existing.model.status.conditions if existing else []
             healthy = condition(
                 "PoolsHealthy",
                 not problems,
                 "MissingPhysicalVolume" if problems else "AllDisksPresent",
                 "; ".join(problems) or "every pool has all its disks",
-                existing.model.status.conditions if existing else (),
+                previous,
             )
             status = StorageNodeStatus(
                 pools=pools,
@@ -98,7 +101,7 @@ class StorageNodePublisher:
                 disk_count=sum(len(p.disks) for p in pools),
                 ready=True,
                 endpoints=self.endpoints,
-                conditions=[Condition.model_validate(healthy)],
+                conditions=[Condition.model_validate(c) for c in [healthy, *self.extra_conditions(previous)]],
             )
             if existing is None:
                 try:

@@ -8,6 +8,7 @@ local copy and a replica under the agents and corrupt objects in S3 between step
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 from collections.abc import Iterator
@@ -256,6 +257,17 @@ def test_a_peer_replica_serves_the_restore_when_the_trainer_node_lost_its_copy(
     wait_until(lambda: replicated(), 90, "step 200 to be replicated to node B")
     record = replicated()
     assert "peer" in record["status"]["tiers"].split(",")
+    # Node B keeps it on its replica store, an LV of its pool, not on the root disk.
+    store = cluster.driver.workdir / "state" / cluster.other.name / "replicas"
+    assert os.path.ismount(store), "the replica is not on the replica store"
+    assert (store / NAMESPACE / record["metadata"]["name"]).is_dir()
+    lvm_env = {**os.environ, "LVM_SYSTEM_DIR": str(cluster.driver.workdir / "lvm" / cluster.other.name)}
+    tags = cluster.other.run(
+        ["lvs", "--driverloaded", "n", "--noheadings", "-o", "lv_tags", "cairn-nvme/replicas"],
+        env=lvm_env,
+        text=True,
+    ).stdout
+    assert "cairn.dev/replica-store" in tags
     shutil.rmtree(cluster.staging / "checkpoints" / "step_200")
 
     # The trainer's own node restores it as its agent: its copy is gone, so the replica on node B

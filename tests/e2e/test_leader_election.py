@@ -9,18 +9,61 @@ from datetime import UTC, datetime, timedelta
 from kubernetes import client
 
 from cairn.kube import load_api_client
-from cairn.leader import LeaseElector, LeaseView, may_take
+from cairn.leader import LeaseElector
 from tests.testbed.bed import TestBed
 from tests.testbed.controlplane import CAIRN_NAMESPACE
 from tests.testbed.waiting import wait_until
 
 
-def test_may_take_a_free_own_or_lapsed_lease_only() -> None:
-    now = datetime(2026, 11, 26, tzinfo=UTC)
-    assert may_take(None, "a", now)
-    assert may_take(LeaseView("a", now, 15), "a", now)
-    assert not may_take(LeaseView("b", now - timedelta(seconds=10), 15), "a", now)
-    assert may_take(LeaseView("b", now - timedelta(seconds=16), 15), "a", now)
+def test_a_lease_that_keeps_being_renewed_is_never_taken_however_old_its_renew_time_reads(
+    bed: TestBed,
+) -> None:
+    """The holder's clock is an hour behind: every renew time it writes looks long expired. A
+    follower that compared those times with its own clock would take the Lease from a live leader."""
+    api = client.CoordinationV1Api(load_api_client(str(bed.control_plane.kubeconfigs["cairn-controller"])))
+    name = "cairn-controller-skew"
+    renewing = threading.Event()
+    renewing.set()
+
+    body = client.V1Lease(metadata=client.V1ObjectMeta(name=name, namespace=CAIRN_NAMESPACE))
+    first = api.create_namespaced_lease(CAIRN_NAMESPACE, body)
+
+    def skewed_leader() -> None:
+        lease = first
+        while renewing.is_set():
+            lease.spec = client.V1LeaseSpec(
+                holder_identity="skewed",
+                lease_duration_seconds=3,
+                renew_time=datetime.now(UTC) - timedelta(hours=1),
+            )
+            lease = api.replace_namespaced_lease(name, CAIRN_NAMESPACE, lease)
+            time.sleep(0.5)
+
+    elected: list[str] = []
+    stop = threading.Event()
+    elector = LeaseElector(api, CAIRN_NAMESPACE, name, "follower", lease_seconds=3, renew_seconds=0.5)
+    leader = threading.Thread(target=skewed_leader)
+    leader.start()
+    try:
+        wait_until(
+            lambda: api.read_namespaced_lease(name, CAIRN_NAMESPACE).spec.holder_identity,
+            10,
+            "the skewed leader",
+        )
+        follower = threading.Thread(target=elector.run, args=(lambda: elected.append("follower"), stop))
+        follower.start()
+        time.sleep(8)
+        assert elected == [], "the follower took a Lease its holder kept renewing"
+        renewing.clear()
+        leader.join(5)
+        took = wait_until(lambda: elected == ["follower"], 15, "the follower to take the abandoned Lease")
+        assert took >= 2.5, "taken before a whole lease duration without renewals"
+    finally:
+        renewing.clear()
+        stop.set()
+        leader.join(5)
+        admin = client.CoordinationV1Api(load_api_client(str(bed.control_plane.kubeconfigs["admin"])))
+        admin.delete_namespaced_lease(name, CAIRN_NAMESPACE)
 
 
 def test_one_replica_leads_and_a_standby_takes_over_when_it_stops(bed: TestBed) -> None:

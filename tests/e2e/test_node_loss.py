@@ -87,7 +87,10 @@ def cluster(bed: TestBed) -> Iterator[Nodes]:
         yield cluster
     finally:
         print("\n" + cluster.kubectl("get", "datasets,storagenodes", "-n", NAMESPACE, check=False).stdout)
-        cluster.kubectl("delete", "dataset", "loss", "-n", NAMESPACE, "--timeout=120s", check=False)
+        try:
+            cluster.kubectl("delete", "dataset", "loss", "-n", NAMESPACE, "--timeout=50s", check=False)
+        except subprocess.TimeoutExpired:  # a failed test can leave copies no agent removes; go on
+            print("dataset loss not deleted in time; its copies go with the nodes")
         for process in [*cluster.agents.values(), cluster.controller]:
             if process is not None:
                 process.stop()

@@ -55,6 +55,7 @@ def start_controller(
     *,
     name: str = "cairn-controller",
     extra_args: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
 ) -> tuple[ManagedProcess, Path]:
     socket = workdir / "sockets" / f"{name}.sock"
     process = ManagedProcess(
@@ -71,6 +72,7 @@ def start_controller(
         ],
         run_id=run_id,
         log_dir=workdir / "logs",
+        env=env,
     )
     wait_for_csi(socket, process)
     return process, socket
@@ -90,6 +92,7 @@ def node_agent_args(
         f"--claim-classes={claim_classes}",
         f"--min-disk-bytes={16 * 1024 * 1024}",
         "--rescan-interval=3",
+        f"--replica-store-bytes={48 * 1024 * 1024}",
     ]
     return args + [f"--class-override={o}" for o in class_overrides]
 
@@ -103,6 +106,7 @@ def start_node_agent(
     extra_args: tuple[str, ...] = (),
     discovery: list[str] | None = None,
     name: str | None = None,
+    env: dict[str, str] | None = None,
 ) -> tuple[ManagedProcess, Path]:
     """Run cairn-node-agent inside the node's network namespace, as root, with its own LVM state."""
     socket = workdir / "sockets" / f"{node.name}.sock"
@@ -133,7 +137,9 @@ def start_node_agent(
             *extra_args,
         ]
     )
-    process = ManagedProcess(name or f"node-agent-{node.name}", argv, run_id=run_id, log_dir=workdir / "logs")
+    process = ManagedProcess(
+        name or f"node-agent-{node.name}", argv, run_id=run_id, log_dir=workdir / "logs", env=env
+    )
     wait_for_csi(socket, process)
     return process, socket
 

@@ -7,6 +7,7 @@ a test sees exactly the permissions the Helm chart grants in production.
 
 from __future__ import annotations
 
+import json
 import socket
 import ssl
 import subprocess
@@ -94,6 +95,11 @@ class ControlPlane:
         if check and result.returncode != 0:
             raise RuntimeError(f"kubectl {' '.join(args)} failed ({result.returncode}): {result.stderr}")
         return result
+
+    def get_json(self, *args: str) -> dict:
+        """`kubectl get ... -o json` as a dict; {} when the object is not there."""
+        result = self.kubectl("get", *args, "-o", "json", check=False)
+        return json.loads(result.stdout) if result.returncode == 0 else {}
 
     def apply(self, *paths: Path) -> None:
         args: list[str] = ["apply", "--server-side", "--force-conflicts"]

@@ -26,6 +26,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO, Protocol
 from urllib.parse import quote
 
+from cairn.fault_injection import crash_point
 from cairn.node_agent import metrics
 from cairn.node_agent.checkpoints.restore.plan import SourceKind
 from cairn.node_agent.host.files import (
@@ -532,6 +533,7 @@ def _fetch_file(
             output.flush()
             os.fsync(output.fileno())
         os.rename(temporary, final)
+        crash_point("agent.restore.file-restored")
     except OSError as error:
         raise RestoreError(f"cannot write {final}: {error.strerror or error}") from None
     finally:

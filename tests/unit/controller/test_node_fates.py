@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from cairn.api.checkpoint import CheckpointStatus, LocalCopy, RemoteCopy
-from cairn.controller.nodes.fates import Fate, LeaseSighting, LeaseWatch, NodeFacts, copies_dropped, fate_of
+from cairn.controller.nodes.fates import Fate, NodeFacts, copies_dropped, fate_of
+from cairn.lease_watch import LeaseSighting, LeaseWatch
 from tests.unit.node_agent.checkpoints.test_tiering import NOW
 
 

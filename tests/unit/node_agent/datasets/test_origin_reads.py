@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from cairn.node_agent.datasets.origin import DirectoryOrigin, OriginError, OriginFile
-from cairn.node_agent.datasets.origin_reads import fetch_parts, spans_of
+from cairn.node_agent.datasets.origin_reads import _read_span, fetch_parts, spans_of
 from cairn.node_agent.datasets.parts import plan_parts
 from cairn.node_agent.manifests import build_manifest
 
@@ -68,3 +68,75 @@ def test_a_file_shorter_than_listed_fails_the_fetch(tmp_path: Path) -> None:
     ) as caught:
         fetch_parts(origin, plan_parts(files), data, lambda n: None, lambda i, e: None)
     assert caught.value.reason == "OriginChanged"
+
+
+class FlakyOriginForFaultInjection:
+    """A ranged origin over a directory whose streams break after `break_after` bytes, `breaks`
+    times: a connection reset mid-body, which no real origin does on demand."""
+
+    ranged = True
+
+    def __init__(self, root: Path, breaks: int, break_after: int = 3 * MiB) -> None:
+        self.inner = DirectoryOrigin(root)
+        self.breaks = breaks
+        self.break_after = break_after
+        self.asked: list[tuple[int, int | None]] = []
+
+    def list_files(self) -> list[OriginFile]:
+        return self.inner.list_files()
+
+    def open(self, file: OriginFile, start: int = 0, length: int | None = None):
+        self.asked.append((start, length))
+        stream = self.inner.open(file, start, length)
+        if self.breaks <= 0:
+            return stream
+        self.breaks -= 1
+        return _BreakingStream(stream, self.break_after)
+
+
+class _BreakingStream:
+    def __init__(self, inner, allowed: int) -> None:
+        self.inner, self.allowed = inner, allowed
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.inner.close()
+
+    def read(self, size: int) -> bytes:
+        if self.allowed <= 0:
+            raise ConnectionResetError("connection reset by peer")
+        chunk = self.inner.read(min(size, self.allowed))
+        self.allowed -= len(chunk)
+        return chunk
+
+
+def test_a_broken_read_resumes_where_it_stopped_and_keeps_what_arrived(tmp_path: Path) -> None:
+    source, data = tmp_path / "source", tmp_path / "data"
+    make_source(source, {"a.bin": 8 * MiB})
+    origin = FlakyOriginForFaultInjection(source, breaks=2)
+    counted: list[int] = []
+    waits: list[float] = []
+    [span] = spans_of(origin.list_files()[0], ranged=True)
+    data.mkdir()
+    (data / "a.bin").write_bytes(b"\0" * span.length)
+    _read_span(origin, span, data, counted.append, sleep=waits.append)
+    assert (data / "a.bin").read_bytes() == (source / "a.bin").read_bytes()
+    assert origin.asked == [(0, 8 * MiB), (3 * MiB, 5 * MiB), (6 * MiB, 2 * MiB)]
+    assert sum(counted) == 8 * MiB, "bytes that arrived were asked for again"
+    assert waits == [1.0, 2.0]
+
+
+def test_an_origin_that_keeps_breaking_fails_the_seeding_with_a_reason(tmp_path: Path) -> None:
+    source, data = tmp_path / "source", tmp_path / "data"
+    make_source(source, {"a.bin": 8 * MiB})
+    origin = FlakyOriginForFaultInjection(source, breaks=100, break_after=MiB)
+    [span] = spans_of(origin.list_files()[0], ranged=True)
+    data.mkdir()
+    (data / "a.bin").write_bytes(b"\0" * span.length)
+    waits: list[float] = []
+    with pytest.raises(OriginError, match=r"a\.bin: bytes 4194304-8388607 could not be read in 4 attempts"):
+        _read_span(origin, span, data, lambda n: None, attempts=4, sleep=waits.append)
+    assert waits == [1.0, 2.0, 4.0], "no backoff between attempts"
+    assert len(origin.asked) == 4

@@ -30,6 +30,7 @@ class FakeSwarm:
     def __init__(self) -> None:
         self.seeded: list[int] = []
         self.left: list[str] = []
+        self.verified: list[str] = []
 
     def seed_part(self, key: str, index: int, torrent: bytes, data: Path, *_: Any) -> str:
         self.seeded.append(index)
@@ -37,6 +38,9 @@ class FakeSwarm:
 
     def leave(self, key: str) -> None:
         self.left.append(key)
+
+    def mark_verified(self, key: str) -> None:
+        self.verified.append(key)
 
 
 class FakeDatasets:
@@ -110,6 +114,7 @@ def test_the_origin_is_read_once_into_parts_and_the_last_patch_carries_digest_an
     for index in range(len(published)):
         assert store.torrent("ns", "corpus", index) is not None, "peers fetch each part's torrent here"
     assert swarm.left == []
+    assert swarm.verified == ["ns/corpus"], "the seeder's own copy is checked by construction"
 
 
 def test_an_origin_that_changed_under_published_parts_fails_the_dataset_and_leaves_the_swarm(
