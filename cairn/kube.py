@@ -40,7 +40,8 @@ def load_api_client(kubeconfig: str | None) -> client.ApiClient:
     return api_client
 
 
-API_CONNECT_TIMEOUT = 5.0
+API_CONNECT_TIMEOUT = 10.0
+"""A TCP connect and TLS handshake, as client-go allows; urllib3 tries three times more after it."""
 API_READ_TIMEOUT = 30.0
 """Longest an answer to one ordinary request may take; the apiserver's own limit is 60 s."""
 WATCH_READ_MARGIN = 15

@@ -40,11 +40,15 @@ PARTIAL_SUFFIX = ".partial"
 
 
 def choose_replica_node(checkpoint_name: str, origin: str, nodes: Iterable[StorageNode]) -> str | None:
-    """The ready agent, other than the origin, that scores highest for this checkpoint; None if none."""
+    """The ready agent with a pool (its replica store's home), other than the origin, that scores
+    highest for this checkpoint; None if none."""
     candidates = [
         node.spec.node_name
         for node in nodes
-        if node.spec.node_name != origin and node.status.ready and node.status.endpoints.peer_restore_address
+        if node.spec.node_name != origin
+        and node.status.ready
+        and node.status.pools
+        and node.status.endpoints.peer_restore_address
     ]
     if not candidates:
         return None

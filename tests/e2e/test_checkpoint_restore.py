@@ -100,8 +100,9 @@ def cluster(bed: TestBed, restore_bucket: str) -> Iterator[Cluster]:
             driver, "restore-trainer", 64 * MiB, pvc=PVC, namespace=NAMESPACE, policy="restore-policy"
         ) as (_volume, staging),
     ):
-        # Node B joins only now, so the volume above could only land on node A.
-        (other,) = bed.add_nodes(1)
+        # Node B joins only now, so the volume above could only land on node A. Its disk holds
+        # the replica store, peer replicas' own LV.
+        (other,) = bed.add_nodes(1, disks=1, disk_size=128 * MiB)
         other_agent = None
         try:
             other_agent, _ = start_node_agent(
@@ -262,12 +263,11 @@ def test_a_peer_replica_serves_the_restore_when_the_trainer_node_lost_its_copy(
     assert os.path.ismount(store), "the replica is not on the replica store"
     assert (store / NAMESPACE / record["metadata"]["name"]).is_dir()
     lvm_env = {**os.environ, "LVM_SYSTEM_DIR": str(cluster.driver.workdir / "lvm" / cluster.other.name)}
-    tags = cluster.other.run(
-        ["lvs", "--driverloaded", "n", "--noheadings", "-o", "lv_tags", "cairn-nvme/replicas"],
-        env=lvm_env,
-        text=True,
-    ).stdout
-    assert "cairn.dev/replica-store" in tags
+    lvs = cluster.other.run(
+        ["lvs", "--noheadings", "-o", "lv_name,lv_tags"], env=lvm_env, text=True, check=False
+    )
+    rows = dict(line.split(None, 1) for line in lvs.stdout.splitlines() if len(line.split()) == 2)
+    assert "cairn.dev/replica-store" in rows.get("replicas", ""), lvs.stdout + lvs.stderr
     shutil.rmtree(cluster.staging / "checkpoints" / "step_200")
 
     # The trainer's own node restores it as its agent: its copy is gone, so the replica on node B

@@ -44,6 +44,10 @@ class Rig:
     def get(self, *args: str) -> dict:
         return self.bed.control_plane.get_json(*args)
 
+    def lvs(self) -> str:
+        env = {**os.environ, "LVM_SYSTEM_DIR": str(self.workdir / "lvm" / self.node.name)}
+        return self.node.run(["lvs", "--driverloaded", "n", "-o", "lv_name"], env=env, text=True).stdout
+
     def create(self, name: str, size: int = 64 * MiB, source: str | None = None, timeout: float = 60) -> str:
         request = csi_pb2.CreateVolumeRequest(
             name=name,
@@ -147,17 +151,14 @@ def test_a_refused_ready_report_is_retried_until_it_lands(rig: Rig) -> None:
     caller.start()
     name = volume_name("wedge-ready")
     try:
-        wait_until(
-            lambda: "Ready could not be reported" in rig.agent.log_path.read_text(errors="replace"),
-            30,
-            "the agent's Ready report to be refused",
-        )
-        time.sleep(4)  # several refused attempts
+        wait_until(lambda: name in rig.lvs(), 30, "the agent to carve the volume")
+        time.sleep(4)  # its Ready report refused, several times over
         assert rig.get("localvolume", name).get("status", {}).get("phase", "Pending") == "Pending"
     finally:
         rig.kubectl("delete", "validatingadmissionpolicybinding", POLICY)
     caller.join(90)
     assert outcome.get("volume") == name, outcome
+    assert "Ready could not be reported" in rig.agent.log_path.read_text(errors="replace")
     assert rig.get("localvolume", name)["status"]["phase"] == "Ready"
     rig.stub.DeleteVolume(csi_pb2.DeleteVolumeRequest(volume_id=name), timeout=60)
     rig.kubectl("delete", "validatingadmissionpolicy", POLICY)

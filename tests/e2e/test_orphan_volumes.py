@@ -111,10 +111,6 @@ def rig(bed: TestBed) -> Iterator[Rig]:
         for process in (controller, agent):
             process.stop()
             print(f"\n{process.name} log tail:\n{process.log_tail(10)}")
-        for name in [v["metadata"]["name"] for v in rig.get("localvolumes").get("items", [])]:
-            if rig.get("localvolume", name).get("spec", {}).get("nodeName") == node.name:
-                release(rig, name)
-                rig.kubectl("delete", "localvolume", name, "--wait=false", check=False)
         bed.remove_nodes([node])
 
 

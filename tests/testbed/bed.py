@@ -117,6 +117,15 @@ class TestBed:
             self.control_plane.kubectl(
                 "delete", "storagenode", node.name, "--ignore-not-found", "--wait=false"
             )
+            # So do its volumes: nothing is left to remove their LVs, and later tests list them.
+            selector = f"cairn.dev/node={node.name}"
+            for volume in self.control_plane.get_json("localvolumes", "-l", selector).get("items", []):
+                name = volume["metadata"]["name"]
+                release = '{"metadata":{"finalizers":null}}'
+                self.control_plane.kubectl(
+                    "patch", "localvolume", name, "--type=merge", "-p", release, check=False
+                )
+                self.control_plane.kubectl("delete", "localvolume", name, "--wait=false", check=False)
             self.cluster.remove_node(node)
 
     def _stop_kubelets(self) -> None:

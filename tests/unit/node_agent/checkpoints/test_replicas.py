@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 
 from cairn.api.checkpoint import CheckpointPolicySpec, LocalCopy
-from cairn.api.disk import AgentEndpoints, StorageNode, StorageNodeSpec, StorageNodeStatus
+from cairn.api.disk import AgentEndpoints, PoolStatus, StorageNode, StorageNodeSpec, StorageNodeStatus
 from cairn.api.names import REPLICA_NODE_LABEL
 from cairn.node_agent.checkpoints.replicas import (
     choose_replica_node,
@@ -15,15 +15,28 @@ from cairn.node_agent.checkpoints.replicas import (
 from tests.unit.node_agent.checkpoints.test_tiering import checkpoint
 
 
-def node(name: str, *, ready: bool = True, address: str | None = "10.0.0.1:9750") -> StorageNode:
+def node(
+    name: str, *, ready: bool = True, address: str | None = "10.0.0.1:9750", pools: bool = True
+) -> StorageNode:
+    pool = PoolStatus.model_validate(
+        {"class": "nvme", "volumeGroup": "cairn-nvme", "totalBytes": 1, "freeBytes": 1, "extentSizeBytes": 1}
+    )
     return StorageNode(
         spec=StorageNodeSpec(node_name=name),
-        status=StorageNodeStatus(ready=ready, endpoints=AgentEndpoints(peer_restore_address=address)),
+        status=StorageNodeStatus(
+            ready=ready, endpoints=AgentEndpoints(peer_restore_address=address), pools=[pool] if pools else []
+        ),
     )
 
 
-def test_the_replica_goes_to_a_ready_reachable_agent_other_than_the_origin() -> None:
-    nodes = [node("origin"), node("down", ready=False), node("silent", address=None), node("good")]
+def test_the_replica_goes_to_a_ready_reachable_agent_with_a_pool_other_than_the_origin() -> None:
+    nodes = [
+        node("origin"),
+        node("down", ready=False),
+        node("silent", address=None),
+        node("no-pool", pools=False),  # would score highest for ckpt-1
+        node("good"),
+    ]
     assert choose_replica_node("ckpt-1", "origin", nodes) == "good"
     assert choose_replica_node("ckpt-1", "origin", [node("origin")]) is None
 
