@@ -58,6 +58,7 @@ from tests.testbed.waiting import wait_until
 
 from .common import bench_bed, report
 from .host import cpu_seconds
+from .profile import HostProfile, process_tree
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -370,6 +371,8 @@ class Samples:
     minio_cpu: dict[str, float] = field(default_factory=lambda: {"idle": 0.0, "loaded": 0.0, "tiering": 0.0})
     wall: dict[str, float] = field(default_factory=lambda: {"idle": 0.0, "loaded": 0.0, "tiering": 0.0})
     tiered_bytes: int = 0
+    loaded_profile: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Round 0's write under upload: each party's CPU-seconds by kind of work (bench.profile)."""
 
 
 def yield_to_everyone(pid: int) -> None:
@@ -501,9 +504,16 @@ def main() -> None:
                 # Loaded: the next checkpoint while the agent uploads this one.
                 a2, m2, t2 = cpu_seconds(agent_pid), cpu_seconds(minio_pid), time.monotonic()
                 sent_before = state.bytes_uploaded
-                loaded = trainer_write(staging / "checkpoints" / f"step_{loaded_step}", layout, chunk)
-                t3 = time.monotonic()
-                a3, m3 = cpu_seconds(agent_pid), cpu_seconds(minio_pid)
+                with HostProfile() if round_ == 0 else contextlib.nullcontext() as sampled:
+                    loaded = trainer_write(staging / "checkpoints" / f"step_{loaded_step}", layout, chunk)
+                    t3 = time.monotonic()
+                    a3, m3 = cpu_seconds(agent_pid), cpu_seconds(minio_pid)
+                if sampled is not None:
+                    samples.loaded_profile = {
+                        "agent": sampled.breakdown.cpu_seconds(process_tree(agent_pid), a3 - a2),
+                        "minio": sampled.breakdown.cpu_seconds([minio_pid], m3 - m2),
+                        "trainer": sampled.breakdown.cpu_seconds([os.getpid()], loaded.cpu_seconds),
+                    }
                 after = poller.refresh()[idle_step]
                 left = after.first_seen.get("Tiered", after.first_seen.get("Failed", t3))
                 overlap = 1.0 if after.phase == "Uploading" else max(0.0, min(t3, left) - t2) / (t3 - t2)
@@ -588,6 +598,7 @@ def main() -> None:
             "tiered_after_write_s": round(median(samples.tiered_after), 2),
             "agent_cpu_percent": {w: percent(w, samples.agent_cpu) for w in ("idle", "loaded", "tiering")},
             "minio_cpu_percent": {w: percent(w, samples.minio_cpu) for w in ("idle", "loaded", "tiering")},
+            "cpu_s_by_kind_during_loaded_write": samples.loaded_profile,
             "agent_cpu_s_per_gib_tiered": round(
                 samples.agent_cpu["tiering"] / (samples.tiered_bytes / GiB), 2
             ),

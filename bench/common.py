@@ -7,6 +7,7 @@ import math
 import os
 import statistics
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -74,6 +75,10 @@ def bench_bed(*, with_s3: bool = False) -> Iterator[TestBed]:
     bed = TestBed(run_id).start(with_s3=with_s3)
     try:
         yield bed
+    except BaseException:
+        # Shown now: a leak found below would otherwise replace the error that caused it.
+        traceback.print_exc()
+        raise
     finally:
         bed.stop()
         leaks = find_leaks(run_id, before)

@@ -15,6 +15,7 @@ so this is the price, reported so that the CPU-per-byte work (issue 16) starts f
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import resource
 import secrets
@@ -26,10 +27,11 @@ from pathlib import Path
 
 from cairn.controller.datasets.swarm_authority import SEED_BYTES, SwarmAuthority
 from cairn.node_agent.p2p.identity import PeerIdentity
-from cairn.node_agent.p2p.session import TorrentNode, make_torrent
+from cairn.node_agent.p2p.session import DISK_IO, DISK_IO_BACKENDS, TorrentNode, make_torrent
 
 from .common import report
 from .p2p_loopback import warm, write_random_file
+from .profile import HostProfile
 
 MB = 1_000_000
 SEEDER, LEECHER = "127.0.0.2", "127.0.0.3"
@@ -40,7 +42,9 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def transfer(work: Path, origin: Path, tls: bool, authority: SwarmAuthority) -> tuple[float, float]:
+def transfer(
+    work: Path, origin: Path, tls: bool, authority: SwarmAuthority, disk_io: str = DISK_IO
+) -> tuple[float, float]:
     """(seconds, CPU seconds) to move `origin`'s directory from one session to another."""
     ca = authority.ca_certificate("bench", "bench", "swarm-tls") if tls else None
     meta = make_torrent(
@@ -48,7 +52,10 @@ def transfer(work: Path, origin: Path, tls: bool, authority: SwarmAuthority) -> 
     )
     target = work / "target"
     shutil.rmtree(target, ignore_errors=True)
-    with TorrentNode(SEEDER, tls=tls) as seeder, TorrentNode(LEECHER, tls=tls) as leecher:
+    with (
+        TorrentNode(SEEDER, tls=tls, disk_io=disk_io) as seeder,
+        TorrentNode(LEECHER, tls=tls, disk_io=disk_io) as leecher,
+    ):
         info_hash = seeder.seed(meta.torrent, origin, already_verified=True)
         leecher.download(meta.torrent, target)
         if ca is not None:
@@ -75,6 +82,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--megabytes", type=int, default=500)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--disk-io", default=DISK_IO, choices=DISK_IO_BACKENDS, help="libtorrent's disk back end"
+    )
+    parser.add_argument("--profile", action="store_true", help="where both sessions' CPU goes (perf)")
+    parser.add_argument("--name", default="swarm_tls", help="result name (tuning runs use another)")
     args = parser.parse_args()
     authority = SwarmAuthority(secrets.token_bytes(SEED_BYTES))
     work = Path(tempfile.mkdtemp(prefix="cairn-bench-swarm-tls-", dir=os.environ.get("TMPDIR", "/var/tmp")))
@@ -83,15 +95,25 @@ def main() -> None:
         write_random_file(origin / "shard.bin", args.megabytes * MB)
         warm(origin / "shard.bin")
         runs: dict[bool, list[tuple[float, float]]] = {True: [], False: []}
+        profiles: dict[bool, dict[str, float]] = {}
         for round_index in range(args.rounds):
             for tls in (True, False) if round_index % 2 == 0 else (False, True):
-                runs[tls].append(transfer(work, origin, tls, authority))
+                with (
+                    HostProfile()
+                    if args.profile and round_index == 0
+                    else contextlib.nullcontext() as sampled
+                ):
+                    runs[tls].append(transfer(work, origin, tls, authority, args.disk_io))
+                if sampled is not None:
+                    profiles[tls] = sampled.breakdown.cpu_seconds([os.getpid()], runs[tls][-1][1])
         rate = {tls: statistics.median(args.megabytes / s for s, _ in runs[tls]) for tls in runs}
         cpu_per_gb = {
             tls: statistics.median(c / (args.megabytes / 1000) for _, c in runs[tls]) for tls in runs
         }
+        for tls, profile in profiles.items():
+            print(f"  {'TLS' if tls else 'plaintext'} CPU by kind (s): {profile}", flush=True)
         report(
-            "swarm_tls",
+            args.name,
             rate[True],
             rate[False],
             "MB/s",
@@ -102,6 +124,10 @@ def main() -> None:
                 "plaintext_cpu_seconds_per_gb": round(cpu_per_gb[False], 3),
                 "tls_seconds": [round(s, 3) for s, _ in runs[True]],
                 "plaintext_seconds": [round(s, 3) for s, _ in runs[False]],
+                "disk_io": args.disk_io,
+                "cpu_s_by_kind": {
+                    "tls" if tls else "plaintext": profile for tls, profile in profiles.items()
+                },
             },
         )
         print(

@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from awscrt import checksums
+
 from cairn.api.checkpoint import SecretKeyRef
 from cairn.paths import safe_relative_path
 
@@ -45,6 +47,27 @@ class S3Location:
         return cls(bucket, prefix.strip("/"))
 
 
+TRANSPORT_CHECKSUM = "CRC64NVME"
+"""What S3 checks every request body against, and holds for the whole object: a CRC the CPU computes
+in hardware (carry-less multiply) at over 20 GB/s a core here, where SHA-256 managed 1.6. It guards
+the transport only; what proves a copy is the checkpoint is the manifest's BLAKE3 digest."""
+
+
+def transport_checksum(data: bytes | memoryview, previous: int = 0) -> int:
+    """CRC-64/NVME of `data`, continuing from `previous` (the value of the bytes before it)."""
+    return int(checksums.crc64nvme(data, previous))
+
+
+def combined_checksum(first: int, second: int, second_length: int) -> int:
+    """The CRC-64/NVME of two spans end to end, from each span's own: no byte is read again."""
+    return int(checksums.combine_crc64nvme(first, second, second_length))
+
+
+def checksum_header(value: int) -> str:
+    """How S3 writes a CRC-64/NVME: its 8 bytes big-endian, in base64."""
+    return base64.b64encode(value.to_bytes(8, "big")).decode()
+
+
 def s3_client(
     endpoint: str, access_key: str, secret_key: str, region: str = "us-east-1", concurrency: int = 4
 ) -> Any:
@@ -58,7 +81,9 @@ def s3_client(
         aws_secret_access_key=secret_key,
         region_name=region,
         config=Config(
-            s3={"addressing_style": "path"},
+            # The body is not SHA-256 signed: every request carries the CRC S3 checks it against, and
+            # signing would hash every byte again (botocore signs bodies over plain HTTP otherwise).
+            s3={"addressing_style": "path", "payload_signing_enabled": False},
             max_pool_connections=concurrency + 2,
             retries={"max_attempts": 5, "mode": "standard"},
             request_checksum_calculation="when_required",

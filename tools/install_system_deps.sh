@@ -3,10 +3,11 @@
 # prometheus is the real server the dashboard e2e scrapes the bed with (tests/testbed/prometheus.py).
 # buildah, mmdebstrap and uidmap build the container images without a registry (tools/build_images.py);
 # runc, the CNI plugins, iptables and conntrack are what the kubelet nodes' containerd, CNI bridge and
-# kube-proxy run (tests/testbed/kubelet.py).
+# kube-proxy run (tests/testbed/kubelet.py). fio and perf are what `make bench` measures the data path and
+# profiles the agents with (bench/data_path.py, bench/profile.py).
 set -euo pipefail
 needed=(lvm2 xfsprogs e2fsprogs fdisk util-linux mount iproute2 openssl prometheus buildah mmdebstrap uidmap
-  runc containernetworking-plugins iptables conntrack)
+  runc containernetworking-plugins iptables conntrack fio linux-perf)
 missing=()
 for pkg in "${needed[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

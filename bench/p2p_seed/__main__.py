@@ -13,10 +13,10 @@ from typing import Any
 
 from bench.p2p_seed import NAMESPACE, SECRET
 from bench.p2p_seed.bed import Swarm, start_agents, start_origin, stop_cairn, upload_dataset, wait_for_pools
-from bench.p2p_seed.measure import CpuMeter
+from bench.p2p_seed.measure import CpuMeter, floor_cpu_seconds_per_gib
 from bench.p2p_seed.rounds import CairnRound, run_cairn_round, run_direct_pulls, run_raw_swarm, swarm_summary
 from bench.p2p_seed.workers import WorkerRun, worker_main
-from cairn.units import KiB, MiB
+from cairn.units import GiB, KiB, MiB
 
 # -- the run ------------------------------------------------------------------------------------------
 
@@ -137,6 +137,9 @@ def main() -> None:
                 flush=True,
             )
         params["cairn_cpu"] = [c.cpu for c in cairn]
+        params["cairn_profile"] = [c.profile for c in cairn]
+        floor = floor_cpu_seconds_per_gib(swarm.workdir)
+        params["floor_note"] = "one SHA-256 pass and one read into a buffer of a page-cached file"
         stop_cairn(swarm)  # the baselines run without idle agents polling beside them
         if not args.no_direct:
             started = time.monotonic()
@@ -188,6 +191,16 @@ def main() -> None:
             report(f"p2p_seed_vs_direct_pulls{args.tag}", direct_s, cairn_s, "s", params, goal="≥5")
         origin_bytes = median([c.origin_bytes for c in cairn])
         report(f"p2p_origin_bytes{args.tag}", origin_bytes, size, "bytes", params, goal="≤1.1")
+        # Every node but the seeder receives F; the seeder reads it from the origin instead.
+        per_gib_per_node = median([c.cpu["agents_cpu_s"] for c in cairn]) / (args.nodes * size / GiB)
+        report(
+            f"p2p_agent_cpu_per_gib{args.tag}",
+            per_gib_per_node,
+            floor,
+            "CPU-s per GiB per node",
+            params,
+            goal="value ≤3 CPU-s per GiB; baseline is the floor of one SHA-256 pass and one copy",
+        )
     if raw[True] and raw[False]:
         report(
             f"p2p_web_seed_time{args.tag}",

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
+import statistics
 import time
 import urllib.request
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from bench.host import cpu_seconds, host_ticks
+from cairn.units import GiB, MiB
 
 # -- measuring ----------------------------------------------------------------------------------------
 
@@ -60,3 +64,28 @@ def metric_sum(text: str, name: str, **labels: str) -> float:
         if all(f'{key}="{value}"' in (match.group(1) or "") for key, value in labels.items()):
             total += float(match.group(2))
     return total
+
+
+def floor_cpu_seconds_per_gib(directory: Path, size: int = 512 * MiB, rounds: int = 3) -> float:
+    """The least CPU a node could spend per GiB it receives: one SHA-256 pass (libtorrent must check
+    every block) and one copy (the bytes crossing from the kernel into a buffer), measured here on a
+    page-cached file, median of `rounds`. Everything an agent spends above it is overhead: TCP,
+    TLS, the page cache and ext4, its second copy, Python."""
+    path = directory / "floor.bin"
+    with open(path, "wb") as out:
+        for _ in range(size // (16 * MiB)):
+            out.write(os.urandom(16 * MiB))
+    try:
+        spent = []
+        for _ in range(rounds):
+            before = os.times()
+            hasher = hashlib.sha256()
+            buffer = bytearray(MiB)
+            with open(path, "rb", buffering=0) as stream:
+                while got := stream.readinto(buffer):
+                    hasher.update(memoryview(buffer)[:got])
+            after = os.times()
+            spent.append((after.user - before.user) + (after.system - before.system))
+        return statistics.median(spent) * GiB / size
+    finally:
+        path.unlink(missing_ok=True)

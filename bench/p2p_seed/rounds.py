@@ -15,6 +15,7 @@ from bench.p2p_seed import NAMESPACE, POLL_SECONDS, SECRET
 from bench.p2p_seed.bed import Swarm
 from bench.p2p_seed.measure import CpuMeter, metric_sum, scrape
 from bench.p2p_seed.workers import WorkerRun, run_workers
+from bench.profile import HostProfile
 from cairn.units import MiB
 
 # -- the Cairn run ------------------------------------------------------------------------------------
@@ -134,6 +135,7 @@ class CairnRound:
     breakdown: dict[str, Any]
     cpu: dict[str, float]
     status: dict[str, Any]
+    profile: dict[str, Any]
 
 
 def run_cairn_round(
@@ -150,12 +152,19 @@ def run_cairn_round(
     }
     meter = CpuMeter(swarm.pids()).start()
     wall_started, started = time.time(), time.monotonic()
-    swarm.api.create_namespaced_custom_object(
-        API_GROUP, API_VERSION, NAMESPACE, "datasets", manifest(swarm, name, piece_size)
-    )
-    with DatasetWatch(swarm, name, started, origin_counts) as watch:
-        seconds = watch.wait_ready(timeout)
-    cpu = meter.stop()
+    with HostProfile() as sampled:
+        swarm.api.create_namespaced_custom_object(
+            API_GROUP, API_VERSION, NAMESPACE, "datasets", manifest(swarm, name, piece_size)
+        )
+        with DatasetWatch(swarm, name, started, origin_counts) as watch:
+            seconds = watch.wait_ready(timeout)
+        cpu = meter.stop()
+    agents = swarm.pids()["agents"]
+    profile: dict[str, Any] = {
+        "agents_cpu_s_by_kind": sampled.breakdown.cpu_seconds(agents, cpu["agents_cpu_s"]),
+        "host_cpu_s_by_command": sampled.breakdown.by_command(),
+        **({"error": sampled.error} if sampled.error else {}),
+    }
     seen = {**watch.seen, **agent_events(swarm, name, wall_started)}
     status = watch.status
     seeder = status["seeder"]
@@ -195,7 +204,7 @@ def run_cairn_round(
     swarm.api.delete_namespaced_custom_object(API_GROUP, API_VERSION, NAMESPACE, "datasets", name)
     wait_gone(swarm, name)
     origin_bytes = swarm.origin.sent_bytes_after(ended) - sent_before
-    return CairnRound(seconds, origin_bytes, breakdown, cpu, status)
+    return CairnRound(seconds, origin_bytes, breakdown, cpu, status, profile)
 
 
 def wait_gone(swarm: Swarm, name: str, timeout: float = 180.0) -> None:

@@ -363,6 +363,13 @@ class CommitTracker:
                 del self._baselines[path]
         return sorted(ready)
 
+    def next_ready_at(self) -> float | None:
+        """The earliest moment (on the clock `observe` is given) a settling checkpoint could be
+        reported, if nothing changes in it: the next look is worth taking then, not a period later."""
+        if not self._baselines:
+            return None
+        return min(baseline.since for baseline in self._baselines.values()) + self._settle_seconds
+
     def waiting(self) -> list[WaitingCheckpoint]:
         """Committed checkpoints not reported yet: for status, logs and "why is step 100 not tiered"."""
         return sorted(

@@ -126,7 +126,7 @@ class ReplicaKeeper:
             _checkpoint, sources = sources_for(
                 self.api_client, namespace, name, self.node_name, identity=self.identity
             )
-            report = restore(item.model.spec.manifest_digest, sources, partial, hash_threads=1)
+            report = restore(item.model.spec.manifest_digest, sources, partial, hash_threads=1, streams=1)
         except (SourcesError, RestoreError) as error:
             log.warning("replicating %s/%s failed: %s", namespace, name, error)
             shutil.rmtree(partial, ignore_errors=True)

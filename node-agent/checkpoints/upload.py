@@ -1,9 +1,11 @@
 """Tiering a checkpoint to S3: multipart, concurrent, rate-limited, resumable, verified.
 
-Each part is read once. The same bytes feed the file's manifest hash and a SHA-256 that S3
-checks on receipt (it refuses a part whose bytes do not match), so when the file's hash equals
-the manifest entry and the object's composite checksum equals ours, the remote copy is proven
-equal to the manifest without reading it back.
+Each part is read once. The same bytes feed the file's manifest hash (BLAKE3) and a CRC-64/NVME
+that S3 checks on receipt (it refuses a part whose bytes do not match). S3 combines the parts' CRCs
+into the whole object's and compares that with ours at completion, so when the file's hash equals
+the manifest entry and the object's checksum equals ours, the remote copy is proven equal to the
+manifest without reading it back. (Until 2026-12 the transport checksum was SHA-256, one more full
+cryptographic pass over every byte beside the trainer; verification still accepts such copies.)
 
 Progress is persisted after every part, keyed by the location and the manifest's digest, so
 progress made for one manifest is never taken for another's. After a crash (kill -9 included) the
@@ -18,7 +20,6 @@ digest, each object's size, its recorded digest and S3's own checksum over what 
 from __future__ import annotations
 
 import argparse
-import base64
 import contextlib
 import hashlib
 import json
@@ -47,7 +48,14 @@ from cairn.node_agent.manifests import (
     new_hasher,
 )
 from cairn.paths import UnsafePathError, safe_relative_path
-from cairn.s3 import S3Location, s3_client
+from cairn.s3 import (
+    TRANSPORT_CHECKSUM,
+    S3Location,
+    checksum_header,
+    combined_checksum,
+    s3_client,
+    transport_checksum,
+)
 from cairn.units import MiB
 
 MIN_PART_BYTES = 5 * MiB  # S3's floor for every part but the last
@@ -90,8 +98,9 @@ class UploadReport:
     url: str = ""
 
 
-def _b64(digest: bytes) -> str:
-    return base64.b64encode(digest).decode()
+CHECKSUM_FIELD = f"Checksum{TRANSPORT_CHECKSUM}"
+LEGACY_CHECKSUM_FIELD = "ChecksumSHA256"
+"""What copies uploaded before the CRC carry; S3 computed it over what it received, as it does the CRC."""
 
 
 class UploadState:
@@ -173,7 +182,7 @@ class CheckpointUploader:
             Bucket=location.bucket,
             Key=location.key(MANIFEST_NAME),
             Body=text,
-            ChecksumSHA256=_b64(hashlib.sha256(text).digest()),
+            **{CHECKSUM_FIELD: checksum_header(transport_checksum(text))},
         )
         report.seconds = time.monotonic() - started
         return report
@@ -229,14 +238,14 @@ class CheckpointUploader:
     ) -> None:
         data = stream.read(entry.size + 1)  # one byte over shows a file grown since its manifest
         _check_matches_manifest(entry, data_hash(entry, [data]), len(data))
-        checksum = _b64(hashlib.sha256(data).digest())
+        checksum = checksum_header(transport_checksum(data))
         self.client.put_object(
             Bucket=location.bucket,
             Key=location.key(entry.path),
             Body=self._body(data),
             ContentLength=len(data),
-            ChecksumSHA256=checksum,
             Metadata={DIGEST_METADATA: entry.digest},
+            **{CHECKSUM_FIELD: checksum},
         )
         state.update(entry.path, checksum=checksum)
         report.bytes_sent += len(data)
@@ -253,20 +262,29 @@ class CheckpointUploader:
     ) -> None:
         key = location.key(entry.path)
         record = state.file(entry.path)
-        held = self._parts_on_server(location.bucket, key, record.get("uploadId"))
+        if record.get("uploadId") and record.get("algorithm", "SHA256") != TRANSPORT_CHECKSUM:
+            # Begun by an older agent with another checksum: S3 would refuse our parts into it.
+            with contextlib.suppress(ClientError):
+                self.client.abort_multipart_upload(
+                    Bucket=location.bucket, Key=key, UploadId=record["uploadId"]
+                )
+            state.update(entry.path, uploadId=None, parts={})
+        held = self._parts_on_server(location.bucket, key, state.file(entry.path).get("uploadId"))
         if held is None:
             upload = self.client.create_multipart_upload(
                 Bucket=location.bucket,
                 Key=key,
-                ChecksumAlgorithm="SHA256",
+                ChecksumAlgorithm=TRANSPORT_CHECKSUM,
+                ChecksumType="FULL_OBJECT",
                 Metadata={DIGEST_METADATA: entry.digest},
             )
-            state.update(entry.path, uploadId=upload["UploadId"], parts={})
+            state.update(entry.path, uploadId=upload["UploadId"], parts={}, algorithm=TRANSPORT_CHECKSUM)
             held = {}
         upload_id = state.file(entry.path)["uploadId"]
 
         hasher = new_hasher(entry.algorithm)
-        part_digests: dict[int, bytes] = {}
+        part_crcs: dict[int, tuple[int, int]] = {}
+        """Each part's CRC and length: the whole object's CRC is combined from them."""
         completed: dict[int, tuple[str, str]] = {}
         failures: list[BaseException] = []
         in_flight = threading.Semaphore(self.concurrency)
@@ -274,11 +292,10 @@ class CheckpointUploader:
 
         def send(number: int, data: bytes) -> None:
             try:
-                # Hashed here, in parallel across workers (hashlib releases the GIL), not in the reader.
-                digest = hashlib.sha256(data).digest()
-                checksum = _b64(digest)
+                crc = transport_checksum(data)
+                checksum = checksum_header(crc)
                 with lock:
-                    part_digests[number] = digest
+                    part_crcs[number] = (crc, len(data))
                 response = self.client.upload_part(
                     Bucket=location.bucket,
                     Key=key,
@@ -286,7 +303,7 @@ class CheckpointUploader:
                     PartNumber=number,
                     Body=self._body(data),
                     ContentLength=len(data),
-                    ChecksumSHA256=checksum,
+                    **{CHECKSUM_FIELD: checksum},
                 )
                 state.record_part(entry.path, number, response["ETag"], checksum)
                 crash_point("agent.upload.part-sent")
@@ -314,9 +331,9 @@ class CheckpointUploader:
                 hasher.update(data)
                 if number in held:
                     # Resuming: a part S3 holds is skipped only if it holds exactly these bytes.
-                    digest = hashlib.sha256(data).digest()
-                    if held[number][1] == _b64(digest):
-                        part_digests[number] = digest
+                    crc = transport_checksum(data)
+                    if held[number][1] == checksum_header(crc):
+                        part_crcs[number] = (crc, len(data))
                         completed[number] = held[number]
                         report.parts_skipped += 1
                         continue
@@ -339,15 +356,24 @@ class CheckpointUploader:
             state.update(entry.path, uploadId=None, parts={})
             raise
         parts = [
-            {"PartNumber": n, "ETag": completed[n][0], "ChecksumSHA256": completed[n][1]}
+            {"PartNumber": n, "ETag": completed[n][0], CHECKSUM_FIELD: completed[n][1]}
             for n in sorted(completed)
         ]
+        whole = 0
+        for number in sorted(part_crcs):
+            crc, length = part_crcs[number]
+            whole = combined_checksum(whole, crc, length)
+        checksum = checksum_header(whole)
+        # S3 combines the parts it holds the same way and refuses the completion if they differ.
         self.client.complete_multipart_upload(
-            Bucket=location.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+            Bucket=location.bucket,
+            Key=key,
+            UploadId=upload_id,
+            MultipartUpload={"Parts": parts},
+            ChecksumType="FULL_OBJECT",
+            **{CHECKSUM_FIELD: checksum},
         )
-        joined = b"".join(part_digests[n] for n in sorted(part_digests))
-        composite = f"{_b64(hashlib.sha256(joined).digest())}-{len(part_digests)}"
-        state.update(entry.path, checksum=composite, uploadId=None)
+        state.update(entry.path, checksum=checksum, uploadId=None)
 
     def _parts_on_server(
         self, bucket: str, key: str, upload_id: str | None
@@ -363,7 +389,7 @@ class CheckpointUploader:
                     Bucket=bucket, Key=key, UploadId=upload_id, PartNumberMarker=marker
                 )
                 for part in page.get("Parts", []):
-                    held[part["PartNumber"]] = (part["ETag"], part.get("ChecksumSHA256", ""))
+                    held[part["PartNumber"]] = (part["ETag"], part.get(CHECKSUM_FIELD, ""))
                 if not page.get("IsTruncated"):
                     return held
                 marker = page["NextPartNumberMarker"]
@@ -404,7 +430,9 @@ class CheckpointUploader:
                 problems.append(f"{entry.path}: {error.response.get('Error', {}).get('Code', error)}")
                 continue
             recorded = head.get("Metadata", {}).get(DIGEST_METADATA)
-            checksum = head.get("ChecksumSHA256")
+            checksum = head.get(CHECKSUM_FIELD)
+            if checksum is None and head.get(LEGACY_CHECKSUM_FIELD):
+                checksum, sent = head[LEGACY_CHECKSUM_FIELD], None  # an older agent's copy
             if head["ContentLength"] != entry.size:
                 problems.append(
                     f"{entry.path}: remote size {head['ContentLength']}, manifest says {entry.size}"

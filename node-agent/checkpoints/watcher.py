@@ -65,6 +65,13 @@ class WatchedVolume:
     policy_version: str = ""
     polled_at: float = 0.0
     """Monotonic time the last poll that completed began: a drain trusts only a look taken after it."""
+    looked_early_for: float | None = None
+    """The settle moment an early look was last taken for: one early look per moment, so a
+    checkpoint that is still not ready then (an in-progress name left in it) waits for the round."""
+
+    def early_look_due(self) -> float | None:
+        due = self.tracker.next_ready_at() if self.tracker else None
+        return None if due is None or due == self.looked_early_for else due
 
 
 @dataclass
@@ -111,14 +118,33 @@ class CheckpointWatcher:
 
     def run(self, stop: threading.Event) -> None:
         run_in_background()  # hashing a new checkpoint must not slow the job writing the next one
-        while not stop.wait(self.period):
+        next_round = time.monotonic() + self.period
+        while not stop.wait(max(0.0, self._next_look(next_round) - time.monotonic())):
+            now = time.monotonic()
+            every_volume = now >= next_round
+            if every_volume:
+                next_round = now + self.period
             with self._lock:
                 watched = list(self._volumes.values())
             for volume in watched:
+                # Between rounds, only a volume whose checkpoint is due to settle is looked at again.
+                due = volume.early_look_due()
+                if not every_volume:
+                    if due is None or due > now:
+                        continue
+                    volume.looked_early_for = due
                 try:
                     self.poll(volume)
                 except Exception:  # one volume's trouble must not stop the others being watched
                     log.warning("watching %s for checkpoints failed", volume.volume, exc_info=True)
+
+    def _next_look(self, next_round: float) -> float:
+        """The next round, or sooner the moment a settling checkpoint would have settled: so a
+        checkpoint is recorded `settle_seconds` after it was first seen committed, not up to a
+        period after that."""
+        with self._lock:
+            watched = list(self._volumes.values())
+        return min([next_round, *(due for volume in watched if (due := volume.early_look_due()) is not None)])
 
     def poll(self, volume: WatchedVolume, now: float | None = None) -> list[CandidateCheckpoint]:
         started = time.monotonic()

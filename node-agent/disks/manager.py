@@ -26,7 +26,7 @@ from cairn.node_agent import metrics
 from cairn.node_agent.disks.facts import DiskFacts
 from cairn.node_agent.disks.identity import DiskIdentity, disk_identity, localdisk_name, resolve_duplicates
 from cairn.node_agent.disks.plan import DiskPolicy, PlannedDisk, disk_status, outcome, plan_disk
-from cairn.node_agent.disks.probe import disk_devices, probe_disks, signatures
+from cairn.node_agent.disks.probe import device_nodes, disks_in_scope, probe_disks, signatures
 from cairn.node_agent.disks.safety import wipe_allowed
 from cairn.node_agent.lvm.adapter import Lvm
 from cairn.node_agent.lvm.errors import LvmError, VgNotFound
@@ -64,8 +64,9 @@ class DiskManager:
         with self._lock:
             # lvm may look at this node's disks only: never at another node's (the test bed shares
             # one kernel) and never at anything else on the host.
-            self.lvm.set_devices(disk_devices(self.policy.scope))
-            facts = probe_disks(self.policy.scope, self._pv_lookup)
+            disks = disks_in_scope(self.policy.scope)
+            self.lvm.set_devices(device_nodes(disks))
+            facts = probe_disks(self.policy.scope, self._pv_lookup, disks)
             existing = {d.name: d for d in self.disks.list(label_selector=f"{NODE_LABEL}={self.node_name}")}
             result = self._reconcile(facts, existing)
         self.on_change()

@@ -133,6 +133,11 @@ def lan_settings(listen_address: str, port: int = 0, *, tls: bool = False) -> di
     return settings
 
 
+DISK_IO_BACKENDS = ("default", "mmap", "pread", "posix")
+"""libtorrent's disk back ends (the bindings fall back to the default for any other name)."""
+DISK_IO = "default"
+
+
 def setting_names() -> frozenset[str]:
     """Every session setting libtorrent knows, for checking an override before a session starts."""
     return frozenset(lt.default_settings())
@@ -381,14 +386,19 @@ class TorrentNode:
         *,
         tls: bool = False,
         overrides: Mapping[str, SettingValue] | None = None,
+        disk_io: str = DISK_IO,
     ) -> None:
         settings = lan_settings(listen_address, port, tls=tls)
         settings.update(overrides or {})
         self.address = listen_address
         self.tls = tls
         self._lock = threading.RLock()
+        if disk_io not in DISK_IO_BACKENDS:
+            raise ValueError(f"disk I/O {disk_io!r} is not one of {', '.join(DISK_IO_BACKENDS)}")
         # The bindings take a plain dict of settings; the stubs know only settings_pack.
-        self._session: Any = lt.session(settings)  # type: ignore[call-overload]
+        params: Any = lt.session_params(settings)  # type: ignore[call-overload]
+        params.disk_io_constructor = f"{disk_io}_disk_io_constructor"
+        self._session: Any = lt.session(params)
         self._handles: dict[str, Any] = {}
         self._events: list[TorrentEvent] = []
         self._waits: dict[tuple[str, str], list[_Wait]] = {}

@@ -13,10 +13,10 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from cairn.node_agent.checkpoints.upload import CheckpointUploader, UploadError
+from cairn.node_agent.checkpoints.upload import CheckpointUploader, TransferError, UploadError
 from cairn.node_agent.host.files import TenantDirectory
 from cairn.node_agent.manifests import MANIFEST_NAME, Manifest, build_manifest
-from cairn.s3 import S3Location, s3_client
+from cairn.s3 import S3Location, checksum_header, s3_client, transport_checksum
 from tests.testbed.bed import TestBed
 from tests.testbed.checkpoints import write_dcp
 from tests.testbed.leaks import process_env
@@ -63,6 +63,81 @@ def test_a_flipped_byte_in_s3_fails_verification(bed: TestBed, bucket: str, tmp_
     client.put_object(Bucket=bucket, Key=key, Body=bytes(data))  # someone rewrote it behind our back
     problems = tier.verify(manifest, location)
     assert len(problems) == 1 and "__0_0.distcp" in problems[0]
+
+
+def test_objects_carry_s3s_crc_of_the_whole_file_and_no_body_is_hashed_to_sign(
+    bed: TestBed, bucket: str, tmp_path: Path
+) -> None:
+    """The transport is guarded by a CRC S3 checks, not by SHA-256: no body pays for a second
+    cryptographic pass (botocore signs bodies with SHA-256 over plain HTTP unless told not to)."""
+    checkpoint = tmp_path / "step_11"
+    write_dcp(checkpoint, [11 * MiB + 17, 2000])
+    manifest = build_manifest(checkpoint)
+    location = S3Location(bucket, "ckpt/step_11")
+    tier = uploader(bed, tmp_path / "state", concurrency=2)
+    signed: list[str] = []
+    tier.client.meta.events.register(
+        "before-send.s3", lambda request, **_: signed.append(request.headers["X-Amz-Content-SHA256"])
+    )
+    tier.upload(checkpoint, manifest, location)
+    assert tier.verify(manifest, location) == []
+    # create, 3 parts, complete for the shard; one PUT each for .metadata and the manifest
+    assert len(signed) >= 7 and all(value in (b"UNSIGNED-PAYLOAD", "UNSIGNED-PAYLOAD") for value in signed)
+    client = bed.s3.client()
+    for name in ("__0_0.distcp", ".metadata"):
+        head = client.head_object(Bucket=bucket, Key=f"ckpt/step_11/{name}", ChecksumMode="ENABLED")
+        expected = checksum_header(transport_checksum((checkpoint / name).read_bytes()))
+        assert head.get("ChecksumCRC64NVME") == expected, head
+        assert head.get("ChecksumType") == "FULL_OBJECT" and "ChecksumSHA256" not in head
+
+
+class CorruptingUploaderFault(CheckpointUploader):
+    """Injects a fault no real part makes on demand: one bit flipped in a part's body after its CRC
+    was computed, as a bad NIC or a bug between the hash and the socket would."""
+
+    def _body(self, data: bytes) -> bytes:
+        return data if len(data) < PART else bytes([data[0] ^ 1]) + data[1:]
+
+
+def test_s3_refuses_a_part_whose_bytes_do_not_match_its_crc(
+    bed: TestBed, bucket: str, tmp_path: Path
+) -> None:
+    assert bed.s3 is not None
+    checkpoint = tmp_path / "step_13"
+    write_dcp(checkpoint, [6 * MiB])
+    manifest = build_manifest(checkpoint)
+    client = s3_client(bed.s3.endpoint, bed.s3.access_key, bed.s3.secret_key)
+    tier = CorruptingUploaderFault(client, tmp_path / "state", part_size=PART)
+    location = S3Location(bucket, "ckpt/step_13")
+    with pytest.raises(TransferError, match=r"__0_0\.distcp"):
+        tier.upload(checkpoint, manifest, location)
+    listing = bed.s3.client().list_objects_v2(Bucket=bucket, Prefix="ckpt/step_13/__0_0")
+    assert not listing.get("Contents"), "a corrupted part was completed into an object"
+
+
+def test_a_copy_an_older_agent_made_with_sha256_still_verifies(
+    bed: TestBed, bucket: str, tmp_path: Path
+) -> None:
+    """Copies made before the CRC carry S3's SHA-256 instead; they stay proven, not re-uploaded."""
+    import base64
+    import hashlib
+
+    checkpoint = tmp_path / "step_17"
+    write_dcp(checkpoint, [1000, 3000])
+    manifest = build_manifest(checkpoint)
+    location = S3Location(bucket, "ckpt/step_17")
+    client = bed.s3.client()
+    for entry in manifest.files:
+        data = (checkpoint / entry.path).read_bytes()
+        client.put_object(
+            Bucket=bucket,
+            Key=location.key(entry.path),
+            Body=data,
+            ChecksumSHA256=base64.b64encode(hashlib.sha256(data).digest()).decode(),
+            Metadata={"cairn-digest": entry.digest},
+        )
+    client.put_object(Bucket=bucket, Key=location.key(MANIFEST_NAME), Body=manifest.to_json().encode())
+    assert uploader(bed, tmp_path / "state").verify(manifest, location) == []
 
 
 def test_a_file_changed_after_its_manifest_is_never_reported_uploaded(

@@ -163,14 +163,19 @@ class Driver:
 
 
 @contextmanager
-def running_driver(bed: TestBed, name: str, *, disks: int, disk_size: int) -> Iterator[Driver]:
-    """A fresh node with `disks` loop disks in its nvme pool, its agent, and a controller."""
+def running_driver(
+    bed: TestBed, name: str, *, disks: int, disk_size: int, agent_args: tuple[str, ...] = ()
+) -> Iterator[Driver]:
+    """A fresh node with `disks` loop disks in its nvme pool, its agent (given `agent_args` beside
+    the bed's own), and a controller."""
     workdir = bed.workdir / name
     (node,) = bed.add_nodes(1, disks=disks, disk_size=disk_size)
     kubeconfigs = bed.control_plane.kubeconfigs
     agent = controller = driver = None
     try:
-        agent, node_socket = start_node_agent(workdir, bed.run_id, kubeconfigs["cairn-node-agent"], node)
+        agent, node_socket = start_node_agent(
+            workdir, bed.run_id, kubeconfigs["cairn-node-agent"], node, extra_args=agent_args
+        )
         controller, controller_socket = start_controller(
             workdir, bed.run_id, kubeconfigs["cairn-controller"], name=f"controller-{name}"
         )

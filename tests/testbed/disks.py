@@ -60,6 +60,8 @@ class LoopDisks:
 
     run_dir: Path
     disks: list[LoopDisk] = field(default_factory=list)
+    direct_io: bool = False
+    """Attach with direct I/O: no host page cache beneath the disk, as beneath a real NVMe."""
 
     def __post_init__(self) -> None:
         self.run_dir = Path(self.run_dir).resolve()
@@ -77,9 +79,10 @@ class LoopDisks:
         # "x" mode: a name collision would silently share a file between two disks.
         with backing.open("xb") as f:
             f.truncate(size_bytes)  # sparse: costs no space until written
+        direct = ["--direct-io=on"] if self.direct_io else []
         try:
             out = subprocess.run(
-                ["losetup", "--find", "--show", str(backing)],
+                ["losetup", "--find", "--show", *direct, str(backing)],
                 capture_output=True, text=True, timeout=30, check=True,
             ).stdout.strip()  # fmt: skip
         except subprocess.CalledProcessError as e:

@@ -18,8 +18,10 @@ import http.client
 import os
 import secrets
 import ssl
+import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -348,6 +350,11 @@ class RestoreReport:
         return [kind for kind in SourceKind if self.by_tier.get(kind, Tally()).files]
 
 
+FILE_STREAMS = 4
+"""Files fetched at once. One stream leaves a fast source idle while this side hashes and writes,
+and a checkpoint is many shards (one per rank); 4 kept 2 cores busy here without thrashing."""
+
+
 def restore(
     expected_digest: str,
     sources: Sequence[FetchSource],
@@ -355,11 +362,13 @@ def restore(
     on_progress: Callable[[RestoreProgress], None] = lambda progress: None,
     *,
     hash_threads: int = ALL_CORES,
+    streams: int = FILE_STREAMS,
 ) -> RestoreReport:
     """Write a verified copy of the checkpoint whose manifest digest is `expected_digest` to `destination`.
 
     `destination` must be missing or empty. Raises RestoreError when no manifest or some file could
-    not be verified from any source; what was verified is left in place, nothing else is.
+    not be verified from any source; what was verified is left in place, nothing else is. Up to
+    `streams` files move at once, each from the best source not yet dropped.
     """
     started = time.monotonic()
     _require_empty(destination)
@@ -367,39 +376,53 @@ def restore(
     dropped: set[int] = set()
     manifest = _fetch_manifest(expected_digest, sources, report, dropped)
     report.total_bytes = manifest.total_bytes
-    done = 0
+    progress = _Progress(report.total_bytes, on_progress)
     on_progress(RestoreProgress(0, report.total_bytes, "", report.manifest_source))
     directories: set[Path] = {destination}
-    for entry in manifest.files:
+    lock = threading.Lock()
+
+    def fetch(entry: ManifestEntry) -> None:
         relative = safe_relative_path(entry.path)
         final = destination / relative
-        _make_parents(destination, relative, directories)
+        with lock:
+            _make_parents(destination, relative, directories)
         served_by = None
         for index, source in enumerate(sources):
-            if index in dropped:
-                continue
+            with lock:
+                if index in dropped:
+                    continue
             try:
-                _fetch_file(
-                    source, entry, relative, final, hash_threads, done, report.total_bytes, on_progress
-                )
+                _fetch_file(source, entry, relative, final, hash_threads, progress)
             except SourceError as error:
-                report.rejected.append(Rejection(source.name, str(error)))
-                dropped.add(index)
+                with lock:
+                    report.rejected.append(Rejection(source.name, str(error)))
+                    dropped.add(index)
                 continue
             served_by = source
             break
-        if served_by is None:
-            report.failed_files.append(entry.path)
-            continue
-        done += entry.size
-        for tally in (
-            report.by_tier.setdefault(served_by.kind, Tally()),
-            report.by_source.setdefault(served_by.name, Tally()),
-        ):
-            tally.files += 1
-            tally.bytes += entry.size
-        report.files += 1
-        on_progress(RestoreProgress(done, report.total_bytes, entry.path, served_by.name))
+        with lock:
+            if served_by is None:
+                report.failed_files.append(entry.path)
+                return
+            for tally in (
+                report.by_tier.setdefault(served_by.kind, Tally()),
+                report.by_source.setdefault(served_by.name, Tally()),
+            ):
+                tally.files += 1
+                tally.bytes += entry.size
+            report.files += 1
+        progress.file_done(entry, served_by.name)
+
+    if streams <= 1:
+        for entry in manifest.files:
+            fetch(entry)
+    else:
+        with ThreadPoolExecutor(streams, thread_name_prefix="restore") as pool:
+            # Largest first: the last file to start is a small one, so no stream is left alone at the end.
+            ordered = sorted(manifest.files, key=lambda entry: -entry.size)
+            for future in [pool.submit(fetch, entry) for entry in ordered]:
+                future.result()
+    report.failed_files.sort()
     report.seconds = time.monotonic() - started
     if report.failed_files:
         raise RestoreError(_failure_message(report), report)
@@ -413,6 +436,30 @@ def restore(
         fsync_directory(directory)
     report.seconds = time.monotonic() - started
     return report
+
+
+class _Progress:
+    """Verified bytes plus those in flight, across the files moving at once."""
+
+    def __init__(self, total: int, on_progress: Callable[[RestoreProgress], None]) -> None:
+        self.total = total
+        self.on_progress = on_progress
+        self.done = 0
+        self.in_flight: dict[str, int] = {}
+        self.lock = threading.Lock()
+
+    def moved(self, entry: ManifestEntry, received: int, source: str) -> None:
+        with self.lock:
+            self.in_flight[entry.path] = received
+            shown = self.done + sum(self.in_flight.values())
+        self.on_progress(RestoreProgress(shown, self.total, entry.path, source))
+
+    def file_done(self, entry: ManifestEntry, source: str) -> None:
+        with self.lock:
+            self.in_flight.pop(entry.path, None)
+            self.done += entry.size
+            shown = self.done + sum(self.in_flight.values())
+        self.on_progress(RestoreProgress(shown, self.total, entry.path, source))
 
 
 def count_restored_bytes(node: str, report: RestoreReport) -> None:
@@ -492,9 +539,7 @@ def _fetch_file(
     relative: PurePosixPath,
     final: Path,
     hash_threads: int,
-    done_before: int,
-    total: int,
-    on_progress: Callable[[RestoreProgress], None],
+    progress: _Progress,
 ) -> None:
     """Stream one file from `source` to `final`, verified; SourceError when the source is to blame."""
     try:
@@ -525,7 +570,7 @@ def _fetch_file(
                     raise SourceError(f"{entry.path} is longer than the manifest's {entry.size} bytes")
                 hasher.update(chunk)
                 output.write(chunk)
-                on_progress(RestoreProgress(done_before + received, total, entry.path, source.name))
+                progress.moved(entry, received, source.name)
             if received != entry.size:
                 raise SourceError(f"{entry.path} ended after {received} of {entry.size} bytes")
             if f"{entry.algorithm}:{hasher.hexdigest()}" != entry.digest:

@@ -293,3 +293,18 @@ def test_tracker_over_a_real_dcp_write_reports_only_after_the_last_shard_settles
         CandidateCheckpoint(100, "job/step_100", CommitKind.DCP)
     ]
     assert tracker.observe(snapshot_tree(tmp_path, skip=tracker.reported), 100.0) == []
+
+
+def test_the_next_look_is_due_the_moment_a_committed_checkpoint_would_have_settled() -> None:
+    """The watcher looks again then, not a whole poll period later: commit-to-record is the settle
+    time plus at most one period (the first sighting), whatever the period and settle are."""
+    tracker = CommitTracker(settle_seconds=5.0)
+    assert tracker.next_ready_at() is None
+    committed = snap({**dcp_shards("step_7", {0: 4096}), "step_7/.metadata": (512, 2)})
+    assert tracker.observe(committed, now=100.0) == []
+    assert tracker.next_ready_at() == 105.0
+    rewritten = snap({**dcp_shards("step_7", {0: 4096}, mtime=9), "step_7/.metadata": (512, 2)})
+    assert tracker.observe(rewritten, now=103.0) == []
+    assert tracker.next_ready_at() == 108.0, "a change starts the settle time again"
+    assert paths(tracker.observe(rewritten, now=108.0)) == ["step_7"]
+    assert tracker.next_ready_at() is None

@@ -7,10 +7,12 @@ import os
 import shutil
 import ssl
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import Any
 
 import pytest
 
@@ -151,7 +153,8 @@ def test_a_corrupt_file_at_the_first_source_falls_through_to_the_next(
         PeerSource(server.address, NAMESPACE, NAME, as_n2(identities, server), name="peer node-b"),
         LocalDirectorySource(good, SourceKind.S3, "s3"),
     ]
-    report = restore(manifest.digest, sources, tmp_path / "out", hash_threads=1)
+    # One stream: which files the peer served before its bad one is then a fixed order to check.
+    report = restore(manifest.digest, sources, tmp_path / "out", hash_threads=1, streams=1)
     assert verify_tree(tmp_path / "out", manifest) == []
     assert [str(r) for r in report.rejected] == ["peer node-b: __1_0.distcp digest mismatch"]
     # Sorted order: .metadata and __0_0 came from the peer before the corrupt file; then S3 for the rest.
@@ -195,6 +198,7 @@ def test_a_symlink_in_a_local_copy_is_not_followed(checkpoint: tuple[Path, Manif
         manifest.digest,
         [LocalDirectorySource(planted), LocalDirectorySource(good, SourceKind.S3, "s3")],
         destination,
+        streams=1,  # the files in manifest order, so `.metadata` comes from the local copy first
     )
     assert [r.source for r in report.rejected] == ["local"]
     assert "__0_0.distcp cannot be opened" in report.rejected[0].reason
@@ -212,7 +216,7 @@ def test_no_verified_copy_of_a_file_fails_naming_it_and_leaves_no_unverified_fil
     (corrupt / "sub" / "extra.bin").write_bytes(b"extr")
     destination = tmp_path / "out"
     with pytest.raises(RestoreError) as failure:
-        restore(manifest.digest, [LocalDirectorySource(corrupt, SourceKind.S3, "s3")], destination)
+        restore(manifest.digest, [LocalDirectorySource(corrupt, SourceKind.S3, "s3")], destination, streams=1)
     message = str(failure.value)
     assert "__0_0.distcp" in message and "s3: __0_0.distcp digest mismatch" in message
     # The source was dropped after its first bad file, so every later file has no source left either.
@@ -416,3 +420,53 @@ def test_a_peer_without_an_address_is_reported_and_an_unverified_remote_is_not_a
     assert isinstance(this_node_unpublished[0], UnavailableSource)
     with pytest.raises(SourceError, match="publishes no peerRestoreAddress"):
         this_node_unpublished[0].manifest_text()
+
+
+class GatedSourceFault:
+    """A source that opens a file only once `together` files are open at once, or fails after 10 s:
+    the proof that the files really move in parallel (no real part holds a stream back on demand)."""
+
+    def __init__(self, inner: LocalDirectorySource, together: int) -> None:
+        self.inner = inner
+        self.kind = inner.kind
+        self.name = inner.name
+        self.barrier = threading.Barrier(together, timeout=10)
+
+    def manifest_text(self) -> bytes:
+        return self.inner.manifest_text()
+
+    def open_file(self, relative: PurePosixPath) -> Any:
+        stream = self.inner.open_file(relative)
+        if stream.length and stream.length >= MiB:  # the two shards; `.metadata` and the small file pass
+            self.barrier.wait()
+        return stream
+
+
+def test_the_files_of_a_checkpoint_move_several_at_once(
+    checkpoint: tuple[Path, Manifest], tmp_path: Path
+) -> None:
+    good, manifest = checkpoint
+    source = GatedSourceFault(LocalDirectorySource(good, SourceKind.S3, "s3"), together=2)
+    report = restore(manifest.digest, [source], tmp_path / "out", streams=4)
+    assert verify_tree(tmp_path / "out", manifest) == [] and report.rejected == []
+
+
+def test_a_corrupt_source_is_dropped_while_several_files_move_and_the_next_serves_the_rest(
+    checkpoint: tuple[Path, Manifest], tmp_path: Path
+) -> None:
+    good, manifest = checkpoint
+    corrupt = tmp_path / "copy-b"
+    shutil.copytree(good, corrupt)
+    for name in ("__0_0.distcp", "__1_0.distcp"):
+        flip_byte(corrupt / name)
+    seen: list[RestoreProgress] = []
+    sources = [
+        LocalDirectorySource(corrupt, SourceKind.PEER, "peer"),
+        LocalDirectorySource(good, SourceKind.S3, "s3"),
+    ]
+    report = restore(manifest.digest, sources, tmp_path / "out", seen.append, streams=4)
+    assert verify_tree(tmp_path / "out", manifest) == []
+    assert report.rejected and {r.source for r in report.rejected} == {"peer"}
+    assert report.by_source["s3"].files >= 2  # both corrupt shards came from the second source
+    assert seen[-1].done_bytes == manifest.total_bytes
+    assert all(0 <= p.done_bytes <= manifest.total_bytes for p in seen)
