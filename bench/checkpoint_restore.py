@@ -50,7 +50,7 @@ from cairn.node_agent.checkpoints.restore.sources import sources_for
 from cairn.node_agent.manifests import MANIFEST_NAME
 from cairn.node_agent.p2p.identity import PeerIdentity
 from cairn.s3 import S3Location
-from tests.testbed.checkpoints import s3_checkpoint_policy
+from tests.testbed.checkpoints import s3_checkpoint_policy, write_sized_dcp
 from tests.testbed.components import running_driver
 from tests.testbed.kubelet_standin import standin_claim_volume
 from tests.testbed.waiting import wait_until
@@ -64,19 +64,6 @@ PVC = "bench-restore"
 POLICY = "bench-restore"
 SECRET = "bench-restore-s3"
 STEP_PATH = "checkpoints/step_100"
-
-
-def write_checkpoint(directory: Path, total: int, shards: int) -> None:
-    """Random shards, then `.metadata`, as DCP writes them; one random buffer reused (nothing on the
-    path compresses or deduplicates)."""
-    directory.mkdir(parents=True)
-    block = os.urandom(64 * MiB)
-    for rank in range(shards):
-        left = total // shards
-        with open(directory / f"__{rank}_0.distcp", "wb") as out:
-            while left:
-                left -= out.write(memoryview(block)[: min(left, len(block))])
-    (directory / ".metadata").write_bytes(os.urandom(4096))
 
 
 def tiered_checkpoint(api_client: Any, timeout: float = 600.0) -> tuple[str, Checkpoint]:
@@ -139,7 +126,7 @@ def main() -> None:
             ) as (_volume, staging),
         ):
             started = time.monotonic()
-            write_checkpoint(staging / STEP_PATH, size, args.shards)
+            write_sized_dcp(staging / STEP_PATH, size, args.shards, os.urandom(64 * MiB))
             api_client = cp.api_client()
             name, recorded = tiered_checkpoint(api_client)
             print(f"  checkpoint {name} Tiered {time.monotonic() - started:.1f} s after writing", flush=True)

@@ -19,11 +19,11 @@ import os
 import shutil
 import statistics
 import time
-from pathlib import Path
 from typing import Any
 
 from cairn.api.checkpoint import Checkpoint
 from cairn.kube import ResourceClient
+from tests.testbed.checkpoints import write_sized_dcp
 from tests.testbed.components import running_driver
 from tests.testbed.kubelet_standin import standin_claim_volume
 
@@ -33,23 +33,6 @@ MiB = 1024 * 1024
 NAMESPACE = "default"
 PVC = "bench-commit"
 POLICY = "bench-commit"
-
-
-def write_checkpoint(directory: Path, total: int, shards: int, block: bytes) -> float:
-    """Shards, then `.metadata`, each fsynced; returns the monotonic moment the commit landed."""
-    directory.mkdir(parents=True)
-    for rank in range(shards):
-        left = total // shards
-        with open(directory / f"__{rank}_0.distcp", "wb") as out:
-            while left:
-                left -= out.write(memoryview(block)[: min(left, len(block))])
-            out.flush()
-            os.fsync(out.fileno())
-    with open(directory / ".metadata", "wb") as out:
-        out.write(os.urandom(4096))
-        out.flush()
-        os.fsync(out.fileno())
-    return time.monotonic()
 
 
 def main() -> None:
@@ -94,9 +77,8 @@ def main() -> None:
         ):
             for number in range(args.checkpoints):
                 step = 100 * (number + 1)
-                committed = write_checkpoint(
-                    staging / "checkpoints" / f"step_{step}", size, args.shards, block
-                )
+                write_sized_dcp(staging / "checkpoints" / f"step_{step}", size, args.shards, block)
+                committed = time.monotonic()
                 deadline = committed + 10 * (args.settle + args.poll) + 60
                 while True:
                     found = [c for c in checkpoints.list(namespace=NAMESPACE) if c.model.spec.step == step]

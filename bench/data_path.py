@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from cairn.csi.proto import csi_pb2
-from tests.testbed.components import mount_capability, running_driver
+from tests.testbed.components import block_capability, mount_capability, running_driver
 from tests.testbed.kubelet_standin import KubeletStandIn
 
 from .common import bench_bed, report
@@ -77,13 +77,6 @@ def fill(target: str, size: int) -> None:
         capture_output=True,
         check=True,
         timeout=600,
-    )
-
-
-def block_capability() -> csi_pb2.VolumeCapability:
-    mode = csi_pb2.VolumeCapability.AccessMode
-    return csi_pb2.VolumeCapability(
-        block=csi_pb2.VolumeCapability.BlockVolume(), access_mode=mode(mode=mode.SINGLE_NODE_WRITER)
     )
 
 

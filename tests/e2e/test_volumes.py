@@ -23,7 +23,7 @@ import pytest
 from cairn import TOPOLOGY_KEY
 from cairn.csi.proto import csi_pb2
 from tests.testbed.bed import TestBed
-from tests.testbed.components import Driver, mount_capability, running_driver
+from tests.testbed.components import Driver, block_capability, mount_capability, running_driver
 from tests.testbed.kubelet_standin import KubeletStandIn
 from tests.testbed.waiting import wait_until
 
@@ -181,13 +181,6 @@ def test_deleted_volume_frees_its_space_and_delete_is_idempotent(bed: TestBed, d
     delete(driver, volume_id)
     wait_for_free(before)
     assert bed.control_plane.kubectl("get", "localvolume", volume_id, check=False).returncode != 0
-
-
-def block_capability() -> csi_pb2.VolumeCapability:
-    mode = csi_pb2.VolumeCapability.AccessMode
-    return csi_pb2.VolumeCapability(
-        block=csi_pb2.VolumeCapability.BlockVolume(), access_mode=mode(mode=mode.SINGLE_NODE_WRITER)
-    )
 
 
 def test_a_new_block_volume_never_shows_what_a_deleted_one_held(bed: TestBed) -> None:

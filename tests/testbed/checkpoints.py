@@ -22,6 +22,24 @@ def write_dcp(directory: Path, shard_bytes: list[int], metadata_bytes: int = 409
     return written
 
 
+def write_sized_dcp(directory: Path, total: int, shards: int, block: bytes) -> None:
+    """A DCP-shaped checkpoint of `total` bytes in `shards` files, then `.metadata`, each fsynced as
+    DCP's writer does with sync_files. The shards repeat `block` (random bytes): nothing on Cairn's
+    path compresses or deduplicates, and gigabytes need not come from /dev/urandom."""
+    directory.mkdir(parents=True)
+    for rank in range(shards):
+        left = total // shards
+        with open(directory / f"__{rank}_0.distcp", "wb") as out:
+            while left:
+                left -= out.write(memoryview(block)[: min(left, len(block))])
+            out.flush()
+            os.fsync(out.fileno())
+    with open(directory / ".metadata", "wb") as out:
+        out.write(os.urandom(4096))
+        out.flush()
+        os.fsync(out.fileno())
+
+
 def s3_checkpoint_policy(
     name: str,
     namespace: str,

@@ -35,6 +35,14 @@ def mount_capability(fs_type: str = "ext4") -> csi_pb2.VolumeCapability:
     )
 
 
+def block_capability() -> csi_pb2.VolumeCapability:
+    """The capability kubelet sends for a ReadWriteOnce raw block volume."""
+    mode = csi_pb2.VolumeCapability.AccessMode
+    return csi_pb2.VolumeCapability(
+        block=csi_pb2.VolumeCapability.BlockVolume(), access_mode=mode(mode=mode.SINGLE_NODE_WRITER)
+    )
+
+
 def wait_for_csi(socket: Path, process: ManagedProcess, timeout: float = 60.0) -> None:
     """Wait until the component's Identity service reports ready through its socket."""
 
