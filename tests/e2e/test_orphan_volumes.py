@@ -21,6 +21,7 @@ import pytest
 
 from cairn.api.names import OWNED_TAG, VOLUME_TAG_PREFIX
 from cairn.csi.proto import csi_pb2, csi_pb2_grpc
+from cairn.node_agent.lvm.report import device_filter_config
 from tests.testbed.bed import TestBed
 from tests.testbed.components import METRICS_PORT, mount_capability, start_controller, start_node_agent
 from tests.testbed.kubelet_standin import KubeletStandIn
@@ -49,9 +50,12 @@ class Rig:
     def get(self, *args: str) -> dict:
         return self.bed.control_plane.get_json(*args)
 
-    def lvm(self, *args: str) -> str:
+    def lvm(self, subcommand: str, *args: str) -> str:
+        # Scoped to this node's disks as the agent is: other nodes of the session's bed may still
+        # hold a VG of the same name, and an unscoped lvm refuses to pick between them.
         env = {**os.environ, "LVM_SYSTEM_DIR": str(self.workdir / "lvm" / self.node.name)}
-        return self.node.run(["lvm", *args], env=env, text=True).stdout
+        scope = device_filter_config([disk.path for disk in self.node.disks])
+        return self.node.run(["lvm", subcommand, "--config", scope, *args], env=env, text=True).stdout
 
     def lvs(self) -> dict[str, str]:
         """LV name to uuid in the pool's VG."""
@@ -91,8 +95,17 @@ def release(rig: Rig, volume: str) -> None:
 
 @pytest.fixture(scope="module")
 def rig(bed: TestBed) -> Iterator[Rig]:
-    (node,) = bed.add_nodes(1, disks=1, disk_size=256 * MiB)
+    (node, neighbour) = bed.add_nodes(2, disks=1, disk_size=256 * MiB)
     workdir = bed.workdir / "orphans"
+    # A neighbour on the same host holding a VG of the same name, as every other node of a bed
+    # does: the test's own lvm calls must stay on this node's disks.
+    neighbour_lvm = {**os.environ, "LVM_SYSTEM_DIR": str(workdir / "lvm" / neighbour.name)}
+    (workdir / "lvm" / neighbour.name).mkdir(parents=True, exist_ok=True)
+    neighbour_scope = device_filter_config([disk.path for disk in neighbour.disks])
+    neighbour.run(
+        ["lvm", "vgcreate", "--config", neighbour_scope, VG, *(d.path for d in neighbour.disks)],
+        env=neighbour_lvm,
+    )
     agent, node_socket = start_node_agent(
         workdir,
         bed.run_id,
@@ -111,7 +124,10 @@ def rig(bed: TestBed) -> Iterator[Rig]:
         for process in (controller, agent):
             process.stop()
             print(f"\n{process.name} log tail:\n{process.log_tail(10)}")
-        bed.remove_nodes([node])
+        neighbour.run(
+            ["lvm", "vgremove", "--config", neighbour_scope, "--force", VG], env=neighbour_lvm, check=False
+        )
+        bed.remove_nodes([node, neighbour])
 
 
 def test_a_stray_lv_is_reported_then_removed_and_one_whose_volume_appears_late_is_kept(rig: Rig) -> None:
