@@ -66,9 +66,20 @@ class DatasetNodes(CairnModel):
     )
 
 
+READY_WHEN_PATTERN = r"^(All|[1-9][0-9]{0,5}|([1-9][0-9]?|100)%)$"
+
+
 class DatasetSpec(CairnModel):
     source: DatasetSource
     nodes: DatasetNodes = Field(default_factory=DatasetNodes)
+    ready_when: str = Field(
+        default="All",
+        pattern=READY_WHEN_PATTERN,
+        description=(
+            "When pods waiting for this Dataset may be scheduled: All targets hold a verified copy, "
+            "a count of nodes (3), or a percentage of the targets (50%)."
+        ),
+    )
     pool: PoolClass = PoolClass.NVME
     piece_size: int | None = Field(
         default=None,
@@ -160,6 +171,9 @@ class DatasetStatus(CairnModel):
     ready: str = Field(default="0/0", description="Ready nodes out of wanted, for the printer column.")
     bytes_from_origin: int = 0
     bytes_from_peers: int = 0
+    waiting_pods: int = Field(
+        default=0, description="Pods held by the dataset gate until this Dataset is ready."
+    )
     conditions: list[Condition] = Field(default_factory=list)
 
 
@@ -174,6 +188,7 @@ class Dataset(Resource):
         PrinterColumn(name="Size", json_path=".status.size"),
         PrinterColumn(name="Ready", json_path=".status.ready"),
         PrinterColumn(name="Phase", json_path=".status.phase"),
+        PrinterColumn(name="Waiting", json_path=".status.waitingPods", type="integer"),
         age_column(),
     ]
 

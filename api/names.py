@@ -28,6 +28,8 @@ REPLICA_NODE_LABEL = "cairn.dev/replica-node"
 """The node that keeps a peer replica of a Checkpoint."""
 DATASET_LABEL = "cairn.dev/dataset"
 """On a dataset's LocalVolumes: `<namespace>.<name>`."""
+WAITING_FOR_DATA_LABEL = "cairn.dev/waiting-for-data"
+"""On a pod held by the dataset gate ("true"), so the controller lists only those pods."""
 OPT_OUT_LABEL = "cairn.dev/opt-out"
 """On a LocalDisk: never claim this disk."""
 
@@ -40,10 +42,16 @@ DEFAULT_NODE_LEASE_SECONDS = 40
 LOST_ANNOTATION = "cairn.dev/lost"
 """On a StorageNode, set to "true" by an operator: the node will not come back; release what it held."""
 """On a LocalDisk: the operator's consent to wipe it, naming the disk's own identity."""
+DATASET_ANNOTATION = "cairn.dev/dataset"
+"""On a pod: the Datasets (comma-separated names in its namespace) it waits for before it is scheduled."""
 POPULATE_FROM_ANNOTATION = "cairn.dev/populate-from"
 """On a prime claim: `<Kind>/<namespace>/<name>`, Kind being Checkpoint or Dataset."""
 POPULATE_FOR_ANNOTATION = "cairn.dev/populate-for"
 """On a prime claim: `<namespace>/<name>` of the claim the volume is for."""
+
+# -- scheduling gates ----------------------------------------------------------------------------
+DATASET_GATE = "cairn.dev/dataset"
+"""On a pod that consumes a Dataset, from admission until its data is ready on enough nodes."""
 
 # -- finalizers ----------------------------------------------------------------------------------
 VOLUME_FINALIZER = "cairn.dev/logical-volume"

@@ -18,6 +18,7 @@ from cairn.api.disk import StorageNode
 from cairn.api.volume import LocalVolume, PoolClass
 from cairn.controller import metrics
 from cairn.controller.datasets.controller import DatasetController
+from cairn.controller.datasets.gate import DatasetGate
 from cairn.controller.datasets.swarm_authority import SEED_BYTES, SWARM_AUTHORITY_SECRET, SwarmAuthority
 from cairn.controller.nodes.lifecycle import NodeLifecycle
 from cairn.controller.populator import VolumePopulator
@@ -96,6 +97,10 @@ def start_cluster_loops(
         ResourceClient(api_client, Dataset), volumes, storage_nodes, core, SwarmAuthority(seed)
     )
     threading.Thread(target=datasets.run, args=(stop,), name="datasets", daemon=True).start()
+    gate = DatasetGate(
+        core, ResourceClient(api_client, Dataset), EventRecorder(api_client, "cairn-controller")
+    )
+    threading.Thread(target=gate.run, args=(stop,), name="dataset-gate", daemon=True).start()
     lifecycle = NodeLifecycle(
         storage_nodes,
         volumes,

@@ -38,6 +38,31 @@ DATASET_READY_NODES = Gauge(
 DATASET_TARGET_NODES = Gauge(
     "cairn_dataset_target_nodes", "Nodes a dataset is meant to be on.", ["namespace", "dataset"]
 )
+GATE_WAIT_SECONDS = Histogram(
+    "cairn_dataset_gate_wait_seconds",
+    "From a gated pod's creation to its gate lifting, for pods that waited for a Dataset.",
+    buckets=(1, 5, 15, 30, 60, 120, 300, 900, 1800, 3600),
+)
+
+
+class GatedPods:
+    """Pods held by the dataset gate, per Dataset they wait for; a pod waiting for two counts in each."""
+
+    def __init__(self) -> None:
+        self.gauge = Gauge(
+            "cairn_dataset_gated_pods", "Pods waiting for a Dataset to be ready.", ["namespace", "dataset"]
+        )
+        self._shown: set[tuple[str, str]] = set()
+
+    def set_all(self, waiting: Counter[tuple[str, str]]) -> None:
+        for key in self._shown - set(waiting):
+            self.gauge.remove(*key)
+        for (namespace, dataset), count in waiting.items():
+            self.gauge.labels(namespace=namespace, dataset=dataset).set(count)
+        self._shown = set(waiting)
+
+
+GATED_PODS = GatedPods()
 
 
 def time_create_volume(handler: Callable[..., Any]) -> Callable[..., Any]:

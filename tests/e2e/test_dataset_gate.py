@@ -1,0 +1,247 @@
+"""Pods that wait for their data: the chart's admission policy gates them, the real kube-scheduler
+places them once the controller lifts the gate, and only onto nodes holding a verified copy.
+
+Three nodes, a Dataset wanted on two of them; the third is free and the scheduler would use it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import pytest
+from kubernetes.client.exceptions import ApiException
+
+from tests.testbed.bed import TestBed
+from tests.testbed.components import start_controller, start_node_agent
+from tests.testbed.controlplane import CAIRN_NAMESPACE
+from tests.testbed.datasets import s3_dataset
+from tests.testbed.kube_components import start_scheduler
+from tests.testbed.nodes import SimulatedNode
+from tests.testbed.process import ManagedProcess
+from tests.testbed.tools import REPO_ROOT, tool_path
+from tests.testbed.waiting import wait_until
+
+MiB = 1024 * 1024
+NAMESPACE = "default"
+GATE = "cairn.dev/dataset"
+
+
+@dataclass
+class Rig:
+    bed: TestBed
+    nodes: list[SimulatedNode]
+    holders: list[str]
+    dataset: dict = field(default_factory=dict)
+    processes: list[ManagedProcess] = field(default_factory=list)
+
+    def kubectl(self, *args: str, identity: str = "admin", check: bool = True, input_text: str | None = None):
+        return self.bed.control_plane.kubectl(*args, identity=identity, check=check, input_text=input_text)
+
+    def get(self, *args: str) -> dict:
+        result = self.kubectl("get", *args, "-o", "json", check=False)
+        return json.loads(result.stdout) if result.returncode == 0 else {}
+
+    def pod(self, name: str, annotation: str, affinity: dict | None = None) -> dict:
+        spec: dict = {"containers": [{"name": "trainer", "image": "registry.invalid/trainer:1"}]}
+        if affinity:
+            spec["affinity"] = affinity
+        manifest = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "namespace": NAMESPACE, "annotations": {GATE: annotation}},
+            "spec": spec,
+        }
+        return json.loads(
+            self.kubectl("create", "-o", "json", "-f", "-", input_text=json.dumps(manifest)).stdout
+        )
+
+    def diagnosis(self, pod: str) -> str:
+        found = self.get("pod", pod, "-n", NAMESPACE)
+        scheduler = next((p for p in self.processes if p.name == "kube-scheduler"), None)
+        said = [line for line in (scheduler.log_tail(2000) if scheduler else "").splitlines() if pod in line]
+        return "\n".join(
+            [json.dumps({"spec": found.get("spec"), "status": found.get("status")}, indent=1), *said[-15:]]
+        )
+
+    def events(self, pod: str) -> list[tuple[str, str, str]]:
+        listed = self.get("events", "-n", NAMESPACE, "--field-selector", f"involvedObject.name={pod}")
+        return [(e["type"], e["reason"], e["message"]) for e in listed.get("items", [])]
+
+
+def gate_policies() -> str:
+    """The chart's gate and its guard, as the chart renders them."""
+    return subprocess.run(
+        [
+            str(tool_path("helm")), "template", "cairn", str(REPO_ROOT / "deploy" / "helm" / "cairn"),
+            "--namespace", CAIRN_NAMESPACE, "--show-only", "templates/dataset-gate.yaml",
+        ],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def rig(bed: TestBed) -> Iterator[Rig]:
+    assert bed.s3 is not None
+    workdir = bed.workdir / "dataset-gate"
+    nodes = bed.add_nodes(3, disks=1, disk_size=256 * MiB)
+    rig = Rig(bed, nodes, sorted(n.name for n in nodes[:2]))
+    bucket = bed.s3.create_bucket(f"gate-{bed.run_id[:8]}")
+    rig.kubectl("apply", "-f", "-", input_text=json.dumps(bed.s3.credentials_secret("gate-s3", NAMESPACE)))
+    client = bed.s3.client()
+    for index in range(4):
+        client.put_object(Bucket=bucket, Key=f"data/part-{index}.bin", Body=os.urandom(2 * MiB))
+    rig.kubectl("apply", "-f", "-", input_text=gate_policies())
+    # No kube-controller-manager runs on this bed: nothing makes the namespace's default
+    # ServiceAccount, and nothing lifts the not-ready taint that admission (TaintNodesByCondition)
+    # puts on every new Node, which would keep the scheduler off these Ready nodes.
+    rig.kubectl("create", "serviceaccount", "default", "-n", NAMESPACE, check=False)
+    for node in nodes:
+        rig.kubectl("taint", "node", node.name, "node.kubernetes.io/not-ready:NoSchedule-", check=False)
+    try:
+        for node in nodes:
+            agent, _ = start_node_agent(
+                workdir, bed.run_id, bed.control_plane.kubeconfigs["cairn-node-agent"], node
+            )
+            rig.processes.append(agent)
+        controller, _ = start_controller(
+            workdir, bed.run_id, bed.control_plane.kubeconfigs["cairn-controller"], name="controller-gate"
+        )
+        rig.processes.append(controller)
+        rig.processes.append(start_scheduler(workdir, bed.run_id, bed.control_plane.kubeconfigs["admin"]))
+        dataset = s3_dataset(
+            "gated", NAMESPACE, f"s3://{bucket}/data", bed.s3.endpoint, "gate-s3", rig.holders
+        )
+        rig.dataset = dataset
+        yield rig
+    finally:
+        print("\n" + rig.kubectl("get", "datasets,pods", "-n", NAMESPACE, "-o", "wide", check=False).stdout)
+        rig.kubectl("delete", "pods", "--all", "-n", NAMESPACE, "--grace-period=0", "--force", check=False)
+        rig.kubectl("delete", "datasets", "--all", "-n", NAMESPACE, "--timeout=120s", check=False)
+        rig.kubectl("delete", "-f", "-", "--ignore-not-found", input_text=gate_policies(), check=False)
+        for process in rig.processes:
+            process.stop()
+            print(f"\n{process.name} log tail:\n{process.log_tail(8)}")
+            if process.name == "controller-gate":
+                gate_lines = [line for line in process.log_tail(400).splitlines() if "gate" in line]
+                print("\n".join(gate_lines[-20:]))
+        bed.remove_nodes(nodes)
+        rig.kubectl("delete", "secret", "gate-s3", "-n", NAMESPACE, check=False)
+        for index in range(4):
+            client.delete_object(Bucket=bucket, Key=f"data/part-{index}.bin")
+        client.delete_bucket(Bucket=bucket)
+
+
+def test_a_pod_waits_gated_for_its_data_then_lands_only_where_a_verified_copy_is(rig: Rig) -> None:
+    created = rig.pod("early", "gated")
+    assert {"name": GATE} in created["spec"].get("schedulingGates", []), "admission gave the pod the gate"
+    assert created["metadata"]["labels"].get("cairn.dev/waiting-for-data") == "true"
+
+    def told_it_waits() -> bool:
+        return any(
+            reason == "WaitingForData" and "gated does not exist" in msg
+            for _t, reason, msg in rig.events("early")
+        )
+
+    wait_until(told_it_waits, 30, "an Event saying the pod waits for a Dataset that does not exist yet")
+    scheduled = next(
+        c
+        for c in rig.get("pod", "early", "-n", NAMESPACE)["status"]["conditions"]
+        if c["type"] == "PodScheduled"
+    )
+    assert scheduled["reason"] == "SchedulingGated" and not rig.get("pod", "early", "-n", NAMESPACE)[
+        "spec"
+    ].get("nodeName")
+
+    rig.kubectl("apply", "-f", "-", input_text=json.dumps(rig.dataset))
+
+    def placed(name: str) -> str:
+        return rig.get("pod", name, "-n", NAMESPACE).get("spec", {}).get("nodeName", "")
+
+    wait_until(
+        lambda: bool(placed("early")),
+        180,
+        "the gated pod to be scheduled once its data is ready",
+        context=lambda: rig.diagnosis("early"),
+    )
+    dataset = rig.get("dataset", "gated", "-n", NAMESPACE)["status"]
+    assert dataset["phase"] == "Ready", "the gate opened before the Dataset was ready"
+    assert placed("early") in rig.holders
+    pod = rig.get("pod", "early", "-n", NAMESPACE)
+    assert GATE not in [g["name"] for g in pod["spec"].get("schedulingGates", [])]
+    assert "cairn.dev/waiting-for-data" not in pod["metadata"].get("labels", {})
+    terms = pod["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"
+    ]
+    assert terms == [
+        {"matchExpressions": [{"key": "topology.cairn.dev/node", "operator": "In", "values": rig.holders}]}
+    ]
+    assert any(reason == "DataReady" for _t, reason, _m in rig.events("early"))
+
+    # Every time: pods made after the data is ready, one of them with its own affinity to a set of
+    # nodes that includes the free node, all go where the data is.
+    anywhere = {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [
+                    {
+                        "matchExpressions": [
+                            {
+                                "key": "kubernetes.io/hostname",
+                                "operator": "In",
+                                "values": [n.name for n in rig.nodes],
+                            }
+                        ]
+                    }
+                ]
+            }
+        }
+    }
+    later = [f"later-{i}" for i in range(6)]
+    for index, name in enumerate(later):
+        rig.pod(name, "gated", anywhere if index == 0 else None)
+    wait_until(lambda: all(placed(name) for name in later), 60, "the later pods to be scheduled")
+    assert {placed(name) for name in later} <= set(rig.holders), {name: placed(name) for name in later}
+    assert rig.get("dataset", "gated", "-n", NAMESPACE)["status"].get("waitingPods") == 0
+
+
+def test_a_hostile_annotation_keeps_the_pod_gated_with_a_warning_saying_why(rig: Rig) -> None:
+    rig.pod("hostile", "../../etc,gated")
+
+    def warned() -> bool:
+        return any(
+            kind == "Warning" and reason == "InvalidDatasetAnnotation" and "'../../etc' is not a name" in msg
+            for kind, reason, msg in rig.events("hostile")
+        )
+
+    wait_until(warned, 30, "a Warning Event naming the bad annotation")
+    pod = rig.get("pod", "hostile", "-n", NAMESPACE)
+    assert not pod["spec"].get("nodeName") and {"name": GATE} in pod["spec"]["schedulingGates"]
+
+
+def test_the_controller_may_lift_its_gate_and_nothing_else(rig: Rig) -> None:
+    # A pod no gate holds: the controller's account may not touch it, though RBAC lets it patch pods.
+    plain = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "plain", "namespace": NAMESPACE},
+             "spec": {"containers": [{"name": "c", "image": "registry.invalid/c:1"}]}}  # fmt: skip
+    rig.kubectl("create", "-f", "-", input_text=json.dumps(plain))
+    rig.pod("held", "not-a-dataset-yet")
+
+    as_controller = rig.bed.core_v1("cairn-controller")
+
+    def refusal(name: str, body: dict) -> str:
+        # The controller's own client, which patches without reading first (it may not get pods).
+        try:
+            as_controller.patch_namespaced_pod(name, NAMESPACE, body)
+        except ApiException as error:
+            return f"{error.status} {error.body}"
+        return "admitted"
+
+    refused = refusal("plain", {"metadata": {"labels": {"x": "y"}}})
+    # A policy's denial is 422 Invalid, not RBAC's 403.
+    assert refused.startswith("422") and "only pods waiting for data" in refused, refused
+    smuggled = refusal("held", {"spec": {"activeDeadlineSeconds": 5}})
+    assert smuggled.startswith("422") and "change nothing else" in smuggled, smuggled
+    assert not rig.get("pod", "held", "-n", NAMESPACE)["spec"].get("activeDeadlineSeconds")
