@@ -207,7 +207,7 @@ def test_four_nodes_load_a_dataset_reading_the_origin_once_despite_a_killed_peer
     assert refetched <= 0.1 * had
     table = swarm.kubectl("get", "datasets", "-n", NAMESPACE).stdout
     print("\n" + table)
-    assert table.splitlines()[0].split() == ["NAME", "SOURCE", "SIZE", "READY", "PHASE", "AGE"]
+    assert table.splitlines()[0].split() == ["NAME", "SOURCE", "SIZE", "READY", "PHASE", "WAITING", "AGE"]
 
 
 def test_a_peer_serving_corrupt_data_is_caught_and_the_download_completes(swarm: Swarm) -> None:

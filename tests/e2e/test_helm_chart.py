@@ -313,7 +313,13 @@ RIGHTS = [
     ("cairn-controller", N, "delete", "localdisks.cairn.dev"),
     ("cairn-controller", N, "patch", "localdisks.cairn.dev", "--subresource=status"),
     ("cairn-controller", N, "get", "pods", "-n", "default"),
-    ("cairn-controller", N, "list", "pods", "-A"),
+    # The dataset gate lists waiting pods everywhere and lifts their gate; RBAC cannot say "only
+    # waiting pods", so cairn-controller-lifts-gates-only does (tests/e2e/test_dataset_gate.py).
+    ("cairn-controller", Y, "list", "pods", "-A"),
+    ("cairn-controller", Y, "patch", "pods", "-n", "default"),
+    ("cairn-controller", N, "update", "pods", "-n", "default"),
+    ("cairn-controller", N, "delete", "pods", "-n", "default"),
+    ("cairn-controller", N, "create", "pods", "-n", "default"),
     ("cairn-controller", N, "get", "deployments.apps", "-n", "default"),
     ("cairn-controller", N, "create", "storageclasses.storage.k8s.io"),
     ("cairn-controller", N, "delete", "nodes"),
