@@ -67,6 +67,15 @@ class DatasetNodes(CairnModel):
 
 
 READY_WHEN_PATTERN = r"^(All|[1-9][0-9]{0,5}|([1-9][0-9]?|100)%)$"
+MIN_BACKGROUND_BYTES_PER_SECOND = 1024 * 1024
+
+
+class SeedPriority(StrEnum):
+    NORMAL = "Normal"
+    """As fast as the origin, the links and the disks allow."""
+    BACKGROUND = "Background"
+    """Beside running jobs: each node's origin reads and swarm traffic are capped, and the seeder's
+    reads and writes run at the lowest CPU and I/O priority."""
 
 
 class DatasetSpec(CairnModel):
@@ -78,6 +87,15 @@ class DatasetSpec(CairnModel):
         description=(
             "When pods waiting for this Dataset may be scheduled: All targets hold a verified copy, "
             "a count of nodes (3), or a percentage of the targets (50%)."
+        ),
+    )
+    priority: SeedPriority = SeedPriority.NORMAL
+    background_bytes_per_second: int | None = Field(
+        default=None,
+        ge=MIN_BACKGROUND_BYTES_PER_SECOND,
+        description=(
+            "With priority Background: each node's cap on bytes in (origin or peers) and, apart, on "
+            "bytes out to peers, per second; the agent's --background-bytes-per-second if unset."
         ),
     )
     pool: PoolClass = PoolClass.NVME
@@ -189,6 +207,7 @@ class Dataset(Resource):
         PrinterColumn(name="Ready", json_path=".status.ready"),
         PrinterColumn(name="Phase", json_path=".status.phase"),
         PrinterColumn(name="Waiting", json_path=".status.waitingPods", type="integer"),
+        PrinterColumn(name="Priority", json_path=".spec.priority", priority=1),
         age_column(),
     ]
 

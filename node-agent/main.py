@@ -32,6 +32,7 @@ from cairn.node_agent.checkpoints.replicas import ReplicaKeeper
 from cairn.node_agent.checkpoints.tiering import CheckpointTierer
 from cairn.node_agent.checkpoints.watcher import CheckpointWatcher
 from cairn.node_agent.datasets.agent import DatasetAgent, wake_shape
+from cairn.node_agent.datasets.pacing import DEFAULT_BACKGROUND_BYTES_PER_SECOND
 from cairn.node_agent.disks.classify import parse_class_overrides
 from cairn.node_agent.disks.facts import ProbeScope
 from cairn.node_agent.disks.manager import DiskManager
@@ -158,6 +159,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--peer-restore-address",
         default=None,
         help="host:port on the cluster network serving this node's checkpoint copies to peers",
+    )
+    parser.add_argument(
+        "--background-bytes-per-second",
+        type=int,
+        default=DEFAULT_BACKGROUND_BYTES_PER_SECOND,
+        help="each node's cap, in and out apart, for Datasets of priority Background that set none",
     )
     parser.add_argument("--log-level", default="INFO")
     return parser.parse_args(argv)
@@ -296,6 +303,7 @@ def start_dataset_agent(
         TorrentNode(host, port, tls=identity is not None),
         egress_policy_reader(api_client, args.origin_allow_cidr, args.origin_deny_cidr),
         identity,
+        args.background_bytes_per_second,
     )
     passes = Coalescing("datasets", agent.run_pass, stop, min_interval=0.2, period=2.0).start()
     trigger_on_change(agent.datasets, wake_shape, passes.trigger, stop, "dataset-watch")

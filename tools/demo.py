@@ -152,6 +152,8 @@ def up() -> None:
     cluster.wait_pod("reader", timeout=180)
     print(cluster.kubectl("logs", "reader").stdout.rstrip())
 
+    gated_job(cluster, corpus, names[:2])
+
     say("Everything Cairn knows about")
     show(cluster, "get", "pods,pvc", "-n", NAMESPACE, "-o", "wide")
     show(cluster, "get", "localdisks,storagenodes,checkpoints,datasets", "-A")
@@ -160,6 +162,61 @@ def up() -> None:
         f"  export KUBECONFIG={kubeconfig}\n  kubectl get pods,checkpoints,datasets\n"
         "  make demo-down    # stops every node and process, restores the host as it was"
     )
+
+
+def gated_job(cluster: UserCluster, bucket: str, holders: list[str]) -> None:
+    """A job whose data is not on any node yet: gated until it is, then placed where it is."""
+    assert cluster.bed.s3 is not None
+    say(
+        "A job Pod naming a Dataset that no node holds yet: admission gives it the scheduling gate "
+        "cairn.dev/dataset, so it waits instead of landing on a node without its data"
+    )
+    s3 = cluster.bed.s3.client()
+    for index in range(6):
+        s3.put_object(Bucket=bucket, Key=f"next/shard-{index:03d}.bin", Body=os.urandom(16 * MiB))
+    job = cluster.pod("next-job", "ls -l /data; sleep infinity", claim="next-corpus", mount_path="/data")
+    job["metadata"]["annotations"] = {"cairn.dev/dataset": "next-corpus"}
+    cluster.apply(
+        cluster.claim(
+            "next-corpus",
+            "cairn-nvme",
+            "256Mi",
+            dataSourceRef={"apiGroup": "cairn.dev", "kind": "Dataset", "name": "next-corpus"},
+        ),
+        job,
+    )
+    show(cluster, "get", "pod", "next-job", "-n", NAMESPACE, "-o", "wide")
+
+    say(
+        f"Its Dataset, wanted on {len(holders)} of {NODES} nodes and seeded in the background (capped "
+        "at 16 MiB/s per node): the gate lifts once both copies are verified, and the scheduler may "
+        "only pick a node that holds one"
+    )
+    cluster.apply(
+        s3_dataset(
+            "next-corpus",
+            NAMESPACE,
+            f"s3://{bucket}/next",
+            cluster.bed.s3.endpoint,
+            "s3-creds",
+            holders,
+            priority="Background",
+            backgroundBytesPerSecond=16 * MiB,
+        )
+    )
+    wait_until(
+        lambda: cluster.get("dataset", "next-corpus", "-n", NAMESPACE).get("status", {}).get("waitingPods"),
+        60,
+        "the Dataset to count the waiting pod",
+    )
+    show(cluster, "get", "datasets", "-n", NAMESPACE, "-o", "wide")
+    cluster.wait_pod("next-job", timeout=300)
+    out = show(cluster, "get", "pod", "next-job", "-n", NAMESPACE, "-o", "wide")
+    node = cluster.get("pod", "next-job", "-n", NAMESPACE)["spec"]["nodeName"]
+    if node not in holders:
+        raise SystemExit(f"next-job landed on {node}, which holds no copy of its data:\n{out}")
+    show(cluster, "get", "events", "-n", NAMESPACE, "--field-selector", "involvedObject.name=next-job")
+    print(cluster.kubectl("logs", "next-job").stdout.rstrip())
 
 
 def down() -> None:

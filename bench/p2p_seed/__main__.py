@@ -11,8 +11,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from bench.p2p_seed import NAMESPACE, SECRET
-from bench.p2p_seed.bed import Swarm, start_agents, start_origin, stop_cairn, upload_dataset, wait_for_pools
+from bench.p2p_seed.bed import Swarm, start_origin, start_swarm, stop_cairn, upload_dataset, wait_for_pools
 from bench.p2p_seed.measure import CpuMeter, floor_cpu_seconds_per_gib
 from bench.p2p_seed.rounds import CairnRound, run_cairn_round, run_direct_pulls, run_raw_swarm, swarm_summary
 from bench.p2p_seed.workers import WorkerRun, worker_main
@@ -23,7 +22,6 @@ from cairn.units import GiB, KiB, MiB
 
 @contextlib.contextmanager
 def running_swarm(args: argparse.Namespace, size: int) -> Iterator[Swarm]:
-    from kubernetes import client
 
     from cairn.controller.datasets.planner import volume_bytes
     from tests.testbed.network import Shaping
@@ -49,18 +47,7 @@ def running_swarm(args: argparse.Namespace, size: int) -> Iterator[Swarm]:
             needed = volume_bytes(size)
             # Room for one copy plus LVM's metadata, in whole MiB (loop disks are sized in sectors).
             disk = (needed // MiB + 128) * MiB
-            nodes = bed.add_nodes(args.nodes, disks=1, disk_size=disk)
-            for node in nodes:
-                node.shape(link)
-            swarm = Swarm(bed, workdir, origin, nodes, bucket, prefix, size)
-            bed.core_v1().create_namespaced_secret(
-                NAMESPACE,
-                client.V1Secret(
-                    metadata=client.V1ObjectMeta(name=SECRET),
-                    string_data={"accessKeyId": origin.access_key, "secretAccessKey": origin.secret_key},
-                ),
-            )
-            start_agents(swarm)
+            swarm = start_swarm(bed, workdir, origin, link, args.nodes, disk, bucket, prefix, size)
             wait_for_pools(swarm, needed)
             yield swarm
         finally:

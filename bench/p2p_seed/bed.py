@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.p2p_seed import METRICS_CACHE_SECONDS, NAMESPACE, ORIGIN_PORT
+from bench.p2p_seed import METRICS_CACHE_SECONDS, NAMESPACE, ORIGIN_PORT, SECRET
 from bench.p2p_seed.measure import metric_sum, scrape
 
 # -- the bed: origin, nodes, agents -------------------------------------------------------------------
@@ -162,6 +162,36 @@ class Swarm:
             if process is not None:
                 out.append(f"--- {name}\n{process.log_tail(lines)}")
         return "\n".join(out)
+
+
+def start_swarm(
+    bed: Any,
+    workdir: Path,
+    origin: Origin,
+    link: Any,
+    count: int,
+    disk_size: int,
+    bucket: str,
+    prefix: str,
+    size: int,
+) -> Swarm:
+    """`count` nodes with one disk each, shaped to `link`, the origin's keys in a Secret, their agents
+    and the controller running (not yet waiting for pools: callers know how much room they need)."""
+    from kubernetes import client
+
+    nodes = bed.add_nodes(count, disks=1, disk_size=disk_size)
+    for node in nodes:
+        node.shape(link)
+    swarm = Swarm(bed, workdir, origin, nodes, bucket, prefix, size)
+    bed.core_v1().create_namespaced_secret(
+        NAMESPACE,
+        client.V1Secret(
+            metadata=client.V1ObjectMeta(name=SECRET),
+            string_data={"accessKeyId": origin.access_key, "secretAccessKey": origin.secret_key},
+        ),
+    )
+    start_agents(swarm)
+    return swarm
 
 
 def start_agents(swarm: Swarm) -> None:

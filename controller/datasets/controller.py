@@ -89,6 +89,13 @@ class DatasetController:
         for item in items:
             try:
                 self.reconcile(item, nodes, volumes)
+            except ApiException as error:
+                if error.status != 409:
+                    log.warning("reconciling dataset %s failed", item.name, exc_info=True)
+                    continue
+                # Written meanwhile (an agent's report, the gate's count of waiting pods): the change
+                # wakes the next pass, which works from the new version.
+                log.info("dataset %s changed while it was reconciled; again on the next pass", item.name)
             except Exception:
                 log.warning("reconciling dataset %s failed", item.name, exc_info=True)
         metrics.DATASET_SUMMARIES.end_round((i.metadata.get("namespace", ""), i.name) for i in items)

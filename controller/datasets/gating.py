@@ -88,6 +88,10 @@ def gate_decision(namespace: str, datasets: Iterable[DatasetReadiness]) -> GateD
         copies = verified_copies(dataset.status)
         wanted = len(dataset.status.target_nodes)
         needed = required_ready(dataset.ready_when, wanted)
+        if not wanted:
+            # Said plainly: "0 of 1 verified copies [0/0 (needs 1)]" read like a contradiction.
+            waiting.append(f"Dataset {namespace}/{dataset.name} has no target nodes yet")
+            continue
         progress.append(f"{dataset.name} {len(copies)}/{wanted} (needs {needed})")
         if len(copies) < needed:
             waiting.append(

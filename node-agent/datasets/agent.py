@@ -25,6 +25,7 @@ from cairn.egress import EgressPolicy
 from cairn.kube import ResourceClient, Typed, secret_reader
 from cairn.node_agent import metrics
 from cairn.node_agent.datasets.origin import OriginError
+from cairn.node_agent.datasets.pacing import DEFAULT_BACKGROUND_BYTES_PER_SECOND, urgent
 from cairn.node_agent.datasets.reports import NodeReports
 from cairn.node_agent.datasets.seeder import Seeder
 from cairn.node_agent.datasets.steps import DatasetView, Step, next_step
@@ -51,6 +52,8 @@ class DatasetAgent:
     torrent: TorrentNode
     egress: Callable[[], EgressPolicy] = EgressPolicy
     identity: PeerIdentity | None = None
+    background_bytes_per_second: int = DEFAULT_BACKGROUND_BYTES_PER_SECOND
+    """Each node's cap, each way, for Background Datasets that set none."""
     _busy: dict[str, threading.Thread] = field(default_factory=dict)
     store: PartStore = field(init=False)
     reports: NodeReports = field(init=False)
@@ -61,7 +64,13 @@ class DatasetAgent:
         self.store = PartStore(self.state_dir / "datasets")
         self.reports = NodeReports(self.node_name, self.datasets)
         self.swarm = Swarm(
-            self.node_name, self.torrent, self.store, self.storage_nodes, self.reports, self.identity
+            self.node_name,
+            self.torrent,
+            self.store,
+            self.storage_nodes,
+            self.reports,
+            self.identity,
+            background_bytes_per_second=self.background_bytes_per_second,
         )
         self.seeder = Seeder(
             self.node_name,
@@ -73,6 +82,7 @@ class DatasetAgent:
             self.swarm,
             self.reports,
             self.egress,
+            self.background_bytes_per_second,
         )
 
     def shutdown(self) -> None:
@@ -146,6 +156,8 @@ class DatasetAgent:
                     log.warning("dataset %s/%s: pass failed", namespace, item.name, exc_info=True)
             for key in [k for k in self.swarm.shares() if k not in wanted]:
                 self.swarm.leave(key)
+            here = [item.model for item in items if self.node_name in item.model.status.target_nodes]
+            self.torrent.yield_cpu(not any(urgent(dataset) for dataset in here))
             self.swarm.note_events()
 
     def _drive(self, item: Typed, namespace: str, nodes: list[StorageNode]) -> None:

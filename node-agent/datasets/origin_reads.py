@@ -23,11 +23,17 @@ from pathlib import Path
 
 from cairn.background import backoff_seconds
 from cairn.node_agent.datasets.origin import Origin, OriginError, OriginFile
+from cairn.node_agent.host.priority import run_in_background
+from cairn.node_agent.host.rate_limit import TokenBucket
 from cairn.node_agent.manifests import ManifestEntry, new_hasher
 from cairn.units import MiB
 
 STREAMS = 4
 RANGE_BYTES = 8 * MiB
+CAPPED_RANGE_BYTES = 1 * MiB
+"""Under a cap the streams share one rate, so wide ranges only spread it over more parts at once:
+4 streams on 4 files of one and the next part published the first after twice its time. Narrow
+ranges keep every stream on the earliest part, so peers can start on it sooner."""
 READ_BYTES = 1 * MiB
 SPAN_ATTEMPTS = 5
 log = logging.getLogger("cairn.node.datasets.origin")
@@ -56,11 +62,14 @@ def fetch_parts(
     on_bytes: Callable[[int], None],
     on_part: Callable[[int, list[ManifestEntry]], None],
     streams: int = STREAMS,
+    bucket: TokenBucket | None = None,
 ) -> None:
     """Read every part's files into `data` and call `on_part(index, entries)` for each, in order.
 
     `on_part` runs in the caller's thread while the streams read on into the next parts, so
     publishing one part never idles the origin's link. The first failure stops everything.
+    With a `bucket` (a Background Dataset) the streams share its rate, and they run at the lowest
+    CPU and I/O priority, so a job training on this node keeps its disk and cores.
     """
     for part in parts:
         for file in part:
@@ -68,12 +77,14 @@ def fetch_parts(
             target.parent.mkdir(parents=True, exist_ok=True)
             with open(target, "wb") as out:
                 out.truncate(file.size)  # sparse until written: only what arrives takes space
-    with ThreadPoolExecutor(streams, thread_name_prefix="origin") as pool:
+    initializer = run_in_background if bucket is not None else None
+    range_bytes = CAPPED_RANGE_BYTES if bucket is not None else RANGE_BYTES
+    with ThreadPoolExecutor(streams, thread_name_prefix="origin", initializer=initializer) as pool:
         pending: list[list[Future[None]]] = [
             [
-                pool.submit(_read_span, origin, span, data, on_bytes)
+                pool.submit(_read_span, origin, span, data, on_bytes, bucket=bucket)
                 for file in part
-                for span in spans_of(file, origin.ranged)
+                for span in spans_of(file, origin.ranged, range_bytes)
             ]
             for part in parts
         ]
@@ -95,6 +106,7 @@ def _read_span(
     data: Path,
     on_bytes: Callable[[int], None],
     *,
+    bucket: TokenBucket | None = None,
     attempts: int = SPAN_ATTEMPTS,
     backoff: Callable[[int], float] = backoff_seconds,
     sleep: Callable[[float], None] = time.sleep,
@@ -112,7 +124,7 @@ def _read_span(
         if not origin.ranged:
             cursor.offset = span.start
         try:
-            surplus = _read_from(origin, span, data, on_bytes, cursor)
+            surplus = _read_from(origin, span, data, on_bytes, cursor, bucket)
             break
         except OriginError:
             raise  # the origin's own answer, not a broken connection: no retry changes it
@@ -149,7 +161,12 @@ class _Cursor:
 
 
 def _read_from(
-    origin: Origin, span: Span, data: Path, on_bytes: Callable[[int], None], cursor: _Cursor
+    origin: Origin,
+    span: Span,
+    data: Path,
+    on_bytes: Callable[[int], None],
+    cursor: _Cursor,
+    bucket: TokenBucket | None = None,
 ) -> bytes:
     """Read the span from cursor.offset on, moving the cursor as bytes land; any byte past its end."""
     end = span.start + span.length
@@ -158,6 +175,8 @@ def _read_from(
         length = end - cursor.offset if origin.ranged else None
         with origin.open(span.file, cursor.offset, length) as stream:
             while cursor.offset < end and (chunk := stream.read(min(READ_BYTES, end - cursor.offset))):
+                if bucket is not None:
+                    bucket.acquire(len(chunk))  # after the read: TCP then paces the origin to the cap
                 view = memoryview(chunk)
                 while view:
                     written = os.pwrite(descriptor, view, cursor.offset)

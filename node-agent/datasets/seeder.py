@@ -30,11 +30,13 @@ from cairn.kube import ResourceClient, Typed
 from cairn.node_agent import metrics
 from cairn.node_agent.datasets.origin import DirectoryOrigin, HttpOrigin, Origin, OriginError, S3Origin
 from cairn.node_agent.datasets.origin_reads import fetch_parts
+from cairn.node_agent.datasets.pacing import DEFAULT_BACKGROUND_BYTES_PER_SECOND, node_rate
 from cairn.node_agent.datasets.parts import plan_parts
 from cairn.node_agent.datasets.reports import NodeReports
 from cairn.node_agent.datasets.store import PartStore
 from cairn.node_agent.datasets.swarm import Swarm, dataset_key
 from cairn.node_agent.host import mounts
+from cairn.node_agent.host.rate_limit import TokenBucket
 from cairn.node_agent.manifests import Manifest, ManifestEntry
 from cairn.node_agent.p2p.session import make_torrent, piece_size_for
 from cairn.node_agent.volumes.index import StagedVolume
@@ -58,6 +60,7 @@ class Seeder:
     reports: NodeReports
     egress: Callable[[], EgressPolicy] = EgressPolicy
     """Where origins may lead: the fixed refusals, the cluster's ranges, the chart's allowances."""
+    background_bytes_per_second: int = DEFAULT_BACKGROUND_BYTES_PER_SECOND
 
     def list_origin(self, item: Typed, namespace: str) -> None:
         dataset: Dataset = item.model
@@ -142,7 +145,10 @@ class Seeder:
                     info_hash,
                 )
 
-            fetch_parts(origin, plan, data, progress.add, publish)
+            rate = node_rate(dataset.spec, self.background_bytes_per_second)
+            if rate:
+                log.info("dataset %s: seeding in the background at %s/s", key, human_bytes(rate))
+            fetch_parts(origin, plan, data, progress.add, publish, bucket=TokenBucket(rate) if rate else None)
             log.info(
                 "dataset %s/%s seeded: %s from the origin", namespace, item.name, human_bytes(progress.done)
             )

@@ -27,6 +27,13 @@ from cairn.api.disk import StorageNode
 from cairn.certificates import same_public_key
 from cairn.kube import ResourceClient, Typed
 from cairn.node_agent import metrics
+from cairn.node_agent.datasets.pacing import (
+    DEFAULT_BACKGROUND_BYTES_PER_SECOND,
+    UNLIMITED,
+    PartLimits,
+    node_rate,
+    part_limits,
+)
 from cairn.node_agent.datasets.parts import part_peers, stranded
 from cairn.node_agent.datasets.peer_client import fetch_part_torrent, torrent_holders
 from cairn.node_agent.datasets.reports import NodeReports
@@ -42,6 +49,7 @@ from cairn.node_agent.p2p.session import (
     TorrentFailed,
     TorrentNode,
     TorrentSessionError,
+    TransferStatus,
 )
 
 log = logging.getLogger("cairn.node.datasets")
@@ -74,6 +82,8 @@ class Joined:
     """Parts whose torrent has this node's swarm certificate; the others cannot talk to peers yet."""
     verified: bool = False
     """This session checked the whole copy against the dataset's digest."""
+    limits: dict[int, PartLimits] = field(default_factory=dict)
+    """Per part, the rate limits its torrent was given (absent: none, unlimited)."""
 
 
 @dataclass
@@ -87,6 +97,7 @@ class Swarm:
     """Who this agent is on the peer plane: without it, no .torrent can be fetched from a peer."""
     lock: threading.RLock = field(default_factory=threading.RLock)
     """Held by the agent's whole pass and by the seeder's thread whenever it changes a share."""
+    background_bytes_per_second: int = DEFAULT_BACKGROUND_BYTES_PER_SECOND
     _joined: dict[str, Joined] = field(default_factory=dict)
 
     def has_joined(self, key: str) -> bool:
@@ -117,9 +128,25 @@ class Swarm:
         with self.lock:
             joined = self._joined[key]
             joined.parts[index] = info_hash
+            self._pace(dataset, joined, {i: self.torrent.status(h) for i, h in joined.parts.items()})
             self._certify(joined, dataset)
             self._tell_peers(joined, index, dataset, nodes, stalled=False)
         return info_hash
+
+    def _pace(self, dataset: Dataset, joined: Joined, statuses: dict[int, TransferStatus]) -> None:
+        """Share a Background Dataset's cap among the parts still coming in; lift it once Normal."""
+        rate = node_rate(dataset.spec, self.background_bytes_per_second)
+        if rate == 0 and not joined.limits:
+            return
+        complete = {index for index, s in statuses.items() if s.is_seeding}
+        lacking = len(joined.parts) - len(complete)
+        for index, info_hash in joined.parts.items():
+            limits = part_limits(rate, lacking, index in complete)
+            if joined.limits.get(index, UNLIMITED) != limits:
+                self.torrent.limit(info_hash, download=limits.download, upload=limits.upload)
+                joined.limits[index] = limits
+        if rate == 0:
+            joined.limits.clear()
 
     def swarm_certificate(self, dataset: Dataset) -> str | None:
         """This node's certificate for the dataset's swarm, once signed for the key it holds now."""
@@ -250,6 +277,7 @@ class Swarm:
         metrics.DATASET_PROGRESS.labels(node=self.node_name, namespace=namespace, dataset=item.name).set(
             progress
         )
+        self._pace(dataset, joined, statuses)
         nodes = [n.model for n in self.storage_nodes.list()]
         for index, part in statuses.items():
             idle = 0.0 if part.is_seeding else self._idle_seconds(joined, index, part.total_done)

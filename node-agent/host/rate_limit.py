@@ -15,7 +15,12 @@ class TokenBucket:
         self._lock = threading.Lock()
 
     def acquire(self, amount: int) -> None:
-        """Block until `amount` bytes may be sent; a rate of 0 means unlimited."""
+        """Block until `amount` bytes may be sent; a rate of 0 means unlimited.
+
+        A request larger than the burst waits for a full bucket and leaves it in debt, which the
+        next callers pay off: otherwise it could never be granted, and a read of 1 MiB under a cap
+        below 4 MiB/s would wait for ever.
+        """
         if self.rate <= 0:
             return
         while True:
@@ -23,10 +28,11 @@ class TokenBucket:
                 now = time.monotonic()
                 self._tokens = min(self.capacity, self._tokens + (now - self._stamp) * self.rate)
                 self._stamp = now
-                if self._tokens >= amount:
+                needed = min(amount, self.capacity)
+                if self._tokens >= needed:
                     self._tokens -= amount
                     return
-                wait = (amount - self._tokens) / self.rate
+                wait = (needed - self._tokens) / self.rate
             time.sleep(min(wait, 0.25))
 
 

@@ -42,6 +42,7 @@ from typing import Any
 
 import libtorrent as lt
 
+from cairn.node_agent.host.priority import YIELDING_NICENESS, set_niceness, unnamed_native_threads
 from cairn.units import KiB, MiB
 
 MIN_PIECE_SIZE = 256 * KiB
@@ -400,6 +401,7 @@ class TorrentNode:
         params.disk_io_constructor = f"{disk_io}_disk_io_constructor"
         self._session: Any = lt.session(params)
         self._handles: dict[str, Any] = {}
+        self._yielding = False
         self._events: list[TorrentEvent] = []
         self._waits: dict[tuple[str, str], list[_Wait]] = {}
         # libtorrent moves on to the next free port when the asked one is taken; peers would then be
@@ -410,6 +412,20 @@ class TorrentNode:
                 f"libtorrent could not listen on {listen_address}:{port}; check that the address is "
                 "configured on this node and the port is free"
             )
+
+    def yield_cpu(self, yielding: bool) -> None:
+        """Run libtorrent's threads at nice 19 (`yielding`) or 0.
+
+        Per torrent libtorrent limits only rates; the CPU those bytes cost (TLS, hashing, the
+        kernel's TCP work done in its network thread) is the session's. So while every torrent
+        that moves belongs to a Background Dataset, the session's threads yield to a job training
+        on the node, and are raised again as soon as a Normal one moves.
+        """
+        if not yielding and not self._yielding:
+            return
+        self._yielding = yielding
+        # Looked up on every call while yielding: libtorrent starts disk threads as work arrives.
+        set_niceness(unnamed_native_threads(), YIELDING_NICENESS if yielding else 0)
 
     def _listen_port(self) -> int:
         return int(self._session.ssl_listen_port() if self.tls else self._session.listen_port())

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -16,13 +15,12 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 
 from tests.testbed.bed import TestBed
+from tests.testbed.chart import dataset_gate_policies, install_dataset_gate
 from tests.testbed.components import start_controller, start_node_agent
-from tests.testbed.controlplane import CAIRN_NAMESPACE
 from tests.testbed.datasets import s3_dataset
-from tests.testbed.kube_components import start_scheduler
+from tests.testbed.kube_components import open_to_the_scheduler, start_scheduler
 from tests.testbed.nodes import SimulatedNode
 from tests.testbed.process import ManagedProcess
-from tests.testbed.tools import REPO_ROOT, tool_path
 from tests.testbed.waiting import wait_until
 
 MiB = 1024 * 1024
@@ -72,17 +70,6 @@ class Rig:
         return [(e["type"], e["reason"], e["message"]) for e in listed.get("items", [])]
 
 
-def gate_policies() -> str:
-    """The chart's gate and its guard, as the chart renders them."""
-    return subprocess.run(
-        [
-            str(tool_path("helm")), "template", "cairn", str(REPO_ROOT / "deploy" / "helm" / "cairn"),
-            "--namespace", CAIRN_NAMESPACE, "--show-only", "templates/dataset-gate.yaml",
-        ],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
-
-
 @pytest.fixture(scope="module")
 def rig(bed: TestBed) -> Iterator[Rig]:
     assert bed.s3 is not None
@@ -94,13 +81,8 @@ def rig(bed: TestBed) -> Iterator[Rig]:
     client = bed.s3.client()
     for index in range(4):
         client.put_object(Bucket=bucket, Key=f"data/part-{index}.bin", Body=os.urandom(2 * MiB))
-    rig.kubectl("apply", "-f", "-", input_text=gate_policies())
-    # No kube-controller-manager runs on this bed: nothing makes the namespace's default
-    # ServiceAccount, and nothing lifts the not-ready taint that admission (TaintNodesByCondition)
-    # puts on every new Node, which would keep the scheduler off these Ready nodes.
-    rig.kubectl("create", "serviceaccount", "default", "-n", NAMESPACE, check=False)
-    for node in nodes:
-        rig.kubectl("taint", "node", node.name, "node.kubernetes.io/not-ready:NoSchedule-", check=False)
+    open_to_the_scheduler(bed.control_plane, NAMESPACE, [n.name for n in nodes])
+    install_dataset_gate(bed.control_plane, NAMESPACE)
     try:
         for node in nodes:
             agent, _ = start_node_agent(
@@ -121,7 +103,9 @@ def rig(bed: TestBed) -> Iterator[Rig]:
         print("\n" + rig.kubectl("get", "datasets,pods", "-n", NAMESPACE, "-o", "wide", check=False).stdout)
         rig.kubectl("delete", "pods", "--all", "-n", NAMESPACE, "--grace-period=0", "--force", check=False)
         rig.kubectl("delete", "datasets", "--all", "-n", NAMESPACE, "--timeout=120s", check=False)
-        rig.kubectl("delete", "-f", "-", "--ignore-not-found", input_text=gate_policies(), check=False)
+        rig.kubectl(
+            "delete", "-f", "-", "--ignore-not-found", input_text=dataset_gate_policies(), check=False
+        )
         for process in rig.processes:
             process.stop()
             print(f"\n{process.name} log tail:\n{process.log_tail(8)}")

@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -335,3 +336,59 @@ def test_an_origin_pointing_at_cloud_metadata_or_a_node_fails_without_a_request(
     finally:
         for name in sources:
             swarm.kubectl("delete", "dataset", name, "-n", NAMESPACE, check=False)
+
+
+BACKGROUND_CAP = 2 * MiB
+BACKGROUND_BYTES = 24 * MiB
+
+
+def test_a_background_dataset_keeps_to_its_cap_from_the_origin_and_through_the_swarm(swarm: Swarm) -> None:
+    """Two nodes, links of 30 MB/s: unthrottled this dataset is Ready in about a second of transfer."""
+    assert swarm.bed.s3 is not None
+    client = swarm.bed.s3.client()
+    for index in range(6):
+        client.put_object(
+            Bucket=swarm.bucket, Key=f"later/part-{index}.bin", Body=os.urandom(BACKGROUND_BYTES // 6)
+        )
+    seeder, leecher = swarm.nodes[3], swarm.nodes[4]
+    manifest = s3_dataset(
+        "next-job",
+        NAMESPACE,
+        f"s3://{swarm.bucket}/later",
+        swarm.bed.s3.endpoint,
+        "dataset-s3",
+        [seeder.name, leecher.name],
+        priority="Background",
+        backgroundBytesPerSecond=BACKGROUND_CAP,
+    )
+    swarm.apply(manifest)
+    created = time.monotonic()
+    ready_at: dict[str, float] = {}
+
+    def both_ready() -> bool:
+        for node in (seeder, leecher):
+            if node.name not in ready_at and swarm.node_report("next-job", node.name).get("phase") == "Ready":
+                ready_at[node.name] = time.monotonic() - created
+        return len(ready_at) == 2
+
+    wait_until(
+        both_ready, 180, "both copies of the Background dataset", context=lambda: swarm.diagnosis("next-job")
+    )
+    status = swarm.dataset("next-job")["status"]
+    first = status["seeder"]
+    other = leecher.name if first == seeder.name else seeder.name
+    floor = BACKGROUND_BYTES / BACKGROUND_CAP  # 12 s; the token bucket's burst takes at most 0.5 s off
+    print(
+        f"\nBackground dataset: seeder Ready at {ready_at[first]:.1f} s, "
+        f"peer at {ready_at[other]:.1f} s, floor {floor:.0f} s"
+    )
+    assert ready_at[first] >= 0.85 * floor, "the seeder read the origin faster than its cap"
+    assert ready_at[other] >= 0.85 * floor, "the peer copy arrived faster than the cap allows"
+    assert status["nodes"][other]["bytesFromPeers"] >= BACKGROUND_BYTES
+    assert status["nodes"][first]["digest"] == status["nodes"][other]["digest"] == status["digest"]
+    seeder_log = swarm.agents[first].log_path.read_text(errors="replace")
+    assert "seeding in the background at 2Mi/s" in seeder_log
+    wide = swarm.kubectl("get", "dataset", "next-job", "-n", NAMESPACE, "-o", "wide").stdout
+    print(wide)
+    assert wide.splitlines()[0].split()[-2:] == ["PRIORITY", "AGE"] and "Background" in wide
+    swarm.kubectl("delete", "dataset", "next-job", "-n", NAMESPACE, "--timeout=120s")

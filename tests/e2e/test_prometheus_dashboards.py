@@ -23,10 +23,12 @@ import pytest
 from cairn import TOPOLOGY_KEY
 from cairn.csi.proto import csi_pb2, csi_pb2_grpc
 from tests.testbed.bed import TestBed
+from tests.testbed.chart import dataset_gate_policies, install_dataset_gate
 from tests.testbed.checkpoints import write_dcp
 from tests.testbed.components import METRICS_PORT, mount_capability, start_controller, start_node_agent
 from tests.testbed.controlplane import free_port
 from tests.testbed.datasets import s3_dataset
+from tests.testbed.kube_components import open_to_the_scheduler
 from tests.testbed.kubelet_standin import KubeletStandIn
 from tests.testbed.nodes import SimulatedNode
 from tests.testbed.process import ManagedProcess
@@ -39,6 +41,8 @@ PVC = "dashboards-trainer"
 DATASET = "dashboards-corpus"
 SECRET = "dashboards-s3"
 CAPABILITY = mount_capability()
+GATED_PODS = {"dashboards-job": DATASET, "dashboards-next-job": "dashboards-later"}
+"""Pod name to the Dataset it waits for: the first is made by the workload, the second never."""
 DASHBOARDS = Path(__file__).resolve().parents[2] / "deploy" / "dashboards"
 GRAFANA_INTERVALS = {
     # What Grafana would pick over its default 1h range with a 1s scrape interval.
@@ -145,6 +149,13 @@ def release_workload(
 ) -> None:
     """Objects first, while the agents still run to drop their LVs and replicas."""
     bed.control_plane.kubectl(
+        "delete", "pods", *GATED_PODS, "-n", NAMESPACE, "--ignore-not-found", "--grace-period=0", "--force",
+        check=False,
+    )  # fmt: skip
+    bed.control_plane.kubectl(
+        "delete", "-f", "-", "--ignore-not-found", input_text=dataset_gate_policies(), check=False
+    )
+    bed.control_plane.kubectl(
         "delete", "dataset", DATASET, "-n", NAMESPACE, "--ignore-not-found", "--timeout=120s", check=False
     )
     if stage is not None and controller_socket is not None:
@@ -225,11 +236,34 @@ def run_checkpoint_workload(
 
 
 def run_dataset_workload(bed: TestBed, bucket: str, nodes: list[SimulatedNode]) -> None:
-    """4 MiB from S3 onto both nodes: the seeder reads the origin, the other node its peer."""
+    """4 MiB from S3 onto both nodes: the seeder reads the origin, the other node its peer.
+
+    Two pods wait for data behind the chart's gate: one for this dataset, whose gate lifts when it
+    is Ready, and one for a Dataset not made yet, which stays gated.
+    """
     assert bed.s3 is not None
     client = bed.s3.client()
     for index in range(4):
         client.put_object(Bucket=bucket, Key=f"corpus/part-{index}.bin", Body=os.urandom(MiB))
+    open_to_the_scheduler(bed.control_plane, NAMESPACE, [node.name for node in nodes])
+    install_dataset_gate(bed.control_plane, NAMESPACE)
+    for pod, dataset in GATED_PODS.items():
+        apply(
+            bed,
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {
+                    "name": pod,
+                    "namespace": NAMESPACE,
+                    "annotations": {"cairn.dev/dataset": dataset},
+                },
+                "spec": {"containers": [{"name": "trainer", "image": "registry.invalid/trainer:1"}]},
+            },
+        )
+    for pod in GATED_PODS:
+        gates = get_json(bed, "pod", pod)["spec"].get("schedulingGates", [])
+        assert {"name": "cairn.dev/dataset"} in gates, f"{pod} was admitted without the dataset gate"
     names = [node.name for node in nodes]
     apply(bed, s3_dataset(DATASET, NAMESPACE, f"s3://{bucket}/corpus", bed.s3.endpoint, SECRET, names))
     wait_until(
@@ -237,6 +271,11 @@ def run_dataset_workload(bed: TestBed, bucket: str, nodes: list[SimulatedNode]) 
         180,
         "the dataset to be Ready on both nodes",
         context=lambda: json.dumps(get_json(bed, "dataset", DATASET).get("status", {}), indent=1),
+    )
+    wait_until(
+        lambda: not get_json(bed, "pod", "dashboards-job")["spec"].get("schedulingGates"),
+        60,
+        "the gate of the pod waiting for the dataset to lift",
     )
 
 
@@ -298,6 +337,8 @@ WORKLOAD_METRICS = {
     'sum(cairn_dataset_bytes_total{source="origin"})': "dataset bytes read from the origin",
     'sum(cairn_dataset_bytes_total{source="peer"})': "dataset bytes received from a peer",
     "sum(cairn_p2p_upload_bytes_total)": "dataset bytes served to a peer",
+    "sum(cairn_dataset_gate_wait_seconds_count)": "a pod's gate lifted once its data was ready",
+    "sum(cairn_dataset_gated_pods)": "a pod waiting for its data",
 }
 
 

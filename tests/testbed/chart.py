@@ -30,6 +30,47 @@ NAMESPACE = "cairn-system"
 MONITORING_CRDS = REPO_ROOT / "tests" / "fixtures" / "monitoring-crds.yaml"
 
 
+def dataset_gate_policies() -> str:
+    """The chart's pod gate and its guard (two admission policies), as the chart renders them."""
+    return subprocess.run(
+        [
+            str(tool_path("helm")), "template", RELEASE, str(CHART),
+            "--namespace", NAMESPACE, "--show-only", "templates/dataset-gate.yaml",
+        ],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+
+
+def install_dataset_gate(control_plane: Any, namespace: str = "default", timeout: float = 60.0) -> None:
+    """Apply the gate's policies and wait until the apiserver enforces them.
+
+    A policy takes effect a moment after it is created (the apiserver's informers pick it up), and a
+    pod created in between is admitted without its gate. So a pod naming a Dataset is created with a
+    server-side dry run (admission runs, nothing is stored) until it comes back gated.
+    """
+    control_plane.kubectl("apply", "-f", "-", input_text=dataset_gate_policies())
+    probe = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": "gate-probe",
+            "namespace": namespace,
+            "annotations": {"cairn.dev/dataset": "probe"},
+        },
+        "spec": {"containers": [{"name": "probe", "image": "registry.invalid/probe:1"}]},
+    }
+    deadline = time.monotonic() + timeout
+    while True:
+        result = control_plane.kubectl(
+            "create", "--dry-run=server", "-o", "json", "-f", "-", input_text=json.dumps(probe), check=False
+        )
+        if result.returncode == 0 and json.loads(result.stdout)["spec"].get("schedulingGates"):
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the dataset gate was not enforced after {timeout:.0f} s: {result.stderr}")
+        time.sleep(0.5)
+
+
 def merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
     """Deep merge of Helm values: mappings merge, everything else is replaced."""
     merged = dict(base)

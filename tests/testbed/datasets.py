@@ -13,6 +13,7 @@ def s3_dataset(
     secret: str,
     nodes: list[str],
     piece_size: int = 0,
+    **spec_fields: Any,
 ) -> dict[str, Any]:
     """A Dataset reading `url` (s3://bucket/prefix) with the keys in Secret `secret`, onto `nodes`."""
     spec: dict[str, Any] = {
@@ -22,6 +23,7 @@ def s3_dataset(
     }
     if piece_size:
         spec["pieceSize"] = piece_size
+    spec.update(spec_fields)
     return {
         "apiVersion": "cairn.dev/v1alpha1",
         "kind": "Dataset",

@@ -8,6 +8,7 @@ a fault no kubelet produces, in kubelet_standin.py.)
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from .process import ManagedProcess
 from .tools import tool_path
@@ -52,6 +53,18 @@ def start_controller_manager(
         "started",
     )
     return process
+
+
+def open_to_the_scheduler(control_plane: Any, namespace: str, node_names: list[str]) -> None:
+    """What a kube-controller-manager would do before pods can be scheduled onto simulated nodes.
+
+    None runs on this bed: nothing makes the namespace's default ServiceAccount, and nothing lifts
+    the not-ready taint that admission (TaintNodesByCondition) puts on every new Node, which would
+    keep the scheduler off these Ready nodes.
+    """
+    control_plane.kubectl("create", "serviceaccount", "default", "-n", namespace, check=False)
+    for name in node_names:
+        control_plane.kubectl("taint", "node", name, "node.kubernetes.io/not-ready:NoSchedule-", check=False)
 
 
 def start_scheduler(workdir: Path, run_id: str, kubeconfig: Path) -> ManagedProcess:

@@ -71,6 +71,12 @@ def test_the_gate_stays_shut_with_progress_until_enough_copies_then_opens_on_the
     assert opened.open and opened.nodes == ("a", "c") and opened.reason == "DataReady"
 
 
+def test_a_dataset_without_targets_yet_says_so():
+    shut = gate_decision("ml", [DatasetReadiness("imagenet", status([], []), "All")])
+    assert not shut.open and shut.reason == "WaitingForData"
+    assert shut.message == "Dataset ml/imagenet has no target nodes yet"
+
+
 def test_a_pod_of_two_datasets_goes_only_where_both_are_and_waits_if_nowhere_holds_both():
     both = gate_decision(
         "ml",

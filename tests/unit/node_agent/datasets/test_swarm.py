@@ -49,6 +49,7 @@ class FakeTorrentSession:
         self.told: list[tuple[str, list[tuple[str, int]]]] = []
         self.forgiven: list[str] = []
         self.flushed: list[str] = []
+        self.limits: dict[str, tuple[int, int]] = {}
 
     def download(self, torrent: bytes, data_dir: Path, resume_data: bytes | None = None) -> str:
         info_hash = info_hash_of(torrent)
@@ -63,6 +64,9 @@ class FakeTorrentSession:
 
     def forgive_peers(self, info_hash: str) -> None:
         self.forgiven.append(info_hash)
+
+    def limit(self, info_hash: str, *, download: int = 0, upload: int = 0) -> None:
+        self.limits[info_hash] = (download, upload)
 
     def flush(self, info_hash: str) -> None:
         self.flushed.append(info_hash)
@@ -109,7 +113,9 @@ def torrents(tmp_path_factory: pytest.TempPathFactory) -> list[TorrentMeta]:
     return [make_torrent(data, files=[(f"{index}.bin", 1000)]) for index in range(3)]
 
 
-def dataset(parts: int, *, digest: str | None = None, published: int | None = None) -> Typed:
+def dataset(
+    parts: int, *, digest: str | None = None, published: int | None = None, spec: dict[str, Any] | None = None
+) -> Typed:
     status = {
         "seeder": SEEDER,
         "targetNodes": [SEEDER, ME, OTHER],
@@ -119,7 +125,10 @@ def dataset(parts: int, *, digest: str | None = None, published: int | None = No
         "digest": digest,
     }
     model = Dataset.model_validate(
-        {"spec": {"source": {"http": {"urls": ["https://data.example/a.bin"]}}}, "status": status}
+        {
+            "spec": {"source": {"http": {"urls": ["https://data.example/a.bin"]}}, **(spec or {})},
+            "status": status,
+        }
     )
     return Typed(model, {"name": "corpus", "namespace": "ns"})
 
@@ -278,3 +287,47 @@ def test_leaving_removes_every_part_from_the_session(
     swarm.leave("ns/corpus")
     assert sorted(removed) == [HASHES[0], HASHES[1]]
     assert swarm.shares() == []
+
+
+def test_a_background_dataset_shares_its_inbound_cap_among_the_parts_still_to_come(
+    tmp_path: Path, clock: Clock, torrents: list[TorrentMeta]
+) -> None:
+    swarm, session, _ = make_swarm(tmp_path, torrents)
+    rate = 9 * 1024 * 1024
+    item = dataset(3, spec={"priority": "Background", "backgroundBytesPerSecond": rate})
+    joined = join(swarm, item, tmp_path)
+    swarm.advance(item, "ns", joined, DatasetNodeStatus())
+    assert session.limits == {h: (rate // 3, rate) for h in HASHES}
+
+    session.statuses[HASHES[0]] = replace(DOWNLOADING, is_seeding=True, total_done=1000)
+    swarm.advance(item, "ns", joined, DatasetNodeStatus())
+    assert session.limits[HASHES[0]] == (0, rate), "a finished part only sends"
+    assert session.limits[HASHES[1]] == session.limits[HASHES[2]] == (rate // 2, rate)
+
+    session.limits.clear()
+    swarm.advance(item, "ns", joined, DatasetNodeStatus())
+    assert session.limits == {}, "limits already set are not set again on every pass"
+
+
+def test_a_dataset_raised_to_normal_has_its_caps_lifted(
+    tmp_path: Path, clock: Clock, torrents: list[TorrentMeta]
+) -> None:
+    swarm, session, _ = make_swarm(tmp_path, torrents)
+    swarm.background_bytes_per_second = 3 * 1024 * 1024  # the agent's default: the Dataset names none
+    background = dataset(3, spec={"priority": "Background"})
+    joined = join(swarm, background, tmp_path)
+    swarm.advance(background, "ns", joined, DatasetNodeStatus())
+    assert set(session.limits.values()) == {(1024 * 1024, 3 * 1024 * 1024)}
+
+    swarm.advance(dataset(3), "ns", joined, DatasetNodeStatus())
+    assert set(session.limits.values()) == {(0, 0)}
+
+
+def test_a_normal_dataset_never_touches_the_limits(
+    tmp_path: Path, clock: Clock, torrents: list[TorrentMeta]
+) -> None:
+    swarm, session, _ = make_swarm(tmp_path, torrents)
+    item = dataset(3)
+    joined = join(swarm, item, tmp_path)
+    swarm.advance(item, "ns", joined, DatasetNodeStatus())
+    assert session.limits == {}
