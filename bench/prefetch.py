@@ -119,55 +119,55 @@ class Rig:
         return time.monotonic()
 
     def create_pod(self, name: str, dataset: str) -> None:
-        manifest = {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": name, "namespace": NAMESPACE, "annotations": {"cairn.dev/dataset": dataset}},
-            "spec": {"containers": [{"name": "trainer", "image": "registry.invalid/trainer:1"}]},
-        }
-        self.kubectl("create", "-f", "-", input_text=json.dumps(manifest))
+        from tests.testbed.datasets import pod_waiting_for
+
+        self.kubectl("create", "-f", "-", input_text=json.dumps(pod_waiting_for(name, NAMESPACE, dataset)))
 
     def wait_bound(self, pod: str, timeout: float = 600.0) -> str:
         """The node the scheduler bound the pod to, once the gate opened."""
         from kubernetes import client
 
+        from tests.testbed.waiting import wait_until
+
         core = client.CoreV1Api(self.swarm.bed.control_plane.api_client())
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        bound: list[str] = []
+
+        def scheduled() -> bool:
             node = core.read_namespaced_pod(pod, NAMESPACE).spec.node_name
-            if node:
-                return node
-            time.sleep(0.2)
-        raise TimeoutError(f"pod {pod} was not bound in {timeout:.0f} s:\n{self.swarm.log_tails()}")
+            bound.extend([node] if node else [])
+            return bool(node)
+
+        wait_until(scheduled, timeout, f"pod {pod} bound to a node", context=self.swarm.log_tails)
+        return bound[0]
 
     def phase(self, name: str) -> dict[str, Any]:
         return self.swarm.dataset(name).get("status", {})
 
     def wait_ready(self, name: str, timeout: float = 600.0, seen: dict[str, float] | None = None) -> float:
         """When the Dataset was Ready on every node; `seen` gets each node's first Ready moment."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        from tests.testbed.waiting import wait_until
+
+        def ready() -> bool:
             status = self.phase(name)
-            if seen is not None:
-                for node, report in status.get("nodes", {}).items():
-                    if report.get("phase") == "Ready":
-                        seen.setdefault(node, time.monotonic())
-            if status.get("phase") == "Ready":
-                return time.monotonic()
-            time.sleep(0.2)
-        raise TimeoutError(f"dataset {name} not Ready in {timeout:.0f} s:\n{self.swarm.log_tails()}")
+            for node, report in status.get("nodes", {}).items():
+                if seen is not None and report.get("phase") == "Ready":
+                    seen.setdefault(node, time.monotonic())
+            return status.get("phase") == "Ready"
+
+        wait_until(ready, timeout, f"dataset {name} Ready on every node", context=self.swarm.log_tails)
+        return time.monotonic()
 
     def wait_reading(self, name: str, timeout: float = 300.0) -> None:
         """Until the seeder has read some of the origin: the prefetch is under way."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        from tests.testbed.waiting import wait_until
+
+        def reading() -> bool:
             status = self.phase(name)
-            if status.get("bytesFromOrigin", 0) > 0 or any(
+            return status.get("bytesFromOrigin", 0) > 0 or any(
                 n.get("bytesFromOrigin", 0) > 0 for n in status.get("nodes", {}).values()
-            ):
-                return
-            time.sleep(0.2)
-        raise TimeoutError(f"dataset {name} never began reading its origin:\n{self.swarm.log_tails()}")
+            )
+
+        wait_until(reading, timeout, f"dataset {name} reading its origin", context=self.swarm.log_tails)
 
     def delete(self, *objects: str) -> None:
         self.kubectl("delete", *objects, "-n", NAMESPACE, "--timeout=180s", "--wait=true", check=False)

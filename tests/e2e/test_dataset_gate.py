@@ -17,7 +17,7 @@ from kubernetes.client.exceptions import ApiException
 from tests.testbed.bed import TestBed
 from tests.testbed.chart import dataset_gate_policies, install_dataset_gate
 from tests.testbed.components import start_controller, start_node_agent
-from tests.testbed.datasets import s3_dataset
+from tests.testbed.datasets import pod_waiting_for, s3_dataset
 from tests.testbed.kube_components import open_to_the_scheduler, start_scheduler
 from tests.testbed.nodes import SimulatedNode
 from tests.testbed.process import ManagedProcess
@@ -44,15 +44,7 @@ class Rig:
         return json.loads(result.stdout) if result.returncode == 0 else {}
 
     def pod(self, name: str, annotation: str, affinity: dict | None = None) -> dict:
-        spec: dict = {"containers": [{"name": "trainer", "image": "registry.invalid/trainer:1"}]}
-        if affinity:
-            spec["affinity"] = affinity
-        manifest = {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": name, "namespace": NAMESPACE, "annotations": {GATE: annotation}},
-            "spec": spec,
-        }
+        manifest = pod_waiting_for(name, NAMESPACE, annotation, affinity)
         return json.loads(
             self.kubectl("create", "-o", "json", "-f", "-", input_text=json.dumps(manifest)).stdout
         )

@@ -27,7 +27,7 @@ from tests.testbed.chart import dataset_gate_policies, install_dataset_gate
 from tests.testbed.checkpoints import write_dcp
 from tests.testbed.components import METRICS_PORT, mount_capability, start_controller, start_node_agent
 from tests.testbed.controlplane import free_port
-from tests.testbed.datasets import s3_dataset
+from tests.testbed.datasets import pod_waiting_for, s3_dataset
 from tests.testbed.kube_components import open_to_the_scheduler
 from tests.testbed.kubelet_standin import KubeletStandIn
 from tests.testbed.nodes import SimulatedNode
@@ -248,19 +248,7 @@ def run_dataset_workload(bed: TestBed, bucket: str, nodes: list[SimulatedNode]) 
     open_to_the_scheduler(bed.control_plane, NAMESPACE, [node.name for node in nodes])
     install_dataset_gate(bed.control_plane, NAMESPACE)
     for pod, dataset in GATED_PODS.items():
-        apply(
-            bed,
-            {
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "metadata": {
-                    "name": pod,
-                    "namespace": NAMESPACE,
-                    "annotations": {"cairn.dev/dataset": dataset},
-                },
-                "spec": {"containers": [{"name": "trainer", "image": "registry.invalid/trainer:1"}]},
-            },
-        )
+        apply(bed, pod_waiting_for(pod, NAMESPACE, dataset))
     for pod in GATED_PODS:
         gates = get_json(bed, "pod", pod)["spec"].get("schedulingGates", [])
         assert {"name": "cairn.dev/dataset"} in gates, f"{pod} was admitted without the dataset gate"

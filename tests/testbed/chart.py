@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from .datasets import pod_waiting_for
 from .leaks import process_env
 from .tools import REPO_ROOT, tool_path
 
@@ -49,16 +50,7 @@ def install_dataset_gate(control_plane: Any, namespace: str = "default", timeout
     server-side dry run (admission runs, nothing is stored) until it comes back gated.
     """
     control_plane.kubectl("apply", "-f", "-", input_text=dataset_gate_policies())
-    probe = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "name": "gate-probe",
-            "namespace": namespace,
-            "annotations": {"cairn.dev/dataset": "probe"},
-        },
-        "spec": {"containers": [{"name": "probe", "image": "registry.invalid/probe:1"}]},
-    }
+    probe = pod_waiting_for("gate-probe", namespace, "probe")
     deadline = time.monotonic() + timeout
     while True:
         result = control_plane.kubectl(

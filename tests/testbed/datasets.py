@@ -30,3 +30,21 @@ def s3_dataset(
         "metadata": {"name": name, "namespace": namespace},
         "spec": spec,
     }
+
+
+def pod_waiting_for(
+    name: str, namespace: str, datasets: str, affinity: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """A pod naming `datasets` (comma-separated) in the annotation the chart's gate acts on.
+
+    Its image is never pulled: on beds without kubelets the pod only has to be admitted and placed.
+    """
+    spec: dict[str, Any] = {"containers": [{"name": "trainer", "image": "registry.invalid/trainer:1"}]}
+    if affinity:
+        spec["affinity"] = affinity
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace, "annotations": {"cairn.dev/dataset": datasets}},
+        "spec": spec,
+    }
