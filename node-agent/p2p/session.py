@@ -401,6 +401,8 @@ class TorrentNode:
         params.disk_io_constructor = f"{disk_io}_disk_io_constructor"
         self._session: Any = lt.session(params)
         self._handles: dict[str, Any] = {}
+        # Kept beside the handles: a torrent re-added to rejoin its swarm must present them again.
+        self._certificates: dict[str, tuple[str, str]] = {}
         self._yielding = False
         self._events: list[TorrentEvent] = []
         self._waits: dict[tuple[str, str], list[_Wait]] = {}
@@ -440,6 +442,7 @@ class TorrentNode:
         """What this session presents to an SSL torrent's peers: a certificate its CA signed, and the key."""
         with self._lock:
             self._handle(info_hash).set_ssl_certificate_buffer(certificate_pem, key_pem, FFDHE2048)
+            self._certificates[info_hash] = (certificate_pem, key_pem)
 
     def __enter__(self) -> TorrentNode:
         return self
@@ -525,6 +528,9 @@ class TorrentNode:
             params.peers = []
             params.download_limit, params.upload_limit = download, upload
             self._add(params)
+            if info_hash in self._certificates:
+                certificate_pem, key_pem = self._certificates[info_hash]
+                self._handle(info_hash).set_ssl_certificate_buffer(certificate_pem, key_pem, FFDHE2048)
 
     def limit(self, info_hash: str, *, download: int = 0, upload: int = 0) -> None:
         """Cap the torrent's payload rates in bytes/s (0: no cap), e.g. to leave a training job its NIC.
@@ -540,6 +546,7 @@ class TorrentNode:
         """Stop sharing the torrent; its files stay on disk."""
         with self._lock:
             handle = self._handles.pop(info_hash, None)
+            self._certificates.pop(info_hash, None)
             if handle is not None and self._session is not None:
                 self._session.remove_torrent(handle)
 

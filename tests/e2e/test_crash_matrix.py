@@ -25,6 +25,7 @@ import pytest
 
 from cairn.csi.proto import csi_pb2, csi_pb2_grpc
 from cairn.fault_injection import CRASH_AT_ENV
+from cairn.node_agent.lvm.report import device_filter_config
 from tests.testbed.bed import TestBed
 from tests.testbed.checkpoints import write_dcp
 from tests.testbed.components import mount_capability, start_controller, start_node_agent
@@ -104,8 +105,13 @@ class Rig:
         return csi_pb2_grpc.ControllerStub(grpc.insecure_channel(f"unix://{self.controller_socket}"))
 
     def lvs(self) -> set[str]:
+        # Scoped to this node's disks as its agent is: a node another module left on the session's
+        # bed may hold LVs in a VG of the same name, and they are not this pool's orphans.
         env = {**os.environ, "LVM_SYSTEM_DIR": str(self.workdir / "lvm" / self.node.name)}
-        listed = self.node.run(["lvs", "--noheadings", "-o", "lv_name,vg_name"], env=env, text=True)
+        scope = device_filter_config([disk.path for disk in self.node.disks])
+        listed = self.node.run(
+            ["lvs", "--config", scope, "--noheadings", "-o", "lv_name,vg_name"], env=env, text=True
+        )
         rows = [line.split() for line in listed.stdout.splitlines() if line.strip()]
         return {lv for lv, vg in rows if vg.startswith("cairn-")}
 

@@ -153,3 +153,25 @@ def test_the_authority_signs_each_nodes_own_key_keeps_what_holds_and_re_signs_a_
             "uid-1", first.ca_certificate, "node-b", b.certificate_pem
         )
         x509.load_pem_x509_certificate(other.encode()).verify_directly_issued_by(ca)
+
+
+def test_a_torrent_rejoined_with_its_bans_forgiven_still_presents_its_certificate(
+    tmp_path: Path,
+    authority: SwarmAuthority,
+    tls_nodes: Nodes,
+) -> None:
+    """Rejoining re-adds the torrent to the session; without its certificate no peer would take it."""
+    ca = authority.ca_certificate("uid-corpus", "team-a", "corpus")
+    origin, meta = ssl_dataset(tmp_path, ca)
+    (seeder, seeder_id), (member, member_id) = tls_nodes(SEEDER, "node-a"), tls_nodes(MEMBER, "node-b")
+    info_hash = seeder.seed(meta.torrent, origin, already_verified=True)
+    certify(seeder, seeder_id, info_hash, signed(authority, ca, seeder_id))
+    member.download(meta.torrent, tmp_path / "node-b")
+    certify(member, member_id, info_hash, signed(authority, ca, member_id))
+
+    member.forgive_peers(info_hash)
+    member.add_peers(info_hash, [(SEEDER, seeder.port)])
+
+    wait_for(lambda: member.status(info_hash).is_seeding, 20, "the rejoined member finishing")
+    member.flush(info_hash)
+    assert same_tree(origin, tmp_path / "node-b")
