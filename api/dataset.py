@@ -47,6 +47,20 @@ class DatasetSource(CairnModel):
             raise ValueError(f"source needs exactly one of s3, http or pvc; got {given or 'none'}")
         return self
 
+    def origin_identity(self) -> str | None:
+        """Which store the listing's names are keys of; None for a PVC, whose files have no versions.
+
+        Part of a listing's digest, so two Datasets share copies only when they name the same objects
+        of the same store, whatever credentials they read them with.
+        """
+        if self.s3 is not None:
+            return (
+                f"s3 {self.s3.endpoint.rstrip('/').lower()} {self.s3.url.removeprefix('s3://').split('/')[0]}"
+            )
+        if self.http is not None:
+            return "http"  # each file's locator is its whole URL
+        return None
+
     def describe(self) -> str:
         if self.s3 is not None:
             return self.s3.url
@@ -114,6 +128,8 @@ class DatasetPhase(StrEnum):
     """Parts are moving between nodes, while the seeder may still be reading the rest."""
     READY = "Ready"
     FAILED = "Failed"
+    EVICTED = "Evicted"
+    """Every copy was evicted to make room in its pool; a claim of the Dataset brings one back."""
 
 
 class NodePhase(StrEnum):
@@ -122,6 +138,8 @@ class NodePhase(StrEnum):
     VERIFYING = "Verifying"
     READY = "Ready"
     FAILED = "Failed"
+    EVICTED = "Evicted"
+    """The copy was removed to make room (the pool passed its high watermark); see the message."""
 
 
 class DatasetNodeStatus(CairnModel):
@@ -183,6 +201,24 @@ class DatasetStatus(CairnModel):
         default=None, description="For a PVC source: the LocalVolume behind the claim, read on its node."
     )
     target_nodes: list[str] = Field(default_factory=list)
+    listing: str | None = Field(
+        default=None,
+        description=(
+            "SHA-256 over the origin's listing: every key, size and version tag (ETag). Datasets of "
+            "one namespace with the same listing share each node's copy; unset when a file has no tag."
+        ),
+    )
+    shared_copies: dict[str, str] = Field(
+        default_factory=dict,
+        description=(
+            "Node to the Dataset of this namespace whose verified copy this one uses there, instead "
+            "of a copy of its own: no byte is read from the origin or a peer for that node."
+        ),
+    )
+    last_used: dict[str, datetime] = Field(
+        default_factory=dict,
+        description="Node to when a claim was last filled from the copy there; eviction takes the oldest.",
+    )
     swarm: SwarmCredentials | None = None
     nodes: dict[str, DatasetNodeStatus] = Field(default_factory=dict)
     ready_count: int = 0

@@ -18,6 +18,7 @@ from cairn.api.disk import StorageNode
 from cairn.api.volume import LocalVolume, PoolClass
 from cairn.controller import metrics
 from cairn.controller.datasets.controller import DatasetController
+from cairn.controller.datasets.eviction import Watermarks
 from cairn.controller.datasets.gate import DatasetGate
 from cairn.controller.datasets.swarm_authority import SEED_BYTES, SWARM_AUTHORITY_SECRET, SwarmAuthority
 from cairn.controller.nodes.lifecycle import NodeLifecycle
@@ -73,8 +74,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="cairn-system",
         help="namespace of the agents' per-node Leases (cairn-node-<node>)",
     )
+    parser.add_argument(
+        "--dataset-eviction-high-watermark",
+        type=float,
+        default=0.9,
+        help="fraction of a node's pool in use above which Dataset copies no one uses are evicted",
+    )
+    parser.add_argument(
+        "--dataset-eviction-low-watermark",
+        type=float,
+        default=0.8,
+        help="fraction of the pool that eviction brings it down to, least recently used copy first",
+    )
+    parser.add_argument(
+        "--no-dataset-eviction", action="store_true", help="never evict a Dataset copy to make room"
+    )
     parser.add_argument("--log-level", default="INFO")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    try:
+        args.watermarks = (
+            None
+            if args.no_dataset_eviction
+            else Watermarks(args.dataset_eviction_high_watermark, args.dataset_eviction_low_watermark)
+        )
+    except ValueError as error:
+        parser.error(f"--dataset-eviction-*-watermark: {error}")
+    return args
 
 
 def start_cluster_loops(
@@ -94,7 +119,13 @@ def start_cluster_loops(
         lambda: secrets.token_bytes(SEED_BYTES),
     )
     datasets = DatasetController(
-        ResourceClient(api_client, Dataset), volumes, storage_nodes, core, SwarmAuthority(seed)
+        ResourceClient(api_client, Dataset),
+        volumes,
+        storage_nodes,
+        core,
+        SwarmAuthority(seed),
+        watermarks=args.watermarks,
+        events=EventRecorder(api_client, "cairn-controller"),
     )
     threading.Thread(target=datasets.run, args=(stop,), name="datasets", daemon=True).start()
     gate = DatasetGate(

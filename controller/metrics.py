@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import grpc
+import prometheus_client
 from prometheus_client import REGISTRY, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -37,6 +38,11 @@ DATASET_READY_NODES = Gauge(
 )
 DATASET_TARGET_NODES = Gauge(
     "cairn_dataset_target_nodes", "Nodes a dataset is meant to be on.", ["namespace", "dataset"]
+)
+DATASET_EVICTIONS = prometheus_client.Counter(
+    "cairn_dataset_evictions_total",
+    "Dataset copies evicted to make room in a pool above its high watermark.",
+    ["node", "pool"],
 )
 GATE_WAIT_SECONDS = Histogram(
     "cairn_dataset_gate_wait_seconds",

@@ -208,8 +208,14 @@ def start_agents(swarm: Swarm) -> None:
 
     with ThreadPoolExecutor(len(swarm.nodes)) as pool:
         list(pool.map(start, swarm.nodes))
+    # The disks are sized to just fit the benchmark's copies, which puts pools above the default
+    # eviction watermark; an eviction between rounds would be work no baseline pays for.
     swarm.controller, _ = start_controller(
-        workdir, swarm.bed.run_id, kubeconfigs["cairn-controller"], name="controller-seed"
+        workdir,
+        swarm.bed.run_id,
+        kubeconfigs["cairn-controller"],
+        name="controller-seed",
+        extra_args=("--no-dataset-eviction",),
     )
 
 

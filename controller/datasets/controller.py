@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from kubernetes import client
@@ -28,6 +29,7 @@ from cairn.api.base import condition
 from cairn.api.dataset import (
     Dataset,
     DatasetNodeStatus,
+    DatasetPhase,
     DatasetStatus,
     NodePhase,
     dataset_label,
@@ -35,8 +37,15 @@ from cairn.api.dataset import (
 )
 from cairn.api.disk import StorageNode
 from cairn.api.names import DATASET_LABEL, DATASET_VOLUMES_FINALIZER, NODE_LABEL, POOL_LABEL
-from cairn.api.volume import LocalVolume, LocalVolumeSpec, VolumeAccess
+from cairn.api.volume import LocalVolume, LocalVolumeSpec, VolumeAccess, VolumePhase
 from cairn.controller import metrics
+from cairn.controller.datasets.eviction import (
+    NodeCopy,
+    Watermarks,
+    copy_in_use,
+    evicted_nodes,
+    evictions,
+)
 from cairn.controller.datasets.planner import (
     NodeInfo,
     choose_seeder,
@@ -45,7 +54,9 @@ from cairn.controller.datasets.planner import (
     target_nodes,
     volume_bytes,
 )
+from cairn.controller.datasets.sharing import CopyOwner, borrowed_from, lenders
 from cairn.controller.datasets.swarm_authority import SwarmAuthority
+from cairn.events import EventRecorder
 from cairn.fault_injection import crash_point
 from cairn.kube import ResourceClient, Typed, trigger_on_change
 
@@ -60,6 +71,9 @@ class DatasetController:
     core: client.CoreV1Api
     authority: SwarmAuthority | None = None
     """Signs who may join each dataset's swarm; without it no swarm credentials are written."""
+    watermarks: Watermarks | None = None
+    """When a node's pool gives up copies to make room; None never evicts."""
+    events: EventRecorder | None = None
     period: float = 2.0
     min_interval: float = 0.2
     _wake: threading.Event = field(default_factory=threading.Event)
@@ -88,7 +102,7 @@ class DatasetController:
         volumes = self.volumes.list()
         for item in items:
             try:
-                self.reconcile(item, nodes, volumes)
+                self.reconcile(item, nodes, volumes, items)
             except ApiException as error:
                 if error.status != 409:
                     log.warning("reconciling dataset %s failed", item.name, exc_info=True)
@@ -98,6 +112,11 @@ class DatasetController:
                 log.info("dataset %s changed while it was reconciled; again on the next pass", item.name)
             except Exception:
                 log.warning("reconciling dataset %s failed", item.name, exc_info=True)
+        if self.watermarks is not None:
+            try:
+                self._evict(self.watermarks, self.datasets.list(), nodes, self.volumes.list())
+            except Exception:  # the next round looks again
+                log.warning("dataset eviction round failed", exc_info=True)
         metrics.DATASET_SUMMARIES.end_round((i.metadata.get("namespace", ""), i.name) for i in items)
 
     def _nodes(self) -> dict[str, tuple[StorageNode, dict[str, str]]]:
@@ -108,14 +127,19 @@ class DatasetController:
         }
 
     def reconcile(
-        self, item: Typed, nodes: dict[str, tuple[StorageNode, dict[str, str]]], volumes: list[Typed]
+        self,
+        item: Typed,
+        nodes: dict[str, tuple[StorageNode, dict[str, str]]],
+        volumes: list[Typed],
+        datasets: list[Typed],
     ) -> None:
         namespace = item.metadata.get("namespace", "")
         dataset: Dataset = item.model
         key = dataset_label(namespace, item.name)
         mine = [v for v in volumes if v.metadata.get("labels", {}).get(DATASET_LABEL) == key]
+        neighbours = [d for d in datasets if d.metadata.get("namespace", "") == namespace]
         if item.metadata.get("deletionTimestamp"):
-            self._release(item, namespace, mine)
+            self._release(item, namespace, mine, neighbours)
             return
         if DATASET_VOLUMES_FINALIZER not in item.metadata.get("finalizers", []):
             self.datasets.patch_metadata(
@@ -134,36 +158,83 @@ class DatasetController:
             )
             for name, (node, labels) in nodes.items()
         ]
-        consumers = [
-            v.model.spec.node_name
-            for v in volumes
-            if v.model.spec.populate_from is not None
-            and v.model.spec.populate_from.kind == "Dataset"
-            and (v.model.spec.populate_from.namespace, v.model.spec.populate_from.name)
-            == (namespace, item.name)
-        ]
+        claims = _claims_of(namespace, item.name, volumes)
+        consumers = [v.model.spec.node_name for v in claims]
         status = dataset.status
+        claimed_at = _newest_claim_per_node(claims)
+        evicted = evicted_nodes(status.nodes, claimed_at, status.waiting_pods)
+        # A claim landed where the copy was evicted, or a pod waits: the copy comes back, from scratch.
+        recalled = [n for n, r in status.nodes.items() if r.phase == NodePhase.EVICTED and n not in evicted]
+        if recalled:
+            self.datasets.patch_status_fields(
+                item.name, {"nodes": {node: None for node in recalled}}, namespace=namespace
+            )
+            log.info(
+                "dataset %s: its copy comes back to %s, asked for again", key, ", ".join(sorted(recalled))
+            )
         # A target whose agent is gone (its Lease expired) is planned out: the rest complete without
         # it, and another node seeds if it was the seeder. It is planned back in when it returns.
         gone = {name for name, (node, _labels) in nodes.items() if node.status.agent_gone()}
         chosen = set(target_nodes(dataset.spec.nodes, infos, consumers)) | set(status.target_nodes)
-        targets = sorted(chosen - gone)
+        targets = sorted(chosen - gone - evicted)
+        own = {v.model.spec.node_name for v in mine}
+        shared = lenders(
+            item.name,
+            status.listing,
+            [node for node in targets if node not in own],
+            status.shared_copies,
+            [copy_owner(d) for d in neighbours],
+        )
+        # Nodes that use another Dataset's copy take no part in this one's swarm, nor seed it.
+        members = [node for node in targets if node not in shared]
         source_volume, source_problem = self._source_volume(dataset, namespace, volumes)
         required = None
         if source_volume is not None:
             required = source_volume.model.spec.node_name
         if source_problem:
             seeder = None
-        elif status.seeder in targets and (required is None or status.seeder == required):
+        elif status.total_bytes is not None and not members:
+            seeder = None  # listed, and every target shares a copy: nothing to read
+        elif status.seeder in members and (required is None or status.seeder == required):
             seeder = status.seeder
         else:
-            seeder = choose_seeder(key, targets, infos, required)
+            seeder = choose_seeder(key, members, infos, required)
         # DatasetStatus fields by their Python names; only those set here go into the patch.
         patch: dict[str, Any] = {
             "source": dataset.spec.source.describe(),
             "target_nodes": targets,
             "seeder": seeder,
         }
+        reports = {node: r for node, r in status.nodes.items() if node not in recalled}
+        used = {
+            node: when
+            for node, when in claimed_at.items()
+            if status.last_used.get(node) is None or when > status.last_used[node]
+        }
+        if used:
+            patch["last_used"] = {**status.last_used, **used}
+        if shared != status.shared_copies:
+            dropped = [node for node in status.shared_copies if node not in shared]
+            if dropped:
+                # A loan ends only with its node leaving the targets (or a lender forced away): the
+                # node's report was the lender's, so it goes too, and a copy of its own starts afresh.
+                gone_entries = {node: None for node in dropped}
+                self.datasets.patch_status_fields(
+                    item.name, {"sharedCopies": gone_entries, "nodes": gone_entries}, namespace=namespace
+                )
+                for node in dropped:
+                    reports.pop(node, None)
+            patch["shared_copies"] = shared
+        if shared and status.digest is None:
+            # The copies are the lender's, of the same listing: its digest is what they verify
+            # against (and what this Dataset's own seeder, if it has one, arrives at too).
+            lent = {d.name: d.model.status.digest for d in neighbours}
+            digest = next((lent[n] for n in sorted(set(shared.values())) if lent.get(n)), None)
+            if digest is not None:
+                patch["digest"] = digest
+            for node, lender in sorted(shared.items()):
+                if status.shared_copies.get(node) != lender:
+                    log.info("dataset %s: uses the copy of Dataset %s on %s", key, lender, node)
         if source_volume is not None:
             patch["source_volume"] = source_volume.name
         if self.authority is not None:
@@ -176,12 +247,11 @@ class DatasetController:
             swarm = self.authority.credentials(uid, namespace, item.name, status.swarm, published)
             if swarm != status.swarm:
                 patch["swarm"] = swarm
-        reports = dict(status.nodes)
 
         if status.total_bytes is not None:
             by_name = {info.name: info for info in infos}
             existing = {v.model.spec.node_name for v in mine}
-            for node in targets:
+            for node in members:
                 if node in existing or reports.get(node, DatasetNodeStatus()).phase == NodePhase.FAILED:
                     continue
                 problem = (
@@ -213,7 +283,7 @@ class DatasetController:
                 "bytes_from_peers": summary.bytes_from_peers,
             }
         )
-        if seeder is None and targets:
+        if seeder is None and members:
             reason, message = source_problem or (
                 "NoSeeder",
                 "no target node's agent is Ready to read the origin",
@@ -227,7 +297,10 @@ class DatasetController:
             "ready": summary.ready,
             "ready_count": summary.ready_count,
         }
-        changed = any(k in patch for k in ("nodes", "conditions", "swarm"))
+        changed = any(
+            k in patch for k in ("nodes", "conditions", "swarm", "shared_copies", "last_used", "digest")
+        )
+        changed = changed or bool(recalled)
         if current != wanted or status.target_nodes != targets or changed:
             self.datasets.patch_status(item.name, DatasetStatus(**patch), namespace=namespace)
 
@@ -281,15 +354,174 @@ class DatasetController:
                 raise
         crash_point("controller.seed.copy-volume-written")
 
-    def _release(self, item: Typed, namespace: str, mine: list[Typed]) -> None:
-        """A deleted Dataset's copies go first; the finalizer last, so no LV is left without an owner."""
+    def _release(self, item: Typed, namespace: str, mine: list[Typed], neighbours: list[Typed]) -> None:
+        """A deleted Dataset's copies go first; the finalizer last, so no LV is left without an owner.
+
+        A copy another Dataset uses stays, and so does the finalizer, until that Dataset lets go.
+        """
+        users = borrowed_from(item.name, [(d.name, d.model.status.shared_copies) for d in neighbours])
         for volume in mine:
+            if volume.model.spec.node_name in users:
+                continue
             if not volume.metadata.get("deletionTimestamp"):
                 self.volumes.delete(volume.name)
+        if users:
+            in_use = "; ".join(f"{node} by {', '.join(names)}" for node, names in sorted(users.items()))
+            message = f"copies kept while other Datasets use them: {in_use}"
+            held = item.model.status.conditions
+            if not any(c.type == "CopiesInUse" and c.message == message for c in held):
+                log.info("dataset %s/%s deleted; %s", namespace, item.name, message)
+                self.datasets.patch_status(
+                    item.name,
+                    DatasetStatus(conditions=[condition("CopiesInUse", True, "SharedCopy", message, held)]),
+                    namespace=namespace,
+                )
+            return
         if mine:
             return  # the agents' finalizers hold them until their LVs are gone; next round
         finalizers = [f for f in item.metadata.get("finalizers", []) if f != DATASET_VOLUMES_FINALIZER]
         self.datasets.patch_metadata(item.name, {"finalizers": finalizers}, namespace=namespace)
+
+    def _evict(
+        self,
+        marks: Watermarks,
+        items: list[Typed],
+        nodes: dict[str, tuple[StorageNode, dict[str, str]]],
+        volumes: list[Typed],
+    ) -> None:
+        """Make room on every pool above its high watermark, taking copies no one uses, oldest first."""
+        by_key = {dataset_label(i.metadata.get("namespace", ""), i.name): i for i in items}
+        copies: dict[tuple[str, str], list[tuple[NodeCopy, Typed]]] = {}
+        for volume in volumes:
+            item = by_key.get(volume.metadata.get("labels", {}).get(DATASET_LABEL, ""))
+            if (
+                item is None
+                or volume.metadata.get("deletionTimestamp")
+                or item.metadata.get("deletionTimestamp")
+            ):
+                continue
+            node, pool = volume.model.spec.node_name, volume.model.spec.pool.value
+            copy = self._node_copy(item, node, volume, items, volumes)
+            copies.setdefault((node, pool), []).append((copy, item))
+        for (node, pool), held in sorted(copies.items()):
+            storage = nodes.get(node)
+            status = (
+                next((p for p in storage[0].status.pools if p.pool_class.value == pool), None)
+                if storage
+                else None
+            )
+            if status is None:
+                continue
+            chosen = evictions(node, pool, status.total_bytes, status.free_bytes, [c for c, _ in held], marks)
+            for eviction in chosen:
+                item = next(i for c, i in held if c is eviction.copy)
+                self._evict_copy(item, node, eviction.message)
+
+    def _node_copy(
+        self, item: Typed, node: str, volume: Typed, items: list[Typed], volumes: list[Typed]
+    ) -> NodeCopy:
+        namespace = item.metadata.get("namespace", "")
+        status: DatasetStatus = item.model.status
+        neighbours = [
+            (d.name, d.model.status.shared_copies)
+            for d in items
+            if d.metadata.get("namespace", "") == namespace
+        ]
+        filling = [
+            v
+            for v in _claims_of(namespace, item.name, volumes)
+            if v.model.spec.node_name == node and v.model.status.phase != VolumePhase.READY
+        ]
+        in_use = copy_in_use(
+            status.nodes.get(node),
+            status.phase == DatasetPhase.READY,
+            status.waiting_pods,
+            borrowed_from(item.name, neighbours).get(node, []),
+            len(filling),
+        )
+        made = _created(volume) or datetime.now(UTC)
+        return NodeCopy(
+            dataset_key_of(item), volume.model.spec.size_bytes, status.last_used.get(node, made), in_use
+        )
+
+    def _evict_copy(self, item: Typed, node: str, message: str) -> None:
+        """The node leaves the targets with an Evicted report first, so its agent lets go; then the volume."""
+        namespace = item.metadata.get("namespace", "")
+        status: DatasetStatus = item.model.status
+        log.warning("dataset %s/%s on %s: %s", namespace, item.name, node, message)
+        evicted = DatasetNodeStatus(
+            phase=NodePhase.EVICTED, reason="PoolHighWatermark", message=message, updated_at=datetime.now(UTC)
+        )
+        self.datasets.patch_status(
+            item.name,
+            DatasetStatus(target_nodes=[n for n in status.target_nodes if n != node], nodes={node: evicted}),
+            namespace=namespace,
+        )
+        self.volumes.delete(dataset_volume_name(namespace, item.name, node))
+        metrics.DATASET_EVICTIONS.labels(node=node, pool=item.model.spec.pool.value).inc()
+        if self.events is not None:
+            self.events.record(_involved(item), "Evicted", f"copy on node {node}: {message}", warning=True)
+
+
+def dataset_key_of(item: Typed) -> str:
+    return f"{item.metadata.get('namespace', '')}/{item.name}"
+
+
+def _involved(item: Typed) -> dict[str, Any]:
+    return {
+        "apiVersion": "cairn.dev/v1alpha1",
+        "kind": Dataset.KIND,
+        "name": item.name,
+        "namespace": item.metadata.get("namespace"),
+        "uid": item.metadata.get("uid"),
+    }
+
+
+def _claims_of(namespace: str, name: str, volumes: list[Typed]) -> list[Typed]:
+    """The LocalVolumes filled from this Dataset: the claims that consume it."""
+    return [
+        v
+        for v in volumes
+        if v.model.spec.populate_from is not None
+        and v.model.spec.populate_from.kind == "Dataset"
+        and (v.model.spec.populate_from.namespace, v.model.spec.populate_from.name) == (namespace, name)
+    ]
+
+
+def _created(item: Typed) -> datetime | None:
+    stamp = item.metadata.get("creationTimestamp")
+    if isinstance(stamp, datetime):
+        return stamp
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")) if stamp else None
+
+
+def _newest_claim_per_node(claims: list[Typed]) -> dict[str, datetime]:
+    newest: dict[str, datetime] = {}
+    for claim in claims:
+        made = _created(claim)
+        node = claim.model.spec.node_name
+        if made is not None and (node not in newest or made > newest[node]):
+            newest[node] = made
+    return newest
+
+
+def copy_owner(item: Typed) -> CopyOwner:
+    """A Dataset as a lender: the nodes where it holds a Ready copy of its own."""
+    status: DatasetStatus = item.model.status
+    failed = any(c.type == "Failed" and c.status == "True" for c in status.conditions)
+    return CopyOwner(
+        item.name,
+        status.listing,
+        item.metadata.get("creationTimestamp", ""),
+        frozenset(
+            node
+            for node, report in status.nodes.items()
+            if report.phase == NodePhase.READY
+            and node not in status.shared_copies
+            and node in status.target_nodes
+        ),
+        lendable=not failed and not item.metadata.get("deletionTimestamp"),
+    )
 
 
 def wake_shape(item: Typed) -> object:

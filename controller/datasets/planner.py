@@ -98,6 +98,8 @@ def summarize(
         phase = DatasetPhase.FAILED
     elif targets and ready == len(targets):
         phase = DatasetPhase.READY
+    elif not targets and any(r.phase == NodePhase.EVICTED for r in reports.values()):
+        phase = DatasetPhase.EVICTED
     elif published:
         phase = DatasetPhase.DISTRIBUTING
     elif targets:

@@ -15,6 +15,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from kubernetes import client
@@ -28,7 +29,7 @@ from cairn.node_agent.datasets.origin import OriginError
 from cairn.node_agent.datasets.pacing import DEFAULT_BACKGROUND_BYTES_PER_SECOND, urgent
 from cairn.node_agent.datasets.reports import NodeReports
 from cairn.node_agent.datasets.seeder import Seeder
-from cairn.node_agent.datasets.steps import DatasetView, Step, next_step
+from cairn.node_agent.datasets.steps import DatasetView, Step, next_step, shared_copy_report
 from cairn.node_agent.datasets.store import PartStore
 from cairn.node_agent.datasets.swarm import Swarm, dataset_key
 from cairn.node_agent.host import mounts
@@ -120,6 +121,13 @@ class DatasetAgent:
         if problem is not None:
             raise PopulateError(*problem)
         assert item is not None
+        lender = item.model.status.shared_copies.get(self.node_name)
+        if lender is not None:
+            # The copy is the lender's: it must be Ready and checked here as any copy must.
+            shared = self.datasets.get(lender, namespace)
+            if shared is None:
+                return None
+            item, name = shared, lender
         report = item.model.status.nodes.get(self.node_name)
         if report is None or report.phase != NodePhase.READY:
             return None
@@ -139,16 +147,26 @@ class DatasetAgent:
             items = self.datasets.list()
             nodes = [n.model for n in self.storage_nodes.list()]
             self.swarm.admit(nodes)
+            by_key = {dataset_key(item.metadata.get("namespace", ""), item.name): item for item in items}
+            lent = self._lent_here(items)
             wanted: set[str] = set()
             for item in items:
                 dataset: Dataset = item.model
                 namespace = item.metadata.get("namespace", "")
-                if self.node_name not in dataset.status.target_nodes or item.metadata.get(
-                    "deletionTimestamp"
+                key = dataset_key(namespace, item.name)
+                # A deleted Dataset whose copy here another one uses keeps it checked and served.
+                if self.node_name not in dataset.status.target_nodes or (
+                    item.metadata.get("deletionTimestamp") and key not in lent
                 ):
                     continue
-                wanted.add(dataset_key(namespace, item.name))
+                wanted.add(key)
                 try:
+                    lender = dataset.status.shared_copies.get(self.node_name)
+                    if lender is not None:
+                        self._use_shared_copy(
+                            item, namespace, lender, by_key.get(dataset_key(namespace, lender))
+                        )
+                        continue
                     self._drive(item, namespace, nodes)
                 except OriginError as error:
                     self.reports.fail(item, namespace, error.reason, str(error))
@@ -159,6 +177,27 @@ class DatasetAgent:
             here = [item.model for item in items if self.node_name in item.model.status.target_nodes]
             self.torrent.yield_cpu(not any(urgent(dataset) for dataset in here))
             self.swarm.note_events()
+
+    def _lent_here(self, items: list[Typed]) -> set[str]:
+        """The datasets whose copy on this node another Dataset uses, as namespace/name keys."""
+        lent: set[str] = set()
+        for item in items:
+            lender = item.model.status.shared_copies.get(self.node_name)
+            if lender is not None and not item.metadata.get("deletionTimestamp"):
+                lent.add(dataset_key(item.metadata.get("namespace", ""), lender))
+        return lent
+
+    def _use_shared_copy(self, item: Typed, namespace: str, lender: str, lent: Typed | None) -> None:
+        """Report the copy this Dataset shares here: nothing is read, only the lender's state mirrored."""
+        lent_report = lent.model.status.nodes.get(self.node_name) if lent is not None else None
+        checked = lent is not None and self.swarm.copy_checked(namespace, lender)
+        report = shared_copy_report(lender, lent_report, checked)
+        current = item.model.status.nodes.get(self.node_name)
+        if current is None or report != current.model_copy(update={"updated_at": None}):
+            if report.phase == NodePhase.READY:
+                log.info("dataset %s/%s: Ready from the copy of Dataset %s", namespace, item.name, lender)
+            report.updated_at = datetime.now(UTC)
+            self.reports.report(item.name, namespace, report)
 
     def _drive(self, item: Typed, namespace: str, nodes: list[StorageNode]) -> None:
         dataset: Dataset = item.model
@@ -260,6 +299,7 @@ def wake_shape(item: Typed) -> object:
         status.part_count,
         len(status.parts),
         status.digest,
+        tuple(sorted(status.shared_copies.items())),
         _failed(dataset),
     )
 

@@ -7,7 +7,9 @@ half a dataset is worse than none, and the condition names the offending entry.
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,6 +37,8 @@ class OriginFile:
     size: int
     locator: str
     """Where the origin keeps it: an object key, a URL, or a path under the source volume."""
+    version: str | None = None
+    """The origin's tag for this content (an S3 ETag, a strong HTTP ETag); None when it gives none."""
 
 
 class Origin(Protocol):
@@ -45,11 +49,26 @@ class Origin(Protocol):
     def open(self, file: OriginFile, start: int = 0, length: int | None = None) -> BinaryIO: ...
 
 
-def checked_listing(entries: list[tuple[str, int, str]]) -> list[OriginFile]:
+def listing_digest(origin_identity: str | None, files: list[OriginFile]) -> str | None:
+    """What a Dataset's copy is a copy of: the store, and every file's name, locator, size and tag.
+
+    None when any file lacks a tag, or the origin is not a store (a PVC): equal names and sizes
+    alone do not make equal bytes.
+    """
+    if origin_identity is None or any(f.version is None for f in files):
+        return None
+    listing = {
+        "origin": origin_identity,
+        "files": [[f.path, f.locator, f.size, f.version] for f in sorted(files, key=lambda f: f.path)],
+    }
+    return hashlib.sha256(json.dumps(listing, separators=(",", ":")).encode()).hexdigest()
+
+
+def checked_listing(entries: list[tuple[str, int, str, str | None]]) -> list[OriginFile]:
     """Every name checked and unique; OriginError(UnsafeName) naming the first bad one."""
     files: list[OriginFile] = []
     seen: dict[str, str] = {}
-    for name, size, locator in entries:
+    for name, size, locator, version in entries:
         try:
             path = str(safe_relative_path(name))
         except UnsafePathError as error:
@@ -58,7 +77,7 @@ def checked_listing(entries: list[tuple[str, int, str]]) -> list[OriginFile]:
         if folded in seen:
             raise OriginError("DuplicateName", f"the origin lists both {seen[folded]!r} and {path!r}")
         seen[folded] = path
-        files.append(OriginFile(path, size, locator))
+        files.append(OriginFile(path, size, locator, version))
     # A name that is also a directory of another (a and a/b) cannot both be written.
     directories = {
         str(parent) for f in files for parent in PurePosixPath(f.path).parents if str(parent) != "."
@@ -85,18 +104,21 @@ class S3Origin:
                 key = obj["Key"]
                 if key.endswith("/") and obj["Size"] == 0:
                     continue  # a "directory" placeholder some tools create
-                entries.append((key[len(start) :], int(obj["Size"]), key))
+                entries.append((key[len(start) :], int(obj["Size"]), key, obj.get("ETag")))
         return checked_listing(entries)
 
     ranged = True
 
     def open(self, file: OriginFile, start: int = 0, length: int | None = None) -> BinaryIO:
+        # Pinned to the listed version: a copy must hold what its listing (and so a sharer) names,
+        # so an object replaced mid-read fails the read (412) instead of mixing two versions.
+        pinned = {"IfMatch": file.version} if file.version else {}
         if length is None:
-            return self._client().get_object(Bucket=self.bucket, Key=file.locator)["Body"]
+            return self._client().get_object(Bucket=self.bucket, Key=file.locator, **pinned)["Body"]
         if length == 0:
             return io.BytesIO()  # S3 refuses an empty range
         span = f"bytes={start}-{start + length - 1}"
-        return self._client().get_object(Bucket=self.bucket, Key=file.locator, Range=span)["Body"]
+        return self._client().get_object(Bucket=self.bucket, Key=file.locator, Range=span, **pinned)["Body"]
 
 
 class HttpOrigin:
@@ -125,11 +147,13 @@ class HttpOrigin:
             name = unquote(parsed.path.rsplit("/", 1)[-1])
             with self._urlopen(urllib.request.Request(url, method="HEAD")) as response:
                 length = response.headers.get("Content-Length")
+                tag = response.headers.get("ETag")
             if length is None:
                 raise OriginError(
                     "UnknownSize", f"{url} gives no Content-Length; its size must be known up front"
                 )
-            entries.append((name, int(length), url))
+            # A weak tag (W/...) promises equivalent content, not equal bytes.
+            entries.append((name, int(length), url, tag if tag and not tag.startswith("W/") else None))
         return checked_listing(entries)
 
     ranged = False
@@ -161,7 +185,9 @@ class DirectoryOrigin:
             what = "a symbolic link; links are refused" if kind == "a symlink" else kind
             raise OriginError("UnsafeName", f"{relative!r} is {what} (only regular files are taken)")
         self._listed = dict(listing.files)
-        return checked_listing([(relative, listed.size, relative) for relative, listed in listing.files])
+        return checked_listing(
+            [(relative, listed.size, relative, None) for relative, listed in listing.files]
+        )
 
     ranged = True
 

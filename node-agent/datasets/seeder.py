@@ -28,7 +28,14 @@ from cairn.egress import EgressPolicy, EgressRefused
 from cairn.fault_injection import crash_point
 from cairn.kube import ResourceClient, Typed
 from cairn.node_agent import metrics
-from cairn.node_agent.datasets.origin import DirectoryOrigin, HttpOrigin, Origin, OriginError, S3Origin
+from cairn.node_agent.datasets.origin import (
+    DirectoryOrigin,
+    HttpOrigin,
+    Origin,
+    OriginError,
+    S3Origin,
+    listing_digest,
+)
 from cairn.node_agent.datasets.origin_reads import fetch_parts
 from cairn.node_agent.datasets.pacing import DEFAULT_BACKGROUND_BYTES_PER_SECOND, node_rate
 from cairn.node_agent.datasets.parts import plan_parts
@@ -71,6 +78,7 @@ class Seeder:
         self.datasets.patch_status(
             item.name,
             DatasetStatus(
+                listing=listing_digest(dataset.spec.source.origin_identity(), files),
                 total_bytes=total,
                 size=human_bytes(total),
                 file_count=len(files),
@@ -93,6 +101,14 @@ class Seeder:
         try:
             origin = self._origin(dataset, namespace, item.name)
             files = origin.list_files()
+            listed = dataset.status.listing
+            if listed is not None and listing_digest(dataset.spec.source.origin_identity(), files) != listed:
+                # Other Datasets may already share copies on the strength of the published listing.
+                raise OriginError(
+                    "OriginChanged",
+                    f"{dataset.spec.source.describe()} changed between its listing and its first read; "
+                    "create the Dataset again to take the new contents",
+                )
             data = self.store.data_directory(namespace, item.name)
             if data.exists():
                 shutil.rmtree(data)  # a fetch cut short: the origin is read again, once, from the start

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
-from cairn.api.dataset import NodePhase
+from cairn.api.dataset import DatasetNodeStatus, NodePhase
 
 
 class Step(Enum):
@@ -53,3 +53,22 @@ def next_step(view: DatasetView) -> Step:
     if view.has_parts:
         return Step.SWARM
     return Step.IDLE
+
+
+def shared_copy_report(lender: str, lent: DatasetNodeStatus | None, checked: bool) -> DatasetNodeStatus:
+    """This node's report for a Dataset that uses `lender`'s copy here: that copy's state, no bytes moved.
+
+    `lent`: the lender's own report for this node. `checked`: this agent has verified that copy (or
+    kept it from a clean shutdown), as it must before handing any copy to a consumer.
+    """
+    if lent is not None and lent.phase == NodePhase.READY and checked:
+        return DatasetNodeStatus(phase=NodePhase.READY, progress=1.0, digest=lent.digest)
+    state = "not reported yet" if lent is None else lent.phase.value
+    if lent is not None and lent.phase == NodePhase.READY:
+        state = "being checked again after a restart"
+    return DatasetNodeStatus(
+        phase=NodePhase.WAITING,
+        progress=lent.progress if lent is not None else 0.0,
+        reason="SharedCopyNotReady",
+        message=f"uses the copy of Dataset {lender} on this node, which is {state}",
+    )

@@ -227,10 +227,12 @@ class Swarm:
             if n.status.endpoints.p2p_address
         }
         status = dataset.status
+        # A target that uses another Dataset's copy never joins this swarm: no first hop there.
+        members = [node for node in status.target_nodes if node not in status.shared_copies]
         names = part_peers(
             self.node_name,
             status.seeder,
-            status.target_nodes,
+            members,
             index,
             stalled=stalled,
             origin_read=dataset.fully_published,

@@ -221,3 +221,25 @@ def test_the_controller_may_lift_its_gate_and_nothing_else(rig: Rig) -> None:
     smuggled = refusal("held", {"spec": {"activeDeadlineSeconds": 5}})
     assert smuggled.startswith("422") and "change nothing else" in smuggled, smuggled
     assert not rig.get("pod", "held", "-n", NAMESPACE)["spec"].get("activeDeadlineSeconds")
+
+
+def test_a_pod_waiting_for_a_second_dataset_of_the_same_objects_lands_on_a_shared_copy(rig: Rig) -> None:
+    """The second Dataset reads nothing: it shares the first one's copies, and the gate opens on them."""
+    first = rig.get("dataset", "gated", "-n", NAMESPACE)["status"]
+    assert first["phase"] == "Ready", "needs the Dataset of the first test"
+    again = json.loads(json.dumps(rig.dataset))
+    again["metadata"]["name"] = "gated-again"
+    rig.pod("second-job", "gated-again")
+    rig.kubectl("apply", "-f", "-", input_text=json.dumps(again))
+
+    def placed() -> str:
+        return rig.get("pod", "second-job", "-n", NAMESPACE).get("spec", {}).get("nodeName", "")
+
+    wait_until(
+        lambda: bool(placed()), 120, "the pod to be scheduled", context=lambda: rig.diagnosis("second-job")
+    )
+    assert placed() in rig.holders
+    status = rig.get("dataset", "gated-again", "-n", NAMESPACE)["status"]
+    assert status["sharedCopies"] == {node: "gated" for node in rig.holders}
+    assert status["bytesFromOrigin"] == 0 and status["bytesFromPeers"] == 0
+    assert {r["digest"] for r in status["nodes"].values()} == {first["digest"]}

@@ -31,6 +31,8 @@ DATASET_BYTES = 256 * MiB
 FILES = 8
 LINK = Shaping(rate="240mbit")
 """About 30 MB/s per node link: slow enough to catch a transfer in flight, fast enough for CI."""
+EVICTION_WATERMARKS = ("--dataset-eviction-high-watermark=0.7", "--dataset-eviction-low-watermark=0.55")
+"""Low enough for three small copies to fill a 640 MiB pool; the 256 MiB corpus alone fills 52%."""
 
 
 @dataclass
@@ -91,7 +93,11 @@ def swarm(bed: TestBed) -> Iterator[Swarm]:
             node.shape(LINK)
             swarm.start_agent(node)
         swarm.controller, _ = start_controller(
-            workdir, bed.run_id, bed.control_plane.kubeconfigs["cairn-controller"], name="controller-datasets"
+            workdir,
+            bed.run_id,
+            bed.control_plane.kubeconfigs["cairn-controller"],
+            name="controller-datasets",
+            extra_args=EVICTION_WATERMARKS,
         )
         yield swarm
     finally:
@@ -252,6 +258,62 @@ def test_a_peer_serving_corrupt_data_is_caught_and_the_download_completes(swarm:
     assert f"banned peer {corrupt.ip}" in banned
 
 
+def copy_volumes(swarm: Swarm, name: str) -> list[dict]:
+    selector = f"cairn.dev/dataset={NAMESPACE}.{name}"
+    listed = swarm.kubectl("get", "localvolumes", "-l", selector, "-o", "json").stdout
+    return json.loads(listed)["items"]
+
+
+def test_a_second_dataset_of_the_same_objects_is_ready_from_the_copies_without_an_origin_byte(
+    swarm: Swarm,
+) -> None:
+    lender = swarm.dataset("corpus").get("status", {})
+    assert lender.get("phase") == "Ready", "needs the dataset from the first tests"
+    assert lender.get("listing"), "an S3 listing carries every object's ETag, so it can be shared"
+    nodes = lender["targetNodes"]
+    assert swarm.bed.s3 is not None
+    sent_before = origin_bytes_sent(swarm)
+    swarm.apply(dataset_manifest("corpus-again", swarm.bucket, "corpus-v1", nodes, swarm.bed.s3.endpoint))
+    wait_until(
+        lambda: swarm.dataset("corpus-again").get("status", {}).get("phase") == "Ready",
+        120,
+        "the second Dataset to be Ready from the copies already on its nodes",
+        context=lambda: swarm.diagnosis("corpus-again"),
+    )
+    status = swarm.dataset("corpus-again")["status"]
+    print(f"\n{swarm.kubectl('get', 'datasets', '-n', NAMESPACE).stdout}")
+    assert status["listing"] == lender["listing"] and status["digest"] == lender["digest"]
+    assert status["sharedCopies"] == {node: "corpus" for node in nodes}
+    assert status["bytesFromOrigin"] == 0 and status["bytesFromPeers"] == 0
+    assert {node: r["digest"] for node, r in status["nodes"].items()} == {
+        node: lender["digest"] for node in nodes
+    }
+    sent = origin_bytes_sent(swarm) - sent_before
+    assert sent < MiB, f"the origin sent {sent / MiB:.1f} MiB for a listing"
+    assert copy_volumes(swarm, "corpus-again") == [], "a shared copy needs no volume of its own"
+
+    # The lender is deleted first: its copies stay while the other Dataset uses them.
+    swarm.kubectl("delete", "dataset", "corpus", "-n", NAMESPACE, "--wait=false")
+
+    def kept_in_use() -> bool:
+        conditions = swarm.dataset("corpus").get("status", {}).get("conditions", [])
+        return any(c["type"] == "CopiesInUse" and c["status"] == "True" for c in conditions)
+
+    wait_until(kept_in_use, 60, "the deleted lender to say its copies are in use")
+    time.sleep(5)  # a few controller rounds: none may release a copy in use
+    kept = copy_volumes(swarm, "corpus")
+    assert len(kept) == len(nodes) and not any(v["metadata"].get("deletionTimestamp") for v in kept)
+    assert swarm.dataset("corpus-again")["status"]["phase"] == "Ready"
+
+    swarm.kubectl("delete", "dataset", "corpus-again", "-n", NAMESPACE, "--timeout=60s")
+    wait_until(
+        lambda: not swarm.dataset("corpus") and not copy_volumes(swarm, "corpus"),
+        120,
+        "the lender and its copies to go once nothing uses them",
+        context=lambda: swarm.diagnosis("corpus"),
+    )
+
+
 class OriginFiles(BaseHTTPRequestHandler):
     """An HTTP origin that answers every path: the names are what the test is about."""
 
@@ -392,3 +454,62 @@ def test_a_background_dataset_keeps_to_its_cap_from_the_origin_and_through_the_s
     print(wide)
     assert wide.splitlines()[0].split()[-2:] == ["PRIORITY", "AGE"] and "Background" in wide
     swarm.kubectl("delete", "dataset", "next-job", "-n", NAMESPACE, "--timeout=120s")
+
+
+def test_a_full_pool_evicts_the_least_recently_used_copy_no_one_uses(swarm: Swarm) -> None:
+    """Three copies of 96 MiB fill 77% of one node's pool: the oldest free one goes, down to 55%.
+
+    The oldest copy of all is shared with another Dataset, so it is in use and stays; the next
+    oldest is evicted, and the newest, still arriving, is in use too.
+    """
+    assert swarm.bed.s3 is not None
+    client = swarm.bed.s3.client()
+    node = swarm.nodes[2]
+    for prefix in ("evict-a", "evict-b", "evict-c"):
+        for index in range(2):
+            client.put_object(Bucket=swarm.bucket, Key=f"{prefix}/{index}.bin", Body=os.urandom(48 * MiB))
+
+    def create(name: str, prefix: str) -> None:
+        swarm.apply(dataset_manifest(name, swarm.bucket, prefix, [node.name], swarm.bed.s3.endpoint))
+
+    def ready(name: str) -> bool:
+        return swarm.dataset(name).get("status", {}).get("phase") == "Ready"
+
+    names = ["oldest", "oldest-shared", "older", "newest"]
+    try:
+        for name, prefix in zip(names[:3], ("evict-a", "evict-a", "evict-b"), strict=True):
+            create(name, prefix)
+            wait_until(
+                lambda name=name: ready(name),
+                120,
+                f"{name} Ready",
+                context=lambda name=name: swarm.diagnosis(name),
+            )
+        assert swarm.dataset("oldest-shared")["status"]["sharedCopies"] == {node.name: "oldest"}
+        create("newest", "evict-c")
+
+        def evicted() -> dict:
+            report = swarm.node_report("older", node.name)
+            return report if report.get("phase") == "Evicted" else {}
+
+        wait_until(evicted, 120, "the older copy to be evicted", context=lambda: swarm.diagnosis("older"))
+        wait_until(lambda: ready("newest"), 120, "the newest copy", context=lambda: swarm.diagnosis("newest"))
+        report = evicted()
+        print(f"\n{swarm.kubectl('get', 'datasets', '-n', NAMESPACE).stdout}\n{report['message']}")
+        assert report["reason"] == "PoolHighWatermark"
+        assert re.match(
+            rf"pool nvme on node {node.name} is 7\d% full \(high watermark 70%\)", report["message"]
+        )
+        older = swarm.dataset("older")["status"]
+        assert older["phase"] == "Evicted" and older["targetNodes"] == [] and older["ready"] == "0/0"
+        wait_until(lambda: not copy_volumes(swarm, "older"), 60, "the evicted copy's volume to go")
+        assert len(copy_volumes(swarm, "oldest")) == 1 and ready("oldest") and ready("oldest-shared")
+        events = swarm.kubectl(
+            "get", "events", "-n", NAMESPACE, "--field-selector", "involvedObject.name=older,reason=Evicted"
+        ).stdout
+        assert f"copy on node {node.name}: pool nvme" in events, swarm.kubectl(
+            "get", "events", "-n", NAMESPACE
+        ).stdout
+    finally:
+        for name in reversed(names):  # the sharer before its lender, which waits for it
+            swarm.kubectl("delete", "dataset", name, "-n", NAMESPACE, "--timeout=120s", check=False)

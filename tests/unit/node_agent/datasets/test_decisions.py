@@ -16,6 +16,8 @@ from cairn.api.dataset import (
     DatasetPhase,
     DatasetSource,
     NodePhase,
+    PvcSource,
+    S3Source,
 )
 from cairn.api.volume import LocalVolumeSpec, PopulateSource
 from cairn.controller.datasets.planner import (
@@ -27,7 +29,7 @@ from cairn.controller.datasets.planner import (
     volume_bytes,
 )
 from cairn.node_agent.datasets.agent import no_copy_coming
-from cairn.node_agent.datasets.origin import DirectoryOrigin, OriginError, checked_listing
+from cairn.node_agent.datasets.origin import DirectoryOrigin, OriginError, checked_listing, listing_digest
 from cairn.node_agent.datasets.seeder import published_patch
 from cairn.node_agent.volumes.node_service import stage_mount_flags
 from cairn.node_agent.volumes.reconciler import serves_read_only
@@ -95,15 +97,36 @@ def test_a_source_is_exactly_one_kind() -> None:
 @pytest.mark.parametrize("name", ["../etc/passwd", "/abs/file", "a/../../b", "a\\..\\b", ""])
 def test_an_unsafe_origin_name_refuses_the_whole_listing(name: str) -> None:
     with pytest.raises(OriginError) as caught:
-        checked_listing([("good/file", 1, "k1"), (name, 1, "k2")])
+        checked_listing([("good/file", 1, "k1", None), (name, 1, "k2", None)])
     assert caught.value.reason == "UnsafeName"
 
 
 def test_duplicate_and_file_directory_clashes_are_refused() -> None:
     with pytest.raises(OriginError, match="both"):
-        checked_listing([("A/x", 1, "1"), ("a/x", 1, "2")])
+        checked_listing([("A/x", 1, "1", None), ("a/x", 1, "2", None)])
     with pytest.raises(OriginError, match="file and as a directory"):
-        checked_listing([("a", 1, "1"), ("a/b", 1, "2")])
+        checked_listing([("a", 1, "1", None), ("a/b", 1, "2", None)])
+
+
+def test_a_listing_names_its_store_and_every_version_and_one_untagged_file_makes_it_unshareable() -> None:
+    tagged = checked_listing([("b", 2, "p/b", '"e2"'), ("a", 1, "p/a", '"e1"')])
+    store = DatasetSource(
+        s3=S3Source(url="s3://bucket/p", endpoint="http://s3.local:9000/")
+    ).origin_identity()
+    same_store = DatasetSource(
+        s3=S3Source(url="s3://bucket/q", endpoint="HTTP://S3.LOCAL:9000")
+    ).origin_identity()
+    other_bucket = DatasetSource(
+        s3=S3Source(url="s3://other/p", endpoint="http://s3.local:9000")
+    ).origin_identity()
+    digest = listing_digest(store, tagged)
+    assert digest is not None and len(digest) == 64
+    assert listing_digest(same_store, list(reversed(tagged))) == digest  # the prefix is in each locator
+    assert listing_digest(other_bucket, tagged) != digest
+    replaced = checked_listing([("a", 1, "p/a", '"e1"'), ("b", 2, "p/b", '"e3"')])
+    assert listing_digest(store, replaced) != digest
+    assert listing_digest(store, checked_listing([("a", 1, "p/a", None)])) is None
+    assert DatasetSource(pvc=PvcSource(name="claim")).origin_identity() is None
 
 
 def test_a_source_volume_with_a_link_or_a_fifo_is_refused(tmp_path: Path) -> None:

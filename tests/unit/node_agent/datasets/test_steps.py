@@ -6,8 +6,8 @@ from dataclasses import replace
 
 import pytest
 
-from cairn.api.dataset import NodePhase
-from cairn.node_agent.datasets.steps import DatasetView, Step, next_step
+from cairn.api.dataset import DatasetNodeStatus, NodePhase
+from cairn.node_agent.datasets.steps import DatasetView, Step, next_step, shared_copy_report
 
 # A seeder at the start: nothing listed, no volume yet, nothing joined.
 FRESH_SEEDER = DatasetView(
@@ -52,3 +52,21 @@ def test_a_node_whose_copy_failed_does_nothing_until_the_dataset_changes(is_seed
         FRESH_TARGET, is_seeder=is_seeder, phase=NodePhase.FAILED, has_volume=True, has_parts=True
     )
     assert next_step(failed) == Step.IDLE
+
+
+def test_a_shared_copy_is_ready_only_once_the_lenders_copy_is_ready_and_checked_here() -> None:
+    lent = DatasetNodeStatus(phase=NodePhase.READY, progress=1.0, digest="d", bytes_from_origin=5)
+    ready = shared_copy_report("corpus", lent, checked=True)
+    assert (ready.phase, ready.digest, ready.bytes_from_origin, ready.bytes_from_peers) == (
+        NodePhase.READY,
+        "d",
+        0,
+        0,
+    )
+    unchecked = shared_copy_report("corpus", lent, checked=False)
+    assert unchecked.phase == NodePhase.WAITING and "checked again" in (unchecked.message or "")
+    moving = shared_copy_report(
+        "corpus", DatasetNodeStatus(phase=NodePhase.DOWNLOADING, progress=0.5), checked=True
+    )
+    assert (moving.phase, moving.progress, moving.reason) == (NodePhase.WAITING, 0.5, "SharedCopyNotReady")
+    assert "not reported yet" in (shared_copy_report("corpus", None, checked=True).message or "")
