@@ -9,6 +9,7 @@ import secrets
 import signal
 import socket
 import threading
+from pathlib import Path
 
 from kubernetes import client
 
@@ -17,6 +18,7 @@ from cairn.api.dataset import Dataset
 from cairn.api.disk import StorageNode
 from cairn.api.volume import LocalVolume, PoolClass
 from cairn.controller import metrics
+from cairn.controller.datasets.claim_gate import ClaimGate
 from cairn.controller.datasets.controller import DatasetController
 from cairn.controller.datasets.eviction import Watermarks
 from cairn.controller.datasets.gate import DatasetGate
@@ -89,8 +91,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--no-dataset-eviction", action="store_true", help="never evict a Dataset copy to make room"
     )
+    parser.add_argument(
+        "--claim-gate-address",
+        default="",
+        help="host:port to serve the admission webhook gating pods whose claims come from a Dataset",
+    )
+    parser.add_argument(
+        "--claim-gate-certificate", default="", help="PEM serving certificate of that webhook"
+    )
+    parser.add_argument("--claim-gate-key", default="", help="PEM key of that certificate")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
+    if args.claim_gate_address and not (args.claim_gate_certificate and args.claim_gate_key):
+        parser.error("--claim-gate-address needs --claim-gate-certificate and --claim-gate-key")
     try:
         args.watermarks = (
             None
@@ -214,6 +227,19 @@ def main(argv: list[str] | None = None) -> None:
     stop = threading.Event()
 
     run_cluster_loops(args, api_client, volumes, storage_nodes, stop)
+    if args.claim_gate_address:
+        # Every replica answers: the webhook is stateless, and the Service spreads the apiserver's calls.
+        threading.Thread(
+            target=ClaimGate(client.CoreV1Api(api_client)).serve,
+            args=(
+                args.claim_gate_address,
+                Path(args.claim_gate_certificate),
+                Path(args.claim_gate_key),
+                stop,
+            ),
+            name="claim-gate",
+            daemon=True,
+        ).start()
 
     def register(server) -> None:
         csi_pb2_grpc.add_IdentityServicer_to_server(IdentityService(api_reachable), server)

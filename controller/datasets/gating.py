@@ -17,7 +17,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from cairn.api.dataset import READY_WHEN_PATTERN, DatasetStatus, NodePhase
-from cairn.api.names import API_GROUP, DATASET_ANNOTATION, TOPOLOGY_KEY
+from cairn.api.names import (
+    API_GROUP,
+    DATASET_ANNOTATION,
+    DATASET_GATE,
+    TOPOLOGY_KEY,
+    WAITING_FOR_DATA_LABEL,
+)
 
 DATASET_KIND = "Dataset"
 
@@ -183,3 +189,35 @@ def narrowed_affinity(affinity: Mapping[str, Any] | None, nodes: Iterable[str]) 
 
 def without_gate(gates: Iterable[Mapping[str, Any]] | None, gate: str) -> list[dict[str, Any]]:
     return [dict(g) for g in gates or [] if g.get("name") != gate]
+
+
+def claim_gate_patch(pod: Mapping[str, Any], claims: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The JSON patch that gates, at admission, a pod whose claims are populated from a Dataset.
+
+    For pods the annotation does not name Datasets for (the admission policy gates those). Empty when
+    none of its claims is populated from a Dataset, the pod is gated already, or it is placed.
+    `claims`: the pod's claims by name, as JSON ({} for one that does not exist yet).
+    """
+    spec, meta = pod.get("spec") or {}, pod.get("metadata") or {}
+    if spec.get("nodeName"):
+        return []  # placed by its author: the scheduler never sees it, and the apiserver refuses gates
+    gates = spec.get("schedulingGates") or []
+    if any(gate.get("name") == DATASET_GATE for gate in gates):
+        return []
+    try:
+        named = consumed_datasets(None, claim_names(spec), claims)
+    except GateInputError:
+        named = {"too many"}  # gated; the controller's Warning says why
+    if not named:
+        return []
+    patch: list[dict[str, Any]] = []
+    if gates:
+        patch.append({"op": "add", "path": "/spec/schedulingGates/-", "value": {"name": DATASET_GATE}})
+    else:
+        patch.append({"op": "add", "path": "/spec/schedulingGates", "value": [{"name": DATASET_GATE}]})
+    if meta.get("labels"):
+        label_path = "/metadata/labels/" + WAITING_FOR_DATA_LABEL.replace("~", "~0").replace("/", "~1")
+        patch.append({"op": "add", "path": label_path, "value": "true"})
+    else:
+        patch.append({"op": "add", "path": "/metadata/labels", "value": {WAITING_FOR_DATA_LABEL: "true"}})
+    return patch

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -15,7 +16,12 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 
 from tests.testbed.bed import TestBed
-from tests.testbed.chart import dataset_gate_policies, install_dataset_gate
+from tests.testbed.chart import (
+    claim_gate_webhook,
+    dataset_gate_policies,
+    install_claim_gate,
+    install_dataset_gate,
+)
 from tests.testbed.components import start_controller, start_node_agent
 from tests.testbed.datasets import pod_waiting_for, s3_dataset
 from tests.testbed.kube_components import open_to_the_scheduler, start_scheduler
@@ -62,6 +68,40 @@ class Rig:
         return [(e["type"], e["reason"], e["message"]) for e in listed.get("items", [])]
 
 
+def free_port(address: str) -> int:
+    with socket.socket() as probe:
+        probe.bind((address, 0))
+        return int(probe.getsockname()[1])
+
+
+def claim_from(name: str, dataset: str) -> dict:
+    """A claim populated from a Dataset; no StorageClass serves it here, so it stays Pending."""
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": {
+            "accessModes": ["ReadWriteOnce"],
+            "storageClassName": "cairn-nvme",
+            "resources": {"requests": {"storage": "64Mi"}},
+            "dataSourceRef": {"apiGroup": "cairn.dev", "kind": "Dataset", "name": dataset},
+        },
+    }
+
+
+def pod_with_claim(name: str, claim: str) -> dict:
+    """A pod that names no Dataset: only its claim says what it consumes."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": {
+            "containers": [{"name": "trainer", "image": "registry.invalid/trainer:1"}],
+            "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": claim}}],
+        },
+    }
+
+
 @pytest.fixture(scope="module")
 def rig(bed: TestBed) -> Iterator[Rig]:
     assert bed.s3 is not None
@@ -81,10 +121,27 @@ def rig(bed: TestBed) -> Iterator[Rig]:
                 workdir, bed.run_id, bed.control_plane.kubeconfigs["cairn-node-agent"], node
             )
             rig.processes.append(agent)
+        port = free_port(bed.cluster.gateway)
+        serving = bed.control_plane.pki.issue(
+            "claim-gate", "/CN=cairn-claim-gate", server_sans=[f"IP:{bed.cluster.gateway}"]
+        )
         controller, _ = start_controller(
-            workdir, bed.run_id, bed.control_plane.kubeconfigs["cairn-controller"], name="controller-gate"
+            workdir,
+            bed.run_id,
+            bed.control_plane.kubeconfigs["cairn-controller"],
+            name="controller-gate",
+            extra_args=(
+                f"--claim-gate-address={bed.cluster.gateway}:{port}",
+                f"--claim-gate-certificate={serving.cert}",
+                f"--claim-gate-key={serving.key}",
+            ),
         )
         rig.processes.append(controller)
+        webhook = claim_gate_webhook(
+            f"https://{bed.cluster.gateway}:{port}/gate-pods", bed.control_plane.pki.ca.cert.read_bytes()
+        )
+        rig.kubectl("apply", "-f", "-", input_text=json.dumps(claim_from("gate-probe-claim", "probe")))
+        install_claim_gate(bed.control_plane, webhook, pod_with_claim("gate-probe", "gate-probe-claim"))
         rig.processes.append(start_scheduler(workdir, bed.run_id, bed.control_plane.kubeconfigs["admin"]))
         dataset = s3_dataset(
             "gated", NAMESPACE, f"s3://{bucket}/data", bed.s3.endpoint, "gate-s3", rig.holders
@@ -98,6 +155,14 @@ def rig(bed: TestBed) -> Iterator[Rig]:
         rig.kubectl(
             "delete", "-f", "-", "--ignore-not-found", input_text=dataset_gate_policies(), check=False
         )
+        rig.kubectl(
+            "delete",
+            "mutatingwebhookconfiguration",
+            "cairn-dataset-claim-gate",
+            "--ignore-not-found",
+            check=False,
+        )
+        rig.kubectl("delete", "pvc", "--all", "-n", NAMESPACE, "--wait=false", check=False)
         for process in rig.processes:
             process.stop()
             print(f"\n{process.name} log tail:\n{process.log_tail(8)}")
@@ -243,3 +308,61 @@ def test_a_pod_waiting_for_a_second_dataset_of_the_same_objects_lands_on_a_share
     assert status["sharedCopies"] == {node: "gated" for node in rig.holders}
     assert status["bytesFromOrigin"] == 0 and status["bytesFromPeers"] == 0
     assert {r["digest"] for r in status["nodes"].values()} == {first["digest"]}
+
+
+def test_a_pod_consuming_a_dataset_only_through_its_claim_is_gated_by_the_webhook(rig: Rig) -> None:
+    rig.kubectl("apply", "-f", "-", input_text=json.dumps(claim_from("by-claim-data", "claimed")))
+    created = json.loads(
+        rig.kubectl(
+            "create",
+            "-o",
+            "json",
+            "-f",
+            "-",
+            input_text=json.dumps(pod_with_claim("by-claim", "by-claim-data")),
+        ).stdout
+    )
+    assert {"name": GATE} in created["spec"].get("schedulingGates", []), "the webhook gave the pod the gate"
+    assert created["metadata"]["labels"].get("cairn.dev/waiting-for-data") == "true"
+    wait_until(
+        lambda: any(
+            reason == "WaitingForData" and "claimed does not exist" in msg
+            for _t, reason, msg in rig.events("by-claim")
+        ),
+        30,
+        "an Event saying the pod waits for the Dataset its claim names",
+    )
+    # A pod mounting a claim that is not from a Dataset is left alone.
+    rig.kubectl("apply", "-f", "-", input_text=json.dumps({**claim_from("plain-data", "x"), "spec": {
+        "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "64Mi"}}}}))  # fmt: skip
+    plain = json.loads(
+        rig.kubectl(
+            "create",
+            "-o",
+            "json",
+            "-f",
+            "-",
+            input_text=json.dumps(pod_with_claim("plain-claim", "plain-data")),
+        ).stdout
+    )
+    assert not plain["spec"].get("schedulingGates")
+
+    claimed = json.loads(json.dumps(rig.dataset))
+    claimed["metadata"]["name"] = "claimed"
+    rig.kubectl("apply", "-f", "-", input_text=json.dumps(claimed))
+
+    def opened() -> bool:
+        return not rig.get("pod", "by-claim", "-n", NAMESPACE)["spec"].get("schedulingGates")
+
+    wait_until(
+        opened,
+        120,
+        "the gate to lift once the claim's Dataset is ready",
+        context=lambda: rig.diagnosis("by-claim"),
+    )
+    terms = rig.get("pod", "by-claim", "-n", NAMESPACE)["spec"]["affinity"]["nodeAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ]["nodeSelectorTerms"]
+    assert terms == [
+        {"matchExpressions": [{"key": "topology.cairn.dev/node", "operator": "In", "values": rig.holders}]}
+    ]

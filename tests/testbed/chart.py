@@ -5,11 +5,13 @@ The chart is used unmodified. The values the bed sets are only these:
   containerd beforehand), including the two sidecars the bed replaces with stand-ins;
 - the bed's test settings for disk discovery: loop devices are disks here, and each node's agent
   claims only the loop disks whose backing files carry its node's name;
-- the namespaces whose S3 credentials the tests use.
+- the namespaces whose S3 credentials the tests use;
+- the claim webhook off (see `bed_values`).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import time
@@ -63,6 +65,40 @@ def install_dataset_gate(control_plane: Any, namespace: str = "default", timeout
         time.sleep(0.5)
 
 
+def claim_gate_webhook(url: str, ca_pem: bytes) -> dict[str, Any]:
+    """The chart's claim webhook, calling `url` (a controller on the host) instead of its Service."""
+    rendered = subprocess.run(
+        [
+            str(tool_path("helm")), "template", RELEASE, str(CHART),
+            "--namespace", NAMESPACE, "--show-only", "templates/dataset-claim-gate.yaml",
+        ],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    webhook = next(
+        doc for doc in yaml.safe_load_all(rendered) if doc and doc["kind"] == "MutatingWebhookConfiguration"
+    )
+    for hook in webhook["webhooks"]:
+        hook["clientConfig"] = {"url": url, "caBundle": base64.b64encode(ca_pem).decode()}
+    return webhook
+
+
+def install_claim_gate(
+    control_plane: Any, webhook: dict[str, Any], probe: dict[str, Any], timeout: float = 60.0
+) -> None:
+    """Apply the webhook and wait until a dry run of `probe` (a pod mounting a Dataset's claim) is gated."""
+    control_plane.kubectl("apply", "-f", "-", input_text=json.dumps(webhook))
+    deadline = time.monotonic() + timeout
+    while True:
+        result = control_plane.kubectl(
+            "create", "--dry-run=server", "-o", "json", "-f", "-", input_text=json.dumps(probe), check=False
+        )
+        if result.returncode == 0 and json.loads(result.stdout)["spec"].get("schedulingGates"):
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the claim webhook did not gate a pod after {timeout:.0f} s: {result.stderr}")
+        time.sleep(0.5)
+
+
 def merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
     """Deep merge of Helm values: mappings merge, everything else is replaced."""
     merged = dict(base)
@@ -100,6 +136,11 @@ def bed_values(bed: TestBed, images: Mapping[str, str]) -> dict[str, Any]:
             ],
         },
         "checkpoints": {"credentialNamespaces": ["default"]},
+        # The bed's apiserver runs on the host, which has no route into the nodes' pod or Service
+        # networks (the host does not forward), so it could never call the webhook; failing open, it
+        # would only add its timeout to every pod created with a claim. tests/e2e/test_dataset_gate.py
+        # serves the same webhook from a controller on the host instead.
+        "datasetGate": {"claimWebhook": {"enabled": False}},
     }
 
 
