@@ -33,15 +33,20 @@ NAMESPACE = "cairn-system"
 MONITORING_CRDS = REPO_ROOT / "tests" / "fixtures" / "monitoring-crds.yaml"
 
 
-def dataset_gate_policies() -> str:
-    """The chart's pod gate and its guard (two admission policies), as the chart renders them."""
+def rendered_template(template: str) -> str:
+    """One of the chart's templates, rendered with its default values."""
     return subprocess.run(
         [
             str(tool_path("helm")), "template", RELEASE, str(CHART),
-            "--namespace", NAMESPACE, "--show-only", "templates/dataset-gate.yaml",
+            "--namespace", NAMESPACE, "--show-only", f"templates/{template}",
         ],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
+
+
+def dataset_gate_policies() -> str:
+    """The chart's pod gate and its guard (two admission policies), as the chart renders them."""
+    return rendered_template("dataset-gate.yaml")
 
 
 def install_dataset_gate(control_plane: Any, namespace: str = "default", timeout: float = 60.0) -> None:
@@ -52,7 +57,13 @@ def install_dataset_gate(control_plane: Any, namespace: str = "default", timeout
     server-side dry run (admission runs, nothing is stored) until it comes back gated.
     """
     control_plane.kubectl("apply", "-f", "-", input_text=dataset_gate_policies())
-    probe = pod_waiting_for("gate-probe", namespace, "probe")
+    wait_until_gated(
+        control_plane, pod_waiting_for("gate-probe", namespace, "probe"), timeout, "the dataset gate"
+    )
+
+
+def wait_until_gated(control_plane: Any, probe: dict[str, Any], timeout: float, gate: str) -> None:
+    """Server-side dry runs of `probe` (admission runs, nothing is stored) until it comes back gated."""
     deadline = time.monotonic() + timeout
     while True:
         result = control_plane.kubectl(
@@ -61,19 +72,13 @@ def install_dataset_gate(control_plane: Any, namespace: str = "default", timeout
         if result.returncode == 0 and json.loads(result.stdout)["spec"].get("schedulingGates"):
             return
         if time.monotonic() > deadline:
-            raise TimeoutError(f"the dataset gate was not enforced after {timeout:.0f} s: {result.stderr}")
+            raise TimeoutError(f"{gate} did not gate a pod after {timeout:.0f} s: {result.stderr}")
         time.sleep(0.5)
 
 
 def claim_gate_webhook(url: str, ca_pem: bytes) -> dict[str, Any]:
     """The chart's claim webhook, calling `url` (a controller on the host) instead of its Service."""
-    rendered = subprocess.run(
-        [
-            str(tool_path("helm")), "template", RELEASE, str(CHART),
-            "--namespace", NAMESPACE, "--show-only", "templates/dataset-claim-gate.yaml",
-        ],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
+    rendered = rendered_template("dataset-claim-gate.yaml")
     webhook = next(
         doc for doc in yaml.safe_load_all(rendered) if doc and doc["kind"] == "MutatingWebhookConfiguration"
     )
@@ -87,16 +92,7 @@ def install_claim_gate(
 ) -> None:
     """Apply the webhook and wait until a dry run of `probe` (a pod mounting a Dataset's claim) is gated."""
     control_plane.kubectl("apply", "-f", "-", input_text=json.dumps(webhook))
-    deadline = time.monotonic() + timeout
-    while True:
-        result = control_plane.kubectl(
-            "create", "--dry-run=server", "-o", "json", "-f", "-", input_text=json.dumps(probe), check=False
-        )
-        if result.returncode == 0 and json.loads(result.stdout)["spec"].get("schedulingGates"):
-            return
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"the claim webhook did not gate a pod after {timeout:.0f} s: {result.stderr}")
-        time.sleep(0.5)
+    wait_until_gated(control_plane, probe, timeout, "the claim webhook")
 
 
 def merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
