@@ -225,6 +225,9 @@ class DatasetController:
                 for node in dropped:
                     reports.pop(node, None)
             patch["shared_copies"] = shared
+            for node, lender in sorted(shared.items()):
+                if status.shared_copies.get(node) != lender:
+                    log.info("dataset %s: uses the copy of Dataset %s on %s", key, lender, node)
         if shared and status.digest is None:
             # The copies are the lender's, of the same listing: its digest is what they verify
             # against (and what this Dataset's own seeder, if it has one, arrives at too).
@@ -232,9 +235,6 @@ class DatasetController:
             digest = next((lent[n] for n in sorted(set(shared.values())) if lent.get(n)), None)
             if digest is not None:
                 patch["digest"] = digest
-            for node, lender in sorted(shared.items()):
-                if status.shared_copies.get(node) != lender:
-                    log.info("dataset %s: uses the copy of Dataset %s on %s", key, lender, node)
         if source_volume is not None:
             patch["source_volume"] = source_volume.name
         if self.authority is not None:

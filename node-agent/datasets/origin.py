@@ -161,7 +161,9 @@ class HttpOrigin:
 
     def open(self, file: OriginFile, start: int = 0, length: int | None = None) -> BinaryIO:
         assert start == 0 and length in (None, file.size), "an HTTP origin is read one whole file at a time"
-        stream: BinaryIO = self._urlopen(file.locator)
+        # Pinned to the listed tag, as S3 reads are; a server that ignores If-Match sends what it has.
+        pinned = {"If-Match": file.version} if file.version else {}
+        stream: BinaryIO = self._urlopen(urllib.request.Request(file.locator, headers=pinned))
         return stream
 
 
