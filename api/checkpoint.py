@@ -6,7 +6,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import ClassVar
 
-from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, JsonValue, field_validator, model_validator
 
 from cairn.step_pattern import DEFAULT_STEP_PATTERN, MAX_STEP_PATTERN_LENGTH, compile_step_pattern
 
@@ -75,8 +75,36 @@ class CommitSpec(CairnModel):
         return pattern
 
 
+class Tier(StrEnum):
+    """Where a checkpoint's copies are kept, fastest first."""
+
+    MEMORY = "memory"
+    """The memory volume it was written to (pool `memory`, a tmpfs); lost with the node or a reboot."""
+    LOCAL = "local"
+    """The node's disks: the volume it was written to, or the agent's tier store for a memory volume."""
+    S3 = "s3"
+    """The policy's S3 target."""
+
+
+TIER_ORDER: tuple[Tier, ...] = (Tier.MEMORY, Tier.LOCAL, Tier.S3)
+MEMORY_POOL = Tier.MEMORY.value
+"""The pool class of a memory volume (LocalVolume spec.pool), as a LocalCopy records it."""
+
+
 class RetentionSpec(CairnModel):
-    keep_local: int = Field(default=2, ge=0, description="Newest checkpoints kept on the node's volume.")
+    keep_memory: int = Field(
+        default=1,
+        ge=0,
+        description=(
+            "Newest checkpoints kept in a memory volume, with tiers naming memory; an older one leaves "
+            "memory only once a slower tier holds it verified."
+        ),
+    )
+    keep_local: int = Field(
+        default=2,
+        ge=0,
+        description="Newest checkpoints kept on the node's disks (the volume, or the tier store).",
+    )
     keep_remote_last: int = Field(default=3, ge=0, description="Newest checkpoints kept in S3.")
     keep_remote_every: int = Field(
         default=0, ge=0, description="Also keep every K-th step in S3; 0 keeps none."
@@ -126,13 +154,50 @@ DEFAULT_DRAIN_TIMEOUT_SECONDS = 1800
 """Half an hour: a few GiB at a modest uplink, not so long that a wedged target pins a disk for days."""
 
 
+_TIER_RULES: list[JsonValue] = [
+    {
+        # Every ordered, duplicate-free, non-empty subset of memory, local, s3.
+        "rule": "!has(self.tiers) || self.tiers in ["
+        + ", ".join(
+            "[" + ", ".join(f"'{t.value}'" for t in subset) + "]"
+            for subset in (
+                [Tier.MEMORY],
+                [Tier.LOCAL],
+                [Tier.S3],
+                [Tier.MEMORY, Tier.LOCAL],
+                [Tier.MEMORY, Tier.S3],
+                [Tier.LOCAL, Tier.S3],
+                list(TIER_ORDER),
+            )
+        )
+        + "]",
+        "message": "tiers is an ordered subset of [memory, local, s3], fastest first, each named once",
+    },
+    {
+        "rule": "!has(self.tiers) || (('s3' in self.tiers) == has(self.target))",
+        "message": "tiers names s3 exactly when the policy has a target: add both, or neither",
+    },
+]
+
+
 class CheckpointPolicySpec(CairnModel):
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": _TIER_RULES})
+
     commit: CommitSpec = Field(default_factory=CommitSpec)
     target: S3Target | None = Field(
         default=None, description="Where to tier; without one the policy is local-only."
     )
     retention: RetentionSpec = Field(default_factory=RetentionSpec)
     upload: UploadSpec = Field(default_factory=UploadSpec)
+    tiers: list[Tier] | None = Field(
+        default=None,
+        max_length=len(TIER_ORDER),
+        description=(
+            "Where copies go, fastest first, e.g. [memory, local, s3]: a checkpoint in a memory volume "
+            "is copied to this node's disks, then to S3, in the background, each copy verified against "
+            "the manifest. Unset: the volume's copy, then S3 if there is a target."
+        ),
+    )
     peer_replicas: int = Field(default=0, ge=0, le=1, description="Copies kept on another node's agent.")
     hash_algorithm: HashAlgorithm = HashAlgorithm.BLAKE3
     drain_timeout_seconds: int = Field(
@@ -145,6 +210,56 @@ class CheckpointPolicySpec(CairnModel):
             "what had no copy in S3."
         ),
     )
+
+    @field_validator("tiers")
+    @classmethod
+    def _tiers_in_order(cls, tiers: list[Tier] | None) -> list[Tier] | None:
+        if tiers is None:
+            return None
+        if not tiers:
+            raise ValueError("tiers is empty; name at least one of memory, local, s3, or leave it unset")
+        if len(set(tiers)) != len(tiers):
+            raise ValueError(f"tiers {[t.value for t in tiers]} names a tier twice; name each once")
+        if tiers != sorted(tiers, key=TIER_ORDER.index):
+            raise ValueError(
+                f"tiers {[t.value for t in tiers]} is out of order; list them fastest first: "
+                "memory, local, s3"
+            )
+        return tiers
+
+    @model_validator(mode="after")
+    def _s3_needs_a_target(self) -> CheckpointPolicySpec:
+        if self.tiers is None:
+            return self
+        if Tier.S3 in self.tiers and self.target is None:
+            raise ValueError("tiers names s3 but the policy has no target; add spec.target or drop s3")
+        if Tier.S3 not in self.tiers and self.target is not None:
+            raise ValueError(
+                "the policy has a target but tiers leaves out s3, so nothing would reach it; "
+                "add s3 to tiers or drop spec.target"
+            )
+        return self
+
+    def tier_list(self) -> list[Tier]:
+        """The tiers in effect: as given, else today's default (the volume's copy, then S3)."""
+        if self.tiers is not None:
+            return list(self.tiers)
+        return [Tier.LOCAL, Tier.S3] if self.target is not None else [Tier.LOCAL]
+
+    @property
+    def memory_tier(self) -> bool:
+        """Copies in a memory volume are a tier of their own (kept by keepMemory, drained to slower ones)."""
+        return self.tiers is not None and Tier.MEMORY in self.tiers
+
+    @property
+    def memory_only(self) -> bool:
+        """tiers is [memory]: the memory copy is the only one, so retention may drop it unbacked."""
+        return self.tiers == [Tier.MEMORY]
+
+    @property
+    def copies_to_local(self) -> bool:
+        """A checkpoint in a memory volume is copied to this node's tier store."""
+        return self.tiers is not None and Tier.MEMORY in self.tiers and Tier.LOCAL in self.tiers
 
 
 class CheckpointPolicyStatus(CairnModel):
@@ -182,6 +297,14 @@ class LocalCopy(CairnModel):
     volume: str = Field(description="LocalVolume holding the checkpoint.")
     path: str = Field(description="Directory inside the volume.")
     present: bool = True
+    pool: str | None = Field(
+        default=None,
+        description="Pool class of the volume holding the copy; memory for a tmpfs (unset: a disk pool).",
+    )
+
+    @property
+    def in_memory(self) -> bool:
+        return self.present and self.pool == MEMORY_POOL
 
 
 class RemoteCopy(CairnModel):
@@ -207,8 +330,15 @@ class CheckpointStatus(CairnModel):
     phase: CheckpointPhase = CheckpointPhase.COMMITTED
     reason: str | None = None
     message: str | None = None
-    tiers: str = Field(default="local", description="Where copies exist, e.g. local,peer,s3.")
+    tiers: str = Field(default="local", description="Where copies exist, e.g. memory,local,peer,s3.")
     local: LocalCopy | None = None
+    disk: LocalCopy | None = Field(
+        default=None,
+        description=(
+            "The copy on the recording node's tier store, made from a memory volume's copy; its path "
+            "is relative to the agent's state directory."
+        ),
+    )
     peer: LocalCopy | None = None
     remote: RemoteCopy | None = None
     bytes_uploaded: int = 0
@@ -217,8 +347,11 @@ class CheckpointStatus(CairnModel):
     def restorable_tiers(self) -> str:
         """The TIERS column: where a restorable copy exists, fastest first."""
         tiers = []
-        if self.local is not None and self.local.present:
-            tiers.append("local")
+        if self.local is not None and self.local.in_memory:
+            tiers.append(Tier.MEMORY.value)
+        on_disk = self.disk is not None and self.disk.present
+        if on_disk or (self.local is not None and self.local.present and not self.local.in_memory):
+            tiers.append(Tier.LOCAL.value)
         if self.peer is not None and self.peer.present:
             tiers.append("peer")
         if self.remote is not None and self.remote.verified_at is not None:

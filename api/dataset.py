@@ -7,11 +7,11 @@ from datetime import datetime
 from enum import StrEnum
 from typing import ClassVar
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from .base import CairnModel, Condition, PrinterColumn, Resource, age_column
 from .checkpoint import SecretKeyRef
-from .volume import PoolClass
+from .volume import DISK_CLASSES, PoolClass
 
 
 class S3Source(CairnModel):
@@ -112,12 +112,27 @@ class DatasetSpec(CairnModel):
             "bytes out to peers, per second; the agent's --background-bytes-per-second if unset."
         ),
     )
-    pool: PoolClass = PoolClass.NVME
+    pool: PoolClass = Field(
+        default=PoolClass.NVME,
+        description="The disk pool the copies are carved in; memory is for checkpoints, not Datasets.",
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": "self != 'memory'", "message": "a Dataset's copies sit on a disk pool, not memory"}
+            ]
+        },
+    )
     piece_size: int | None = Field(
         default=None,
         ge=16384,
         description="BitTorrent piece size in bytes; chosen from the total size if unset.",
     )
+
+    @field_validator("pool")
+    @classmethod
+    def _a_disk_pool(cls, pool: PoolClass) -> PoolClass:
+        if pool not in DISK_CLASSES:
+            raise ValueError("a Dataset's copies sit on a disk pool, not memory")
+        return pool
 
 
 class DatasetPhase(StrEnum):

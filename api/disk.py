@@ -62,7 +62,9 @@ class LocalDisk(Resource):
 
 class PoolStatus(CairnModel):
     pool_class: PoolClass = Field(alias="class")
-    volume_group: str
+    volume_group: str = Field(
+        description="The pool's LVM volume group; for memory, the name the agent answers to."
+    )
     total_bytes: int
     free_bytes: int
     extent_size_bytes: int
@@ -88,6 +90,7 @@ class FreeByClass(CairnModel):
     nvme: str | None = None
     ssd: str | None = None
     hdd: str | None = None
+    memory: str | None = None
 
 
 class StorageNodeSpec(CairnModel):
@@ -123,6 +126,7 @@ class StorageNode(Resource):
         PrinterColumn(name="NVMe-Free", json_path=".status.free.nvme"),
         PrinterColumn(name="SSD-Free", json_path=".status.free.ssd"),
         PrinterColumn(name="HDD-Free", json_path=".status.free.hdd"),
+        PrinterColumn(name="Memory-Free", json_path=".status.free.memory"),
         PrinterColumn(name="Disks", json_path=".status.diskCount", type="integer"),
         PrinterColumn(name="Ready", json_path=".status.ready", type="boolean"),
         age_column(),

@@ -71,6 +71,10 @@ VOLUME_TAG_PREFIX = "cairn.dev/volume="
 """On an LV: the LocalVolume it belongs to, which proves ownership before anything replaces it."""
 REPLICA_STORE_TAG = "cairn.dev/replica-store"
 """On the one LV per node that holds peer replicas: the agent's own, claimed by no LocalVolume."""
+TIER_STORE_TAG = "cairn.dev/tier-store"
+"""On the one LV per node that holds the local-tier copies of memory volumes' checkpoints: the agent's own."""
+AGENT_STORE_TAGS = frozenset({REPLICA_STORE_TAG, TIER_STORE_TAG})
+"""The agent's own LVs, which no LocalVolume claims and orphan GC never removes."""
 
 
 def pool_vg(pool: str) -> str:

@@ -14,6 +14,12 @@ class PoolClass(StrEnum):
     NVME = "nvme"
     SSD = "ssd"
     HDD = "hdd"
+    MEMORY = "memory"
+    """Host memory the agent sets aside (`--memory-pool-bytes`): one size-limited tmpfs per volume."""
+
+
+DISK_CLASSES: tuple[PoolClass, ...] = (PoolClass.NVME, PoolClass.SSD, PoolClass.HDD)
+"""The pools made of disks: what a disk may be classed as, and what a Dataset's copy may sit on."""
 
 
 class VolumeAccess(StrEnum):
@@ -52,7 +58,9 @@ class LocalVolumeSpec(CairnModel):
 
     csi_name: str = Field(description="The CSI CreateVolume name this LocalVolume was created for.")
     node_name: str = Field(description="The node whose agent owns and carves this volume.")
-    pool: PoolClass = Field(default=PoolClass.NVME, description="Disk class of the pool to carve from.")
+    pool: PoolClass = Field(
+        default=PoolClass.NVME, description="The pool to carve from: a disk class, or memory."
+    )
     size_bytes: int = Field(ge=1, description="Requested size; the agent rounds up to the extent size.")
     access: VolumeAccess = VolumeAccess.MOUNT
     fs_type: str | None = Field(default=None, description="ext4 or xfs for mount volumes.")

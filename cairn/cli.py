@@ -181,8 +181,9 @@ def parser() -> argparse.ArgumentParser:
     restoring = actions.add_parser(
         "restore",
         help="copy a checkpoint into a directory, every byte verified",
-        description="Copy a checkpoint into an empty directory from the best tier: this node's copy, "
-        "a peer's, then S3. Every file is checked against the checkpoint's manifest.",
+        description="Copy a checkpoint into an empty directory from the best tier: this node's copy "
+        "in memory, then on its disks, then a peer's, then S3. Every file is checked against the "
+        "checkpoint's manifest.",
     )
     common(restoring)
     restoring.add_argument("name", help="the Checkpoint's name (see `cairn checkpoint list`)")
@@ -190,7 +191,8 @@ def parser() -> argparse.ArgumentParser:
     restoring.add_argument(
         "--node",
         default=None,
-        help="the node this runs on: its own copy then counts as local (streamed from its agent)",
+        help="the node this runs on: its own copies (memory, then disk) are then tried first "
+        "(streamed from its agent)",
     )
     restoring.add_argument(
         "--peer-identity",

@@ -16,7 +16,8 @@ from kubernetes import client
 from cairn.api.checkpoint import Checkpoint, CheckpointPolicy
 from cairn.api.dataset import Dataset
 from cairn.api.disk import AgentEndpoints, LocalDisk, StorageNode
-from cairn.api.volume import LocalVolume, LocalVolumeSpec, PoolClass
+from cairn.api.names import GROUP_VERSION, pool_vg
+from cairn.api.volume import DISK_CLASSES, LocalVolume, LocalVolumeSpec, PoolClass
 from cairn.background import Coalescing
 from cairn.csi.identity import IdentityService
 from cairn.csi.proto import csi_pb2_grpc
@@ -26,8 +27,9 @@ from cairn.kube import ResourceClient, egress_policy_reader, load_api_client, se
 from cairn.logs import setup_logging
 from cairn.node_agent import metrics
 from cairn.node_agent.checkpoints.drain import VolumeDrainer
-from cairn.node_agent.checkpoints.local import checkpoint_locator, local_copy_directory
-from cairn.node_agent.checkpoints.replica_store import ReplicaStore
+from cairn.node_agent.checkpoints.local import checkpoint_locator, disk_copy_directory, local_copy_directory
+from cairn.node_agent.checkpoints.local_tier import LocalTierCopier
+from cairn.node_agent.checkpoints.replica_store import TIER_STORE_DIR, ReplicaStore, TierStore
 from cairn.node_agent.checkpoints.replicas import ReplicaKeeper
 from cairn.node_agent.checkpoints.tiering import CheckpointTierer
 from cairn.node_agent.checkpoints.watcher import CheckpointWatcher
@@ -39,10 +41,13 @@ from cairn.node_agent.disks.manager import DiskManager
 from cairn.node_agent.disks.plan import DiskPolicy
 from cairn.node_agent.disks.watch import watch_block_events
 from cairn.node_agent.lvm.adapter import Lvm
+from cairn.node_agent.memory.pool import TmpfsPool, host_memory_bytes
+from cairn.node_agent.memory.pressure import MemoryPressure
 from cairn.node_agent.p2p.addresses import split_address
 from cairn.node_agent.p2p.identity import PEER_IDENTITY_DIR, PeerIdentity
 from cairn.node_agent.p2p.peer_server import DatasetTorrent, PeerDirectory, start_peer_server
 from cairn.node_agent.p2p.session import TorrentNode
+from cairn.node_agent.volumes.backends import PoolBackends
 from cairn.node_agent.volumes.index import PopulateError, VolumeIndex
 from cairn.node_agent.volumes.node_service import NodeService
 from cairn.node_agent.volumes.orphan_sweeper import DEFAULT_ORPHAN_GRACE_SECONDS, OrphanSweeper
@@ -57,8 +62,11 @@ from cairn.node_agent.volumes.reconciler import VolumeReconciler
 from cairn.node_agent.volumes.staged import StagedVolumes
 from cairn.node_agent.volumes.storage_node import StorageNodePublisher
 from cairn.node_lease import DEFAULT_LEASE_SECONDS, NodeLeaseRenewer
+from cairn.units import human_bytes
 
 log = logging.getLogger("cairn.node")
+VolumePath = Callable[[str], Path | None]
+"""Where this agent sees a volume's files: its staging mount, or a memory volume's own tmpfs."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -135,6 +143,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--replica-store-pool", default="nvme", help="the pool the replica store is carved in"
     )
     parser.add_argument(
+        "--local-tier-bytes",
+        type=int,
+        default=16 * 1024**3,
+        help="size of the LV that holds the local-tier copies of memory volumes' checkpoints "
+        "(policies with tiers [memory, local, ...]), carved when first needed; 0: none",
+    )
+    parser.add_argument(
+        "--local-tier-pool", default="nvme", help="the pool the local-tier store is carved in"
+    )
+    parser.add_argument(
         "--orphan-grace-seconds",
         type=float,
         default=DEFAULT_ORPHAN_GRACE_SECONDS,
@@ -166,6 +184,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=DEFAULT_BACKGROUND_BYTES_PER_SECOND,
         help="each node's cap, in and out apart, for Datasets of priority Background that set none",
     )
+    parser.add_argument(
+        "--memory-pool-bytes",
+        type=int,
+        default=0,
+        help="host memory set aside for volumes of pool memory (one tmpfs each); 0: no memory pool. "
+        "Reserve as much for the system in kubelet (systemReserved): the scheduler does not see it",
+    )
+    parser.add_argument(
+        "--memory-pool-dir",
+        type=Path,
+        default=None,
+        help="where the memory volumes are mounted; it must propagate to the host, so the tmpfs "
+        "outlives the agent (default: <state-dir>/memory)",
+    )
     parser.add_argument("--log-level", default="INFO")
     return parser.parse_args(argv)
 
@@ -173,6 +205,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def disk_policy(args: argparse.Namespace) -> DiskPolicy:
     try:
         classes = frozenset(PoolClass(c.strip()) for c in args.claim_classes.split(",") if c.strip())
+        if not_disks := sorted(c.value for c in classes - set(DISK_CLASSES)):
+            raise ValueError(
+                f"--claim-classes: {', '.join(not_disks)} is not a disk class; "
+                "the memory pool is sized with --memory-pool-bytes"
+            )
         overrides = parse_class_overrides(args.class_override)
     except ValueError as error:
         raise SystemExit(f"cairn-node-agent: {error}") from None
@@ -184,6 +221,28 @@ def disk_policy(args: argparse.Namespace) -> DiskPolicy:
     )
 
 
+# The node needs memory of its own: a pool that leaves less than this share is refused at start.
+MEMORY_LEFT_TO_THE_NODE = 0.1
+
+
+def memory_pool(args: argparse.Namespace) -> TmpfsPool | None:
+    """The memory pool, when --memory-pool-bytes asks for one; refused when it leaves the node too little."""
+    if args.memory_pool_bytes < 0:
+        raise SystemExit(f"cairn-node-agent: --memory-pool-bytes={args.memory_pool_bytes} is negative")
+    if args.memory_pool_bytes == 0:
+        return None
+    total = host_memory_bytes()
+    if args.memory_pool_bytes > total * (1 - MEMORY_LEFT_TO_THE_NODE):
+        raise SystemExit(
+            f"cairn-node-agent: --memory-pool-bytes={human_bytes(args.memory_pool_bytes)} leaves less than "
+            f"{MEMORY_LEFT_TO_THE_NODE:.0%} of this node's {human_bytes(total)} of memory to everything else"
+        )
+    root = args.memory_pool_dir or args.state_dir / "memory"
+    pool = TmpfsPool(root, args.memory_pool_bytes, pool_vg(PoolClass.MEMORY.value))
+    log.info("memory pool: %s at %s", human_bytes(args.memory_pool_bytes), root)
+    return pool
+
+
 def start_disks(
     args: argparse.Namespace,
     api_client: Any,
@@ -192,6 +251,7 @@ def start_disks(
     policy: DiskPolicy,
     stop: threading.Event,
     identity: PeerIdentity | None,
+    memory: TmpfsPool | None,
 ) -> tuple[StorageNodePublisher, Coalescing]:
     """LocalDisks kept true, eligible disks claimed, and this node's StorageNode published."""
     endpoints = AgentEndpoints(
@@ -208,6 +268,7 @@ def start_disks(
         sorted(policy.claim_classes),
         endpoints,
         index.volume_count,
+        memory=memory,
     )
     publish_soon = Coalescing("publish", publisher.publish, stop, min_interval=0.5, period=30).start()
     disks = DiskManager(
@@ -258,7 +319,7 @@ def start_orphan_sweeper(
 def start_peer_plane(
     args: argparse.Namespace,
     api_client: Any,
-    staged: StagedVolumes,
+    path_of: VolumePath,
     replicas: ReplicaKeeper,
     datasets: DatasetAgent | None,
     stop: threading.Event,
@@ -267,7 +328,11 @@ def start_peer_plane(
 ) -> None:
     """The peer server: this node's checkpoint copies and dataset torrents, for Cairn agents only."""
     locate = checkpoint_locator(
-        ResourceClient(api_client, Checkpoint), args.node_name, staged.path_of, replicas.replica_directory
+        ResourceClient(api_client, Checkpoint),
+        args.node_name,
+        path_of,
+        replicas.replica_directory,
+        args.state_dir / TIER_STORE_DIR,
     )
     volumes = ResourceClient(api_client, LocalVolume)
 
@@ -316,6 +381,7 @@ def start_checkpoints(
     lvm: Lvm,
     index: VolumeIndex,
     staged: StagedVolumes,
+    path_of: VolumePath,
     stop: threading.Event,
     identity: PeerIdentity | None,
 ) -> tuple[CheckpointWatcher, ReplicaKeeper, VolumeDrainer]:
@@ -327,19 +393,38 @@ def start_checkpoints(
         ResourceClient(api_client, CheckpointPolicy),
         secret_reader(api_client),
         args.state_dir,
-        staged.path_of,
+        path_of,
         EventRecorder(api_client, "cairn-node-agent"),
         storage_nodes=ResourceClient(api_client, StorageNode),
     )
     # A pass also runs every few seconds: it resumes uploads interrupted by a restart and retries failures.
     tiering = Coalescing("tiering", tierer.run_pass, stop, min_interval=1.0, period=10.0).start()
+    tier_root = args.state_dir / TIER_STORE_DIR
+    copier = LocalTierCopier(
+        args.node_name,
+        ResourceClient(api_client, Checkpoint),
+        ResourceClient(api_client, CheckpointPolicy),
+        path_of,
+        tier_root,
+        EventRecorder(api_client, "cairn-node-agent"),
+        store=TierStore(lvm, args.local_tier_pool, args.local_tier_bytes, tier_root),
+        on_copied=tiering.trigger,
+    )
+    # Its own loop, never behind an S3 upload: memory fills while its checkpoints wait. A copy
+    # made lets the upload start (tiers [memory, local, s3] upload from the local copy's turn).
+    memory_drain = Coalescing("memory-drain", copier.run_pass, stop, min_interval=0.2, period=1.0).start()
+
+    def copied_or_recorded() -> None:
+        memory_drain.trigger()
+        tiering.trigger()
+
     watcher = CheckpointWatcher(
         args.node_name,
         ResourceClient(api_client, CheckpointPolicy),
         ResourceClient(api_client, Checkpoint),
         index.spec_of,
         period=args.checkpoint_poll_interval,
-        on_recorded=lambda namespace, name: tiering.trigger(),
+        on_recorded=lambda namespace, name: copied_or_recorded(),
     )
     store_root = args.state_dir / "replicas"
     replicas = ReplicaKeeper(
@@ -385,7 +470,7 @@ def start_checkpoints(
 def volume_filler(
     args: argparse.Namespace,
     api_client: Any,
-    staged: StagedVolumes,
+    path_of: VolumePath,
     datasets: DatasetAgent | None,
     identity: PeerIdentity | None,
 ) -> Callable[[str, LocalVolumeSpec, str], str]:
@@ -405,8 +490,11 @@ def volume_filler(
             name,
             spec,
             root,
-            lambda checkpoint: local_copy_directory(checkpoint, args.node_name, staged.path_of),
+            lambda checkpoint: local_copy_directory(checkpoint, args.node_name, path_of),
             identity,
+            disk_directory=lambda checkpoint: disk_copy_directory(
+                checkpoint, args.node_name, args.state_dir / TIER_STORE_DIR
+            ),
         )
 
     return lambda name, spec, device: populate_volume(
@@ -422,6 +510,7 @@ def serve_node(
     watcher: CheckpointWatcher,
     drainer: VolumeDrainer,
     ready: Callable[[], bool],
+    memory: TmpfsPool | None,
 ) -> grpc.Server:
     """The CSI Identity and Node services on --endpoint."""
 
@@ -434,6 +523,12 @@ def serve_node(
         staging = staged.path_of(volume)
         if staging is not None and drainer.hold(volume, staging):
             return  # watched through the agent's own mount until its checkpoints are tiered
+        if memory is not None and (held := memory.device_path(memory.vg, volume)) is not None:
+            # The agent holds a memory volume's tmpfs whoever mounts it: its checkpoints stay
+            # watched, tiered and restorable while no pod uses it, as a disk volume's do not.
+            staged.add(volume, held)
+            watcher.register(volume, held)
+            return
         watcher.unregister(volume)
         staged.remove(volume)
 
@@ -478,9 +573,19 @@ def main(argv: list[str] | None = None) -> None:
         args.node_lease_seconds,
     )
     threading.Thread(target=renewer.run, args=(stop,), name="node-lease", daemon=True).start()
-    publisher, publish_soon = start_disks(args, api_client, lvm, index, policy, stop, identity)
+    memory = memory_pool(args)
+
+    def path_of(volume: str) -> Path | None:
+        if (path := staged.path_of(volume)) is not None:
+            return path
+        held = memory.device_path(memory.vg, volume) if memory is not None else None
+        return Path(held) if held is not None else None
+
+    publisher, publish_soon = start_disks(args, api_client, lvm, index, policy, stop, identity, memory)
     datasets, dataset_pass = start_dataset_agent(args, api_client, index, stop, identity)
-    watcher, replicas, drainer = start_checkpoints(args, api_client, lvm, index, staged, stop, identity)
+    watcher, replicas, drainer = start_checkpoints(
+        args, api_client, lvm, index, staged, path_of, stop, identity
+    )
 
     def volumes_changed() -> None:
         publish_soon.trigger()
@@ -493,6 +598,9 @@ def main(argv: list[str] | None = None) -> None:
             watcher.unregister(volume)
             staged.remove(volume)
             drainer.let_go(volume)
+        elif memory is not None and volume in memory.volumes():
+            watcher.unregister(volume)
+            staged.remove(volume)
 
     if unfinished := release_unfinished_fills(args.state_dir / "populate"):
         log.warning("unmounted volumes a previous agent left mid-fill; they are filled again: %s", unfinished)
@@ -500,15 +608,24 @@ def main(argv: list[str] | None = None) -> None:
     if thawed := clone_sources.thaw_leftovers():
         log.warning("thawed clone sources a previous agent left frozen mid-copy: %s", thawed)
     local_volumes = ResourceClient(api_client, LocalVolume)
+    memory_contents_lost = EventRecorder(api_client, "cairn-node-agent")
+    if memory is not None:
+        memory.on_lost = lambda volume: memory_contents_lost.record(
+            {"apiVersion": GROUP_VERSION, "kind": "LocalVolume", "name": volume},
+            "MemoryContentsLost",
+            f"memory volume {volume} on node {args.node_name} came back empty: its tmpfs was gone "
+            "(the host restarted); whatever only it held is lost, copies on slower tiers are not",
+            warning=True,
+        )
     reconciler = VolumeReconciler(
         args.node_name,
-        lvm,
+        PoolBackends(lvm, memory, pool_vg(PoolClass.MEMORY.value)),
         local_volumes,
         index,
         on_change=volumes_changed,
         publish_now=publisher.publish,
         before_remove=before_remove,
-        populate=volume_filler(args, api_client, staged, datasets, identity),
+        populate=volume_filler(args, api_client, path_of, datasets, identity),
         removal_blocker=drainer.removal_blocker,
         held_still=clone_sources.held_still,
     )
@@ -520,6 +637,11 @@ def main(argv: list[str] | None = None) -> None:
 
     drainer.on_drained = finish_deletion
     start_orphan_sweeper(args, api_client, lvm, publisher, publish_soon, stop)
+    if memory is not None:
+        pressure = MemoryPressure(
+            args.node_name, memory, EventRecorder(api_client, "cairn-node-agent"), index.spec_of
+        )
+        Coalescing("memory-pressure", pressure.run_pass, stop, min_interval=1.0, period=2.0).start()
     ready = threading.Event()
 
     def reconcile_forever() -> None:
@@ -530,8 +652,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.peer_restore_address and identity is not None:
         storage_nodes = ResourceClient(api_client, StorageNode)
         peers = PeerDirectory(lambda: [i.model for i in storage_nodes.list()])
-        start_peer_plane(args, api_client, staged, replicas, datasets, stop, identity, peers)
-    server = serve_node(args, index, reconciler, staged, watcher, drainer, ready.is_set)
+        start_peer_plane(args, api_client, path_of, replicas, datasets, stop, identity, peers)
+    server = serve_node(args, index, reconciler, staged, watcher, drainer, ready.is_set, memory)
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     log.info("cairn-node-agent for node %s serving on %s", args.node_name, args.endpoint)

@@ -17,7 +17,8 @@ POOL_FREE = Gauge("cairn_pool_free_bytes", "Unallocated space in a pool's volume
 
 CHECKPOINT_BYTES = Counter(
     "cairn_checkpoint_bytes_total",
-    "Checkpoint bytes moved: operation=upload to S3, or restore from tier local|peer|s3.",
+    "Checkpoint bytes moved: operation=upload to S3, restore from tier memory|local|peer|s3, or "
+    "tier-copy from memory to tier local (the memory drain).",
     ["node", "operation", "tier"],
 )
 CHECKPOINT_UPLOAD_SECONDS = Histogram(
@@ -28,8 +29,14 @@ CHECKPOINT_UPLOAD_SECONDS = Histogram(
 )
 CHECKPOINT_TIER_LAG = Gauge(
     "cairn_checkpoint_tier_lag_seconds",
-    "Age of the oldest checkpoint of a PVC not yet verified in S3; 0 when all are.",
-    ["node", "namespace", "pvc"],
+    "Age of the oldest checkpoint of a PVC not yet verified in a tier: tier=s3, or tier=local for the "
+    "copy of a memory volume's checkpoint to the node's disks; 0 when all are.",
+    ["node", "namespace", "pvc", "tier"],
+)
+MEMORY_VOLUME_USED = Gauge(
+    "cairn_memory_volume_used_ratio",
+    "Share of a memory volume's size its files take; at 1 new writes fail with ENOSPC.",
+    ["node", "volume", "namespace", "pvc"],
 )
 ORPHANS = Gauge(
     "cairn_orphan_volumes",

@@ -40,7 +40,7 @@ def copies_dropped(status: CheckpointStatus, node: str) -> CheckpointStatus | No
     """The Checkpoint status with its copies on `node` marked gone, or None if it had none there."""
     changed = status.model_copy(deep=True)
     touched = False
-    for copy in (changed.local, changed.peer):
+    for copy in (changed.local, changed.disk, changed.peer):
         if copy is not None and copy.node_name == node and copy.present:
             copy.present = False
             touched = True

@@ -181,7 +181,9 @@ class NodeLifecycle:
             namespace = item.metadata.get("namespace", "")
             self.checkpoints.patch_status(
                 item.name,
-                CheckpointStatus(tiers=dropped.tiers, local=dropped.local, peer=dropped.peer),
+                CheckpointStatus(
+                    tiers=dropped.tiers, local=dropped.local, disk=dropped.disk, peer=dropped.peer
+                ),
                 namespace=namespace,
             )
             involved = {

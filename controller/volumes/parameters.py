@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cairn.api.names import CHECKPOINT_POLICY_PARAMETER, FSTYPE_PARAMETER, POOL_PARAMETER
-from cairn.api.volume import PoolClass
+from cairn.api.volume import PoolClass, VolumeAccess
 from cairn.csi.errors import InvalidArgument
 
 VALID_KEYS = (POOL_PARAMETER, FSTYPE_PARAMETER, CHECKPOINT_POLICY_PARAMETER)
@@ -69,3 +69,18 @@ def validate_fs_type(fs_type: str, *, source: str) -> str:
             f"{source} {fs_type!r} is not supported; use one of {', '.join(SUPPORTED_FS_TYPES)}"
         )
     return fs_type
+
+
+def memory_volume_problem(
+    pools: tuple[PoolClass, ...], access: VolumeAccess, clone_source: str | None
+) -> str | None:
+    """Why a volume cannot come from the memory pool, or None: a tmpfs is a directory, not a device."""
+    if PoolClass.MEMORY not in pools:
+        return None
+    if access == VolumeAccess.BLOCK:
+        return "a memory volume is a tmpfs directory; it cannot be a block volume"
+    if clone_source is not None:
+        return (
+            f"memory volumes cannot be cloned (source {clone_source}); restore a Checkpoint into it instead"
+        )
+    return None

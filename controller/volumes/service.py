@@ -32,7 +32,7 @@ from cairn.api.volume import (
 from cairn.controller import metrics
 from cairn.controller.populator import PopulateRefused, trusted_populate_request
 from cairn.controller.volumes.capabilities import access_type_of, unsupported_capability
-from cairn.controller.volumes.parameters import parse_parameters
+from cairn.controller.volumes.parameters import memory_volume_problem, parse_parameters
 from cairn.controller.volumes.placement import NodeCapacity, choose_placement, clone_target
 from cairn.controller.volumes.sizing import resolve_size, size_fits_range
 from cairn.csi.errors import (
@@ -133,6 +133,10 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
             nodes = [n for n in nodes if n.name == target.node]
             params = replace(params, pools=(target.pool,))
             preferred, requisite = [], []
+        if problem := memory_volume_problem(params.pools, access, source.name if source else None):
+            raise InvalidArgument(problem)
+        if PoolClass.MEMORY in params.pools:
+            fs_type = None  # a tmpfs is the filesystem; any fsType the CO passes is moot
         placement = choose_placement(
             nodes, params.pools, required, limit, preferred=preferred, requisite=requisite
         )

@@ -10,6 +10,11 @@ since (a Warning Event then names what was not tiered).
 
 While the volume is deleted but not drained, the agent keeps its finalizer: DeleteVolume waits,
 and an Event on the LocalVolume says what for.
+
+A memory volume needs no mount of the agent's own (the agent holds its tmpfs whoever mounts it),
+but it is the one copy lost with it: a deleted memory volume is released once each of its
+checkpoints has a slower copy, on this node's disks (the memory drain's, status.disk) or verified
+in S3, within the same `drainTimeoutSeconds`.
 """
 
 from __future__ import annotations
@@ -24,12 +29,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from cairn.api.checkpoint import CheckpointPolicySpec
+from cairn.api.checkpoint import MEMORY_POOL, CheckpointPolicySpec
 from cairn.api.names import GROUP_VERSION, NODE_LABEL
 from cairn.api.volume import LocalVolumeSpec
 from cairn.events import EventRecorder
 from cairn.kube import ResourceClient, Typed
-from cairn.node_agent.checkpoints.tiering import needs_upload
+from cairn.node_agent.checkpoints.tiering import PERMANENT_REASONS, needs_upload
 from cairn.node_agent.host import mounts
 from cairn.node_agent.host.files import atomic_write
 
@@ -46,6 +51,8 @@ class DrainFacts:
     """Committed checkpoint directories not recorded yet (their settle time is running)."""
     untiered: tuple[str, ...] = ()
     """Recorded checkpoints of the volume that still need their S3 copy."""
+    only_in_memory: tuple[str, ...] = ()
+    """Recorded checkpoints of a memory volume with no slower copy yet (local tier or S3)."""
 
 
 def waiting_for(facts: DrainFacts) -> list[str]:
@@ -55,6 +62,7 @@ def waiting_for(facts: DrainFacts) -> list[str]:
         left.append("a first look at the volume for committed checkpoints")
     left += [f"{path} to be recorded" for path in facts.settling]
     left += [f"{name} to be Tiered" for name in facts.untiered]
+    left += [f"{name} to be copied out of memory" for name in facts.only_in_memory]
     return left
 
 
@@ -76,6 +84,31 @@ def untiered_checkpoints(
     )
 
 
+def keeps_slower_copies(policy: CheckpointPolicySpec) -> bool:
+    """The policy puts a memory volume's checkpoints somewhere slower (the node's disks or S3)."""
+    return policy.copies_to_local or policy.target is not None
+
+
+def only_in_memory(items: Iterable[Typed], volume: str, policy: CheckpointPolicySpec) -> tuple[str, ...]:
+    """This memory volume's recorded checkpoints whose memory copy is their only one, while the
+    policy would give them a slower one that can still be made."""
+    if not keeps_slower_copies(policy):
+        return ()  # memory is the only tier: nothing to wait for
+    waiting = []
+    for item in items:
+        checkpoint = item.model
+        status = checkpoint.status
+        if checkpoint.spec.volume != volume or status.local is None or not status.local.in_memory:
+            continue
+        on_disk = status.disk is not None and status.disk.present
+        verified = status.remote is not None and status.remote.verified_at is not None
+        if on_disk or verified or status.reason in PERMANENT_REASONS:
+            continue
+        if policy.copies_to_local or needs_upload(checkpoint, policy):
+            waiting.append(f"{item.name} ({checkpoint.spec.path})")
+    return tuple(sorted(waiting))
+
+
 # -- the drainer -----------------------------------------------------------------------------------
 
 
@@ -87,6 +120,15 @@ class Held:
     """Monotonic."""
     told: str = ""
     """The last "waiting for" message recorded as an Event, so each is told once."""
+
+
+@dataclass
+class Releasing:
+    """A deleted memory volume waiting for its checkpoints to leave memory."""
+
+    since: float
+    """Monotonic: the first time its removal was asked for."""
+    told: str = ""
 
 
 @dataclass
@@ -106,6 +148,7 @@ class VolumeDrainer:
     on_drained: Callable[[str], None] = lambda volume: None
     """Called when a held volume may go: the reconciler finishes a deletion that waited."""
     _held: dict[str, Held] = field(default_factory=dict)
+    _releasing: dict[str, Releasing] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -124,10 +167,12 @@ class VolumeDrainer:
     def hold(self, volume: str, staging_path: Path) -> bool:
         """Called as kubelet unstages the volume, before its staging mount goes. True when the agent
         now holds its own mount (the caller keeps the volume watched); False when there is nothing
-        to drain (no policy tiers this volume to S3)."""
+        to drain (no policy tiers this volume to S3, or it is a memory volume)."""
         policy = self._policy(volume)
         if policy is None or policy.target is None or not mounts.is_mount_point(str(staging_path)):
             return False
+        if self._memory_volume(volume):
+            return False  # the agent holds the tmpfs itself; removal_blocker waits for its copies
         private = self.directory / volume
         private.mkdir(parents=True, exist_ok=True)
         if not mounts.is_mount_point(str(private)):
@@ -174,9 +219,16 @@ class VolumeDrainer:
 
     # -- deciding ----------------------------------------------------------------------------
 
+    def _memory_volume(self, volume: str) -> bool:
+        spec = self.spec_of(volume)
+        return spec is not None and spec.pool.value == MEMORY_POOL
+
     def facts(self, volume: str) -> DrainFacts:
         with self._lock:
             held = self._held.get(volume)
+            releasing = self._releasing.get(volume)
+        if held is None and releasing is not None:
+            return self._memory_facts(volume, releasing)
         if held is None:
             return DrainFacts(looked_since_hold=True)
         policy = self._policy(volume)
@@ -191,6 +243,20 @@ class VolumeDrainer:
             untiered=untiered_checkpoints(items, volume, policy),
         )
 
+    def _memory_facts(self, volume: str, releasing: Releasing) -> DrainFacts:
+        policy = self._policy(volume)
+        if policy is None:
+            return DrainFacts(looked_since_hold=True)
+        seen = self.pending(volume)
+        # Not watched (never staged since the agent started): no commit will be seen, so none is awaited.
+        polled_at, settling = seen if seen is not None else (releasing.since + 1.0, [])
+        items = self.checkpoints.list(label_selector=f"{NODE_LABEL}={self.node_name}")
+        return DrainFacts(
+            looked_since_hold=polled_at > releasing.since,
+            settling=tuple(settling) if keeps_slower_copies(policy) else (),
+            only_in_memory=only_in_memory(items, volume, policy),
+        )
+
     def removal_blocker(self, item: Typed) -> str | None:
         """Why the deleted volume `item` must keep its finalizer a while longer, or None.
 
@@ -198,19 +264,27 @@ class VolumeDrainer:
         """
         volume = item.name
         if not self.is_held(volume):
-            return None
+            if not self._memory_volume(volume):
+                return None
+            with self._lock:
+                self._releasing.setdefault(volume, Releasing(time.monotonic()))
         left = waiting_for(self.facts(volume))
         if not left:
+            with self._lock:
+                self._releasing.pop(volume, None)
             return None
         policy = self._policy(volume)
         timeout = policy.drain_timeout_seconds if policy is not None else 0
         deadline = drain_deadline(_deletion_time(item), timeout)
         if deadline is not None and datetime.now(UTC) >= deadline:
+            with self._lock:
+                released_memory = self._releasing.pop(volume, None) is not None
+            where = "outside memory" if released_memory else "in S3"
             self.events.record(
                 _involved(item),
                 "DrainTimedOut",
                 f"released after drainTimeoutSeconds={timeout} without: {'; '.join(left)}; "
-                "those checkpoints have no copy in S3 and are lost with the volume",
+                f"those checkpoints have no copy {where} and are lost with the volume",
                 warning=True,
             )
             return None
@@ -224,16 +298,25 @@ class VolumeDrainer:
 
     def _tell(self, volume: str, item: Typed, message: str) -> None:
         with self._lock:
-            held = self._held.get(volume)
-            if held is None or held.told == message:
+            waiting: Held | Releasing | None = self._held.get(volume) or self._releasing.get(volume)
+            if waiting is None or waiting.told == message:
                 return
-            held.told = message
+            waiting.told = message
         self.events.record(_involved(item), "Draining", message)
 
     def run_pass(self) -> None:
         """Lets go of every held volume that is drained; wakes the reconciler for deleted ones."""
         with self._lock:
             volumes = list(self._held)
+            releasing = [v for v in self._releasing if v not in self._held]
+        for volume in releasing:
+            try:
+                left = waiting_for(self.facts(volume))
+            except Exception:
+                log.warning("judging the release of %s failed; retried next pass", volume, exc_info=True)
+                continue
+            if not left:
+                self.on_drained(volume)  # the reconciler asks removal_blocker again, and removes it
         for volume in volumes:
             try:
                 left = waiting_for(self.facts(volume))

@@ -55,19 +55,21 @@ def choose_replica_node(checkpoint_name: str, origin: str, nodes: Iterable[Stora
     return max(candidates, key=lambda name: hashlib.sha256(f"{name}/{checkpoint_name}".encode()).digest())
 
 
+def origin_holds_a_copy(checkpoint: Checkpoint) -> bool:
+    """The recording node keeps a copy: the volume's own (in memory or on disk), or its tier store's."""
+    status = checkpoint.status
+    return any(copy is not None and copy.present for copy in (status.local, status.disk))
+
+
 def wants_replica(checkpoint: Checkpoint, policy: CheckpointPolicySpec) -> bool:
-    local = checkpoint.status.local
-    return (
-        policy.peer_replicas >= 1 and local is not None and local.present and checkpoint.status.peer is None
-    )
+    return policy.peer_replicas >= 1 and origin_holds_a_copy(checkpoint) and checkpoint.status.peer is None
 
 
 def keep_replica(checkpoint: Checkpoint | None, labels: dict[str, str], this_node: str) -> bool:
     """A replica stays while it is still assigned here and the recording node keeps its own copy."""
     if checkpoint is None or labels.get(REPLICA_NODE_LABEL) != this_node:
         return False
-    local = checkpoint.status.local
-    return local is not None and local.present
+    return origin_holds_a_copy(checkpoint)
 
 
 @dataclass

@@ -1,17 +1,27 @@
 """Which checkpoint copies may go: a pure plan over what each tier holds.
 
+The tiers, fastest first: memory (a memory volume's tmpfs, when the policy's tiers name memory),
+local (the node's disks: the volume itself, or the agent's tier store for a memory volume's copy)
+and remote (S3).
+
 The policy (CheckpointPolicy retention):
+- keep the newest `keep_memory` memory copies;
 - keep the newest `keep_local` local copies;
 - remotely keep the newest `keep_remote_last` verified copies, and every step divisible by
   `keep_remote_every` (0: none kept for that reason).
 
 Guarantees that override the policy, because losing them loses training time:
-- The newest complete checkpoint (a local copy, or a verified remote one) keeps every copy it
-  has. Resuming needs it, and its local copy is the fast one. So `keep_local=0` still leaves one
-  local copy.
-- A local copy goes only once its remote copy is verified, unless the policy is local-only.
-- A remote copy goes only after its local copy is gone (a later plan than the one that deleted the
-  local copy). Otherwise a local copy inside `keep_local` whose remote copy fell out of the remote
+- The newest complete checkpoint (a copy in memory or local, or a verified remote one) keeps every
+  copy it has. Resuming needs it, and its fastest copy is the one to resume from. So `keep_local=0`
+  still leaves one local copy.
+- A memory copy goes only once a slower tier holds the checkpoint verified (a local copy, which is
+  made verified against the manifest, or a verified remote one), unless memory is the policy's
+  only tier: memory is lost with a reboot, so nothing leaves it for nowhere.
+- A local copy goes only once its remote copy is verified, unless the policy is local-only, and only
+  after its memory copy is gone. A memory copy kept by `keep_memory` whose local copy went first
+  would, once it falls out of the memory window, wait for a slower copy that nothing makes again.
+- A remote copy goes only after its memory and local copies are gone (a later plan than the one
+  that deleted them). Otherwise a copy inside `keep_local` whose remote copy fell out of the remote
   window would later look never uploaded, and wait for a verification that cannot come. Deleting in
   separate plans needs no ordering from whoever carries the plan out, even across a crash.
 - Only verified remote copies are ever deleted here. An unverified remote object is an upload in
@@ -31,15 +41,23 @@ from dataclasses import dataclass
 class CheckpointRecord:
     step: int
     has_local: bool
+    """A copy on the node's disks: the volume's own, or the tier store's copy of a memory volume's."""
     remote_verified: bool
     """The remote copy was checked against the manifest."""
     remote_present: bool
     """Anything is stored remotely, verified or not."""
+    has_memory: bool = False
+    """A copy in a memory volume, with the policy's tiers naming memory (else it counts as local)."""
+
+    @property
+    def has_disk(self) -> bool:
+        """The local tier's copy, under the name the memory tier's rules use for it."""
+        return self.has_local
 
     @property
     def complete(self) -> bool:
         """Can this checkpoint be restored from some tier right now?"""
-        return self.has_local or self.remote_verified
+        return self.has_memory or self.has_local or self.remote_verified
 
 
 @dataclass(frozen=True)
@@ -49,6 +67,10 @@ class RetentionPlan:
     awaiting_upload: frozenset[int]
     """Local copies the policy lets go but that wait for their remote copy to be verified; when this
     keeps growing, uploads are not keeping up and the volume will fill."""
+    delete_memory: frozenset[int] = frozenset()
+    awaiting_slower_tier: frozenset[int] = frozenset()
+    """Memory copies the policy lets go but that wait for a slower tier to hold them verified; when
+    this keeps growing, the memory drain is not keeping up and the memory volume will fill."""
 
 
 def plan_retention(
@@ -57,9 +79,13 @@ def plan_retention(
     keep_remote_last: int,
     keep_remote_every: int,
     local_only: bool,
+    keep_memory: int = 1,
+    memory_only: bool = False,
 ) -> RetentionPlan:
+    """`local_only`: the policy has no remote tier; `memory_only`: memory is its only tier."""
     records = list(checkpoints)
     for name, value in (
+        ("keepMemory", keep_memory),
         ("keepLocal", keep_local),
         ("keepRemoteLast", keep_remote_last),
         ("keepRemoteEvery", keep_remote_every),
@@ -77,11 +103,22 @@ def plan_retention(
     complete = [r.step for r in records if r.complete]
     protected = {max(complete)} if complete else set()
 
+    memory = sorted((r for r in records if r.has_memory), key=lambda r: r.step, reverse=True)
+    delete_memory: set[int] = set()
+    awaiting_slower: set[int] = set()
+    for record in memory[keep_memory:]:
+        if record.step in protected:
+            continue
+        if memory_only or record.has_local or record.remote_verified:
+            delete_memory.add(record.step)
+        else:
+            awaiting_slower.add(record.step)
+
     local = sorted((r for r in records if r.has_local), key=lambda r: r.step, reverse=True)
     delete_local: set[int] = set()
     awaiting: set[int] = set()
     for record in local[keep_local:]:
-        if record.step in protected:
+        if record.step in protected or record.has_memory:
             continue
         if local_only or record.remote_verified:
             delete_local.add(record.step)
@@ -94,7 +131,13 @@ def plan_retention(
         keep = set(verified[:keep_remote_last]) | protected
         if keep_remote_every:
             keep |= {step for step in verified if step % keep_remote_every == 0}
-        still_local = {r.step for r in records if r.has_local}
-        delete_remote = set(verified) - keep - still_local
+        still_on_node = {r.step for r in records if r.has_local or r.has_memory}
+        delete_remote = set(verified) - keep - still_on_node
 
-    return RetentionPlan(frozenset(delete_local), frozenset(delete_remote), frozenset(awaiting))
+    return RetentionPlan(
+        frozenset(delete_local),
+        frozenset(delete_remote),
+        frozenset(awaiting),
+        frozenset(delete_memory),
+        frozenset(awaiting_slower),
+    )

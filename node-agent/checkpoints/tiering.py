@@ -10,6 +10,11 @@ against the manifest. Failed carries a reason. A failure that can clear by itsel
 a Secret not there yet, a verification that did not pass) is retried with backoff; a checkpoint
 whose files changed after it was committed is never uploaded, because no copy of it can be trusted.
 
+With tiers [memory, local, s3], a memory volume's checkpoint is first copied to this node's
+tier store by the memory drain (local_tier.py, a loop of its own, so an upload of minutes never
+holds memory full); its upload waits for that copy and reads from the memory copy while there is
+one, else from the tier store's.
+
 After each pass, retention runs per series (one PVC's volume): `plan_retention` decides, this
 module deletes, and status always says what is left.
 """
@@ -17,6 +22,7 @@ module deletes, and status always says what is left.
 from __future__ import annotations
 
 import logging
+import shutil
 import threading
 import time
 from collections import defaultdict
@@ -36,12 +42,14 @@ from cairn.api.checkpoint import (
     CheckpointStatus,
     RemoteCopy,
     S3Target,
+    Tier,
 )
 from cairn.api.names import GROUP_VERSION, NODE_LABEL
 from cairn.events import EventRecorder
 from cairn.kube import ResourceClient, Typed
 from cairn.node_agent import metrics
-from cairn.node_agent.checkpoints.local import local_copy_directory
+from cairn.node_agent.checkpoints.local import disk_copy_directory, local_copy_directory
+from cairn.node_agent.checkpoints.replica_store import TIER_STORE_DIR
 from cairn.node_agent.checkpoints.replicas import assign_replicas
 from cairn.node_agent.checkpoints.retention import CheckpointRecord, plan_retention
 from cairn.node_agent.checkpoints.upload import (
@@ -84,6 +92,17 @@ PERMANENT_REASONS = frozenset({"ChangedAfterCommit", "ManifestMismatch", "Unsafe
 already holds another copy that is not ours to overwrite."""
 
 
+def awaits_local_copy(checkpoint: Checkpoint, policy: CheckpointPolicySpec) -> bool:
+    """A memory volume's checkpoint whose policy copies it to this node's disks, not copied yet."""
+    status = checkpoint.status
+    return (
+        policy.copies_to_local
+        and status.local is not None
+        and status.local.in_memory
+        and (status.disk is None or not status.disk.present)
+    )
+
+
 def needs_upload(checkpoint: Checkpoint, policy: CheckpointPolicySpec) -> bool:
     if policy.target is None:
         return False  # local-only
@@ -92,13 +111,28 @@ def needs_upload(checkpoint: Checkpoint, policy: CheckpointPolicySpec) -> bool:
     return checkpoint.status.reason not in PERMANENT_REASONS
 
 
-def retention_record(checkpoint: Checkpoint) -> CheckpointRecord:
+def ready_to_upload(checkpoint: Checkpoint, policy: CheckpointPolicySpec) -> bool:
+    """Needs an upload, and it is its turn: tiers [memory, local, s3] upload after the local copy,
+    so the memory drain never waits behind S3 and S3 is never the only copy beyond memory."""
+    if not needs_upload(checkpoint, policy):
+        return False
+    tiers = policy.tier_list()
+    local_first = Tier.LOCAL in tiers and Tier.S3 in tiers and tiers.index(Tier.LOCAL) < tiers.index(Tier.S3)
+    return not (local_first and awaits_local_copy(checkpoint, policy))
+
+
+def retention_record(checkpoint: Checkpoint, policy: CheckpointPolicySpec | None = None) -> CheckpointRecord:
+    """The copies retention weighs. A memory volume's copy is a memory-tier copy only when the
+    policy's tiers name memory; otherwise it is kept by keepLocal as any volume's copy is."""
     status = checkpoint.status
+    memory = policy is not None and policy.memory_tier and status.local is not None and status.local.in_memory
+    volume_copy = status.local is not None and status.local.present and not memory
     return CheckpointRecord(
         step=checkpoint.spec.step,
-        has_local=status.local is not None and status.local.present,
+        has_local=volume_copy or (status.disk is not None and status.disk.present),
         remote_verified=status.remote is not None and status.remote.verified_at is not None,
         remote_present=status.remote is not None,
+        has_memory=memory,
     )
 
 
@@ -143,7 +177,7 @@ def group_series(items: Iterable[Typed]) -> dict[SeriesKey, list[Typed]]:
 # -- the worker -----------------------------------------------------------------------------------
 
 
-def _involved(item: Typed) -> dict[str, Any]:
+def checkpoint_event_target(item: Typed) -> dict[str, Any]:
     return {
         "apiVersion": GROUP_VERSION,
         "kind": "Checkpoint",
@@ -153,7 +187,7 @@ def _involved(item: Typed) -> dict[str, Any]:
     }
 
 
-def _created(item: Typed) -> datetime:
+def created_at(item: Typed) -> datetime:
     stamp = item.metadata.get("creationTimestamp")
     if isinstance(stamp, datetime):
         return stamp
@@ -173,6 +207,8 @@ class CheckpointTierer:
     events: EventRecorder
     storage_nodes: ResourceClient | None = None
     """For choosing peer replica holders; without it no replicas are assigned."""
+    tier_store_root: Path | None = None
+    """Where the memory drain keeps local-tier copies; `<state>/tier-store` unless given."""
     _retry_at: dict[str, float] = field(default_factory=dict)
     _failures: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -180,6 +216,10 @@ class CheckpointTierer:
     @property
     def upload_state_dir(self) -> Path:
         return self.state_dir / "uploads"
+
+    @property
+    def store_root(self) -> Path:
+        return self.tier_store_root or self.state_dir / TIER_STORE_DIR
 
     def run_pass(self) -> None:
         """One look at everything this node recorded; the Coalescing runner calls it."""
@@ -196,7 +236,7 @@ class CheckpointTierer:
                 except Exception as error:  # one tenant's series must not hold back the others
                     log.warning("checkpoint series %s failed this pass", key, exc_info=True)
                     self.events.record(
-                        _involved(members[-1]),
+                        checkpoint_event_target(members[-1]),
                         "SeriesFailed",
                         f"tiering and retention of this series stopped this pass: "
                         f"{type(error).__name__}: {error}; other series carry on, this one is retried",
@@ -209,10 +249,10 @@ class CheckpointTierer:
             self._record_phases(self.checkpoints.list(label_selector=f"{NODE_LABEL}={self.node_name}"))
             now = datetime.now(UTC)
             for namespace, pvc in lag_tracked:
-                series = [(item.model, _created(item)) for item in remaining[(namespace, pvc)]]
-                metrics.CHECKPOINT_TIER_LAG.labels(node=self.node_name, namespace=namespace, pvc=pvc).set(
-                    tier_lag_seconds(series, now)
-                )
+                series = [(item.model, created_at(item)) for item in remaining[(namespace, pvc)]]
+                metrics.CHECKPOINT_TIER_LAG.labels(
+                    node=self.node_name, namespace=namespace, pvc=pvc, tier=Tier.S3.value
+                ).set(tier_lag_seconds(series, now))
 
     def _pass_series(
         self, key: SeriesKey, members: list[Typed], nodes: list[Any]
@@ -223,7 +263,7 @@ class CheckpointTierer:
             return [], False  # the watcher logs it; nothing can be uploaded or expired without one
         policy: CheckpointPolicySpec = policy_object.model.spec
         for item in members:
-            if needs_upload(item.model, policy) and self._due(item):
+            if ready_to_upload(item.model, policy) and self._due(item):
                 self._tier(item, policy)
         left = self._apply_retention(key.namespace, members, policy)
         if nodes:
@@ -258,7 +298,10 @@ class CheckpointTierer:
         checkpoint: Checkpoint = item.model
         target = policy.target
         assert target is not None
-        directory = local_copy_directory(checkpoint, self.node_name, self.staging_path_of, probe=False)
+        # The memory copy is the fastest read; once retention let it go, the tier store's copy.
+        directory: Directory | None = local_copy_directory(
+            checkpoint, self.node_name, self.staging_path_of, probe=False
+        ) or disk_copy_directory(checkpoint, self.node_name, self.store_root)
         if directory is None:
             # The volume is not staged here right now; it is picked up again once it is.
             log.debug("checkpoint %s/%s has no reachable local copy; skipped", namespace, item.name)
@@ -336,7 +379,10 @@ class CheckpointTierer:
             f"{human_bytes(manifest.total_bytes)} in {len(manifest.files)} files verified at "
             f"{location.url}; sent {human_bytes(report.bytes_sent)} in {seconds:.1f}s{resumed}"
         )
-        status = checkpoint.status.model_copy(deep=True)
+        # Read again: the memory drain may have added the local copy while this uploaded, and the
+        # TIERS column must not lose it.
+        fresh = self.checkpoints.get(item.name, namespace=namespace)
+        status = (fresh.model if fresh is not None else checkpoint).status.model_copy(deep=True)
         # Whole seconds, as Kubernetes writes its own timestamps.
         status.remote = RemoteCopy(url=location.url, verified_at=datetime.now(UTC).replace(microsecond=0))
         self.checkpoints.patch_status(
@@ -353,7 +399,7 @@ class CheckpointTierer:
             namespace=namespace,
         )
         state_path(self.upload_state_dir, location, manifest.digest).unlink(missing_ok=True)
-        self.events.record(_involved(item), "Tiered", message)
+        self.events.record(checkpoint_event_target(item), "Tiered", message)
         log.info("checkpoint %s/%s tiered: %s", namespace, item.name, message)
 
     def _manifest(self, directory: Directory, checkpoint: Checkpoint) -> Manifest:
@@ -404,7 +450,7 @@ class CheckpointTierer:
             )
         except ApiException:
             log.warning("could not record the failure of %s", key, exc_info=True)
-        self.events.record(_involved(item), reason, message, warning=True)
+        self.events.record(checkpoint_event_target(item), reason, message, warning=True)
         log.warning("checkpoint %s: %s: %s", key, reason, message)
 
     # -- retention ------------------------------------------------------------------------------
@@ -420,18 +466,22 @@ class CheckpointTierer:
             return []
         retention = policy.retention
         plan = plan_retention(
-            (retention_record(item.model) for item in current),
+            (retention_record(item.model, policy) for item in current),
             retention.keep_local,
             retention.keep_remote_last,
             retention.keep_remote_every,
             local_only=policy.target is None,
+            keep_memory=retention.keep_memory,
+            memory_only=policy.memory_only,
         )
         by_step = {item.model.spec.step: item for item in current}
-        for step in sorted(plan.delete_local):
-            self._delete_local(by_step[step], namespace)
+        for step in sorted(plan.delete_memory):
+            self._delete_memory(by_step[step], namespace, policy)
+        for step in sorted(plan.delete_local - plan.delete_memory):
+            self._delete_local(by_step[step], namespace, policy)
         for step in sorted(plan.delete_remote):
             self._delete_remote(by_step[step], namespace, policy)
-        if plan.delete_local or plan.delete_remote:
+        if plan.delete_memory or plan.delete_local or plan.delete_remote:
             current = [
                 item
                 for item in (self.checkpoints.get(m.name, namespace=namespace) for m in current)
@@ -439,11 +489,62 @@ class CheckpointTierer:
             ]
         return current
 
-    def _delete_local(self, item: Typed, namespace: str) -> None:
+    def _delete_memory(self, item: Typed, namespace: str, policy: CheckpointPolicySpec) -> None:
+        """The memory tier's copy, which is the volume's own: a slower tier holds it, or nothing does
+        by policy (tiers [memory])."""
+        checkpoint: Checkpoint = item.model
+        if not self._remove_volume_copy(item):
+            return
+        record = retention_record(checkpoint, policy)
+        if not (record.has_local or record.remote_verified):
+            self.checkpoints.delete(item.name, namespace=namespace)
+            self.events.record(
+                checkpoint_event_target(item), "Expired", f"memory copy {checkpoint.spec.path} deleted"
+            )
+            return
+        kept = "this node's disks" if record.has_local else "S3"
+        self._mark_gone(item, namespace, local=True)
+        self.events.record(
+            checkpoint_event_target(item),
+            "MemoryCopyDeleted",
+            f"memory copy deleted by retention; {kept} keeps {checkpoint.spec.path}",
+        )
+
+    def _delete_local(self, item: Typed, namespace: str, policy: CheckpointPolicySpec | None = None) -> None:
+        """The local tier's copies: the tier store's copy of a memory volume's checkpoint, and the
+        volume's own copy where that counts as local (a disk volume, or a policy without memory)."""
+        checkpoint: Checkpoint = item.model
+        record = retention_record(checkpoint, policy)
+        volume_copy = (
+            checkpoint.status.local is not None and checkpoint.status.local.present and not record.has_memory
+        )
+        disk = checkpoint.status.disk is not None and checkpoint.status.disk.present
+        if volume_copy and not self._remove_volume_copy(item):
+            return
+        if disk and (directory := disk_copy_directory(checkpoint, self.node_name, self.store_root)):
+            # The agent's own store: no tenant can have put a link there. What a racing cleanup left
+            # is the memory drain's to collect.
+            shutil.rmtree(directory, ignore_errors=True)
+        if not (record.has_memory or record.remote_verified):
+            # Local-only policy: this was the last copy, so the record goes with it.
+            self.checkpoints.delete(item.name, namespace=namespace)
+            self.events.record(
+                checkpoint_event_target(item), "Expired", f"local copy {checkpoint.spec.path} deleted"
+            )
+            return
+        self._mark_gone(item, namespace, local=volume_copy, disk=disk)
+        self.events.record(
+            checkpoint_event_target(item),
+            "LocalCopyDeleted",
+            f"local copy deleted by retention; S3 keeps {checkpoint.spec.path}",
+        )
+
+    def _remove_volume_copy(self, item: Typed) -> bool:
+        """Deletes the copy in the tenant's volume, never leaving it; False when it was not done."""
         checkpoint: Checkpoint = item.model
         directory = local_copy_directory(checkpoint, self.node_name, self.staging_path_of, probe=False)
         if directory is None or checkpoint.status.reason == UNSAFE_PATH:
-            return  # not staged here (retention waits until it is), or refused once already
+            return False  # not staged here (retention waits until it is), or refused once already
         try:
             remove_tree_beneath(directory)
         except OSError as error:
@@ -456,24 +557,22 @@ class CheckpointTierer:
                 f"leaving the volume ({error.strerror or error}); left in place",
                 retry=False,
             )
-            return
-        if not retention_record(checkpoint).remote_verified:
-            # Local-only policy: this was the last copy, so the record goes with it.
-            self.checkpoints.delete(item.name, namespace=namespace)
-            self.events.record(_involved(item), "Expired", f"local copy {checkpoint.spec.path} deleted")
-            return
-        status = checkpoint.status.model_copy(deep=True)
-        assert status.local is not None
-        status.local.present = False
+            return False
+        return True
+
+    def _mark_gone(self, item: Typed, namespace: str, *, local: bool = False, disk: bool = False) -> None:
+        # Read again, so a copy another loop added meanwhile (a replica) stays in the TIERS column.
+        fresh = self.checkpoints.get(item.name, namespace=namespace)
+        status = (fresh.model if fresh is not None else item.model).status.model_copy(deep=True)
+        fields: dict[str, Any] = {}
+        if local and status.local is not None:
+            status.local.present = False
+            fields["local"] = status.local
+        if disk and status.disk is not None:
+            status.disk.present = False
+            fields["disk"] = status.disk
         self.checkpoints.patch_status(
-            item.name,
-            CheckpointStatus(tiers=status.restorable_tiers(), local=status.local),
-            namespace=namespace,
-        )
-        self.events.record(
-            _involved(item),
-            "LocalCopyDeleted",
-            f"local copy deleted by retention; S3 keeps {checkpoint.spec.path}",
+            item.name, CheckpointStatus(tiers=status.restorable_tiers(), **fields), namespace=namespace
         )
 
     def _delete_remote(self, item: Typed, namespace: str, policy: CheckpointPolicySpec) -> None:
@@ -487,17 +586,17 @@ class CheckpointTierer:
         if refused:
             # The record stays while any object does: it is what says the objects are there.
             self.events.record(
-                _involved(item),
+                checkpoint_event_target(item),
                 "RemoteDeleteFailed",
                 f"retention could not delete {len(refused)} object(s) of {location.url}, so the "
                 f"Checkpoint is kept and the deletion retried: " + "; ".join(refused[:3]),
                 warning=True,
             )
             return
-        # The plan deletes a remote copy only once no local copy is left, so nothing remains.
+        # The plan deletes a remote copy only once no copy on the node is left, so nothing remains.
         self.checkpoints.delete(item.name, namespace=namespace)
         self.events.record(
-            _involved(item),
+            checkpoint_event_target(item),
             "Expired",
             f"remote copy {location.url} deleted by retention ({deleted} objects)",
         )

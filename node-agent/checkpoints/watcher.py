@@ -217,13 +217,13 @@ class CheckpointWatcher:
             if error.status != 409:
                 raise
             return
+        local = LocalCopy(
+            node_name=self.node_name, volume=volume.volume, path=candidate.path, pool=spec.pool.value
+        )
+        status = CheckpointStatus(phase=CheckpointPhase.COMMITTED, local=local)
         self.checkpoints.patch_status(
             name,
-            CheckpointStatus(
-                phase=CheckpointPhase.COMMITTED,
-                tiers="local",
-                local=LocalCopy(node_name=self.node_name, volume=volume.volume, path=candidate.path),
-            ),
+            CheckpointStatus(phase=status.phase, tiers=status.restorable_tiers(), local=local),
             namespace=spec.pvc_namespace,
         )
         self.on_recorded(spec.pvc_namespace, name)

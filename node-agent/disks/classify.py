@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 
-from cairn.api.volume import PoolClass
+from cairn.api.volume import DISK_CLASSES, PoolClass
 from cairn.node_agent.disks.facts import DiskFacts
 from cairn.node_agent.disks.identity import disk_identity
 
@@ -99,7 +99,7 @@ def parse_class_overrides(specs: list[str]) -> ClassOverrides:
     """`--class-override` values: `default=ssd`, `/dev/loop*=nvme`, `wwn-0x5000c500a1b2c3d4=hdd`."""
     node_default: PoolClass | None = None
     by_disk: dict[str, PoolClass] = {}
-    allowed = ", ".join(c.value for c in PoolClass)
+    allowed = ", ".join(c.value for c in DISK_CLASSES)
     for spec in specs:
         key, equals, value = spec.rpartition("=")
         key = key.strip()
@@ -109,6 +109,8 @@ def parse_class_overrides(specs: list[str]) -> ClassOverrides:
             )
         try:
             disk_class = PoolClass(value.strip().lower())
+            if disk_class not in DISK_CLASSES:
+                raise ValueError(disk_class)
         except ValueError:
             raise ValueError(f"--class-override {spec!r}: class must be one of {allowed}") from None
         if key == NODE_DEFAULT_KEY:

@@ -106,6 +106,14 @@ def is_mounted_from(path: str, device: str) -> bool:
         return False
 
 
+def is_same_filesystem(path: str, directory: str) -> bool:
+    """Whether `path` shows the filesystem mounted at `directory` (a bind mount of it)."""
+    try:
+        return os.stat(path).st_dev == os.stat(directory).st_dev
+    except FileNotFoundError:
+        return False
+
+
 def resize_filesystem(device: str, mount_path: str, fs_type: str) -> None:
     """Grow a mounted filesystem to fill its device (both tools work online)."""
     if fs_type == "ext4":

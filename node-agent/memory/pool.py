@@ -18,7 +18,7 @@ import logging
 import os
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from cairn.node_agent.host import mounts
@@ -40,6 +40,8 @@ class TmpfsPool:
         self.vg = vg
         self.lost: set[str] = set()
         """Volumes whose tmpfs was gone when activated (a host reboot): mounted again, empty."""
+        self.on_lost: Callable[[str], None] = lambda volume: None
+        """Told of each volume found empty, once per agent run: the operator hears of it."""
         self._lock = threading.Lock()
         (root / RECORDS).mkdir(parents=True, exist_ok=True)
 
@@ -100,8 +102,10 @@ class TmpfsPool:
             directory = self.root / lv
             if not mounts.is_mount_point(str(directory)):
                 log.warning("memory volume %s: its tmpfs is gone (the host restarted?); empty again", lv)
-                self.lost.add(lv)
                 self._mount(lv, record["size"])
+                if lv not in self.lost:
+                    self.lost.add(lv)
+                    self.on_lost(lv)
             return str(directory)
 
     def device_path(self, vg: str, lv: str) -> str | None:
@@ -184,3 +188,11 @@ class TmpfsPool:
             tags=tuple(record["tags"]),
             segments=(),
         )
+
+
+def host_memory_bytes() -> int:
+    """MemTotal of this host, from /proc/meminfo."""
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("/proc/meminfo has no MemTotal line")

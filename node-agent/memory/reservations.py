@@ -66,3 +66,12 @@ def admit(total_bytes: int, shares: Mapping[str, int], volume: str, size_bytes: 
             needed_bytes=wanted - held,
         )
     return wanted
+
+
+FULL_RATIO = 0.95
+"""A memory volume this full is reported: the next checkpoint likely fails with ENOSPC."""
+
+
+def is_full(used_bytes: int, total_bytes: int, available_bytes: int) -> bool:
+    """Whether a memory volume is full enough to warn of: nearly every byte used, or none left."""
+    return total_bytes > 0 and (available_bytes == 0 or used_bytes >= FULL_RATIO * total_bytes)

@@ -11,7 +11,7 @@ import threading
 from dataclasses import dataclass
 
 from cairn.api.names import pool_vg
-from cairn.api.volume import LocalVolumeSpec, VolumeAccess
+from cairn.api.volume import LocalVolumeSpec, PoolClass, VolumeAccess
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,11 @@ class StagedVolume:
     pool: str
     read_only: bool = False
     """Staged and published read-only whatever the CO asks: a Dataset's copy is shared, verified data."""
+
+    @property
+    def directory(self) -> bool:
+        """A memory volume: `device` is the directory of its tmpfs, bound where a disk is mounted."""
+        return self.pool == PoolClass.MEMORY.value
 
 
 class PopulateError(Exception):

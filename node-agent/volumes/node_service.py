@@ -94,8 +94,12 @@ class NodeService(csi_pb2_grpc.NodeServicer):
             return csi_pb2.NodeStageVolumeResponse()  # block volumes are published straight from the device
         if volume.access != VolumeAccess.MOUNT:
             raise InvalidArgument(f"volume {volume.name} is a block volume; it cannot be mounted")
-        fs_type = capability.mount.fs_type or volume.fs_type or DEFAULT_FS_TYPE
         target = request.staging_target_path
+        if volume.directory:
+            self._stage_directory(volume, target)
+            self.on_staged(volume.name, target)
+            return csi_pb2.NodeStageVolumeResponse()
+        fs_type = capability.mount.fs_type or volume.fs_type or DEFAULT_FS_TYPE
         with self._lock(volume.name):
             if mounts.is_mount_point(target):
                 if mounts.is_mounted_from(target, volume.device):
@@ -119,6 +123,23 @@ class NodeService(csi_pb2_grpc.NodeServicer):
             mounts.mount(volume.device, target, fs_type, flags)
         self.on_staged(volume.name, target)
         return csi_pb2.NodeStageVolumeResponse()
+
+    def _stage_directory(self, volume: StagedVolume, target: str) -> None:
+        """A memory volume has no filesystem to make: its tmpfs is bound at the staging path."""
+        with self._lock(volume.name):
+            if mounts.is_mount_point(target):
+                if mounts.is_same_filesystem(target, volume.device):
+                    return
+                raise CsiError(
+                    f"staging path {target} already holds another filesystem", grpc.StatusCode.ALREADY_EXISTS
+                )
+            if not mounts.is_mount_point(volume.device):
+                raise FailedPrecondition(
+                    f"memory volume {volume.name} has no tmpfs at {volume.device}; the agent mounts it again "
+                    "when it reconciles the volume"
+                )
+            mounts.ensure_directory(target)
+            mounts.bind_mount(volume.device, target, readonly=volume.read_only)
 
     def NodeUnstageVolume(self, request, context: grpc.ServicerContext):
         require(request.volume_id, "NodeUnstageVolume needs a volume_id")
@@ -189,6 +210,10 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         volume = self._volume(request.volume_id)
         if not os.path.exists(request.volume_path):
             raise NotFound(f"volume path {request.volume_path} does not exist")
+        if volume.directory:
+            # The tmpfs grew when its size limit was raised; there is no filesystem to resize.
+            total = mounts.filesystem_usage(request.volume_path).total_bytes
+            return csi_pb2.NodeExpandVolumeResponse(capacity_bytes=total)
         if volume.access == VolumeAccess.MOUNT:
             fs_type = mounts.probe_filesystem(volume.device) or volume.fs_type or DEFAULT_FS_TYPE
             with self._lock(volume.name):

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from cairn.api.base import Condition, condition
-from cairn.api.names import GROUP_VERSION, NODE_LABEL, REPLICA_STORE_TAG, pool_vg
+from cairn.api.names import AGENT_STORE_TAGS, GROUP_VERSION, NODE_LABEL, pool_vg
 from cairn.api.volume import PoolClass
 from cairn.events import EventRecorder
 from cairn.kube import ResourceClient
@@ -82,7 +82,7 @@ class OrphanSweeper:
             lvs = self._owned_lvs()
             # Listed after the LVs, never before (orphans.OrphanWatch.judge says why).
             claimed = {v.name for v in self.volumes.list(label_selector=f"{NODE_LABEL}={self.node_name}")}
-            claimed |= {lv.name for lv in lvs if REPLICA_STORE_TAG in lv.tags}  # the agent's own
+            claimed |= {lv.name for lv in lvs if AGENT_STORE_TAGS & set(lv.tags)}  # the agent's own
             orphans = self.watch.judge(lvs, claimed, lambda lv: lv_in_use(self.lvm, lv), self.clock())
             kept = [o for o in orphans if not (o.state == OrphanState.REMOVABLE and self._remove(o))]
             self._report(kept)

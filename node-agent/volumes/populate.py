@@ -16,7 +16,7 @@ from pathlib import Path
 
 from kubernetes import client
 
-from cairn.api.volume import LocalVolumeSpec, VolumeAccess
+from cairn.api.volume import LocalVolumeSpec, PoolClass, VolumeAccess
 from cairn.node_agent.checkpoints.restore.engine import RestoreError, count_restored_bytes, restore
 from cairn.node_agent.checkpoints.restore.sources import LocalDirectory, SourcesError, sources_for
 from cairn.node_agent.host import mounts
@@ -36,6 +36,9 @@ def populate_volume(
         raise PopulateError(
             "PopulateUnsupported", f"volume {name} is a block volume; a Checkpoint fills filesystems only"
         )
+    if spec.pool == PoolClass.MEMORY:
+        # A memory volume's "device" is its tmpfs, already mounted where only the agent looks.
+        return fill(Path(device))
     fs_type = spec.fs_type or DEFAULT_FS_TYPE
     found = mounts.probe_filesystem(device)
     if found is None:
@@ -84,6 +87,7 @@ def restore_into_volume(
     root: Path,
     local_directory: LocalDirectory,
     identity: PeerIdentity | None,
+    disk_directory: LocalDirectory | None = None,
 ) -> str:
     """Restore spec.populateFrom under `root`, at the checkpoint's own relative path.
 
@@ -101,6 +105,7 @@ def restore_into_volume(
             local_directory=local_directory,
             identity=identity,
             volume=volume_name,
+            disk_directory=disk_directory,
         )
     except SourcesError as error:
         raise PopulateError("CheckpointUnavailable", str(error)) from None

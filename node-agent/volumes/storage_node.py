@@ -23,6 +23,8 @@ from cairn.kube import ResourceClient
 from cairn.node_agent import metrics
 from cairn.node_agent.lvm.adapter import Lvm
 from cairn.node_agent.lvm.errors import LvmError, VgNotFound
+from cairn.node_agent.memory.pool import TmpfsPool
+from cairn.node_agent.memory.reservations import PAGE_BYTES
 from cairn.units import human_bytes
 
 log = logging.getLogger("cairn.node.storagenode")
@@ -37,6 +39,7 @@ class StorageNodePublisher:
         pools: list[PoolClass],
         endpoints: AgentEndpoints,
         volume_count: Callable[[str], int] = lambda vg: 0,
+        memory: TmpfsPool | None = None,
     ) -> None:
         self.extra_conditions: Callable[[list[Condition]], list[dict]] = lambda previous: []
         """Conditions other parts of the agent own (the orphan sweeper's), given the published ones."""
@@ -46,6 +49,7 @@ class StorageNodePublisher:
         self.pools = pools
         self.endpoints = endpoints
         self.volume_count = volume_count
+        self.memory = memory
         self._lock = threading.Lock()
 
     def pool_statuses(self) -> tuple[list[PoolStatus], list[str]]:
@@ -80,7 +84,22 @@ class StorageNodePublisher:
                 )
             )
             metrics.record_pool(self.node_name, pool.value, info.size_bytes, info.free_bytes)
+        if self.memory is not None:
+            statuses.append(self._memory_status(self.memory))
         return statuses, problems
+
+    def _memory_status(self, memory: TmpfsPool) -> PoolStatus:
+        """Free is what no volume has reserved yet, whatever the volumes hold: the controller places by it."""
+        usage = memory.usage()
+        metrics.record_pool(self.node_name, PoolClass.MEMORY.value, usage.total_bytes, usage.free_bytes)
+        return PoolStatus(
+            pool_class=PoolClass.MEMORY,
+            volume_group=memory.vg,
+            total_bytes=usage.total_bytes,
+            free_bytes=usage.free_bytes,
+            extent_size_bytes=PAGE_BYTES,
+            volume_count=len(memory.volumes()),
+        )
 
     def publish(self) -> None:
         with self._lock:

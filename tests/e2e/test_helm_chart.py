@@ -554,8 +554,18 @@ tests:
       - {series: 'cairn_pool_free_bytes{node="n3",pool="ssd"}', values: '0x30'}
       - {series: 'cairn_disk_state{node="n1",disk="wwn-1",state="Missing"}', values: '1x30'}
       - {series: 'cairn_disk_state{node="n1",disk="wwn-2",state="Missing"}', values: '0x30'}
-      - {series: 'cairn_checkpoint_tier_lag_seconds{node="n1",namespace="a",pvc="llm"}', values: '2000x30'}
-      - {series: 'cairn_checkpoint_tier_lag_seconds{node="n1",namespace="a",pvc="ok"}', values: '0x30'}
+      - series: 'cairn_checkpoint_tier_lag_seconds{node="n1",namespace="a",pvc="llm",tier="s3"}'
+        values: '2000x30'
+      - series: 'cairn_checkpoint_tier_lag_seconds{node="n1",namespace="a",pvc="ok",tier="s3"}'
+        values: '0x30'
+      - series: 'cairn_checkpoint_tier_lag_seconds{node="n1",namespace="a",pvc="mem",tier="local"}'
+        values: '150x30'
+      - series: 'cairn_checkpoint_tier_lag_seconds{node="n1",namespace="a",pvc="quick",tier="local"}'
+        values: '2x30'
+      - series: 'cairn_memory_volume_used_ratio{node="n1",volume="lv-1",namespace="a",pvc="mem"}'
+        values: '0.5 0.96x30'
+      - series: 'cairn_memory_volume_used_ratio{node="n1",volume="lv-2",namespace="a",pvc="ok"}'
+        values: '0.4x30'
       - {series: 'cairn_dataset_progress_ratio{node="n1",namespace="a",dataset="flat"}', values: '0.5x30'}
       - {series: 'cairn_dataset_progress_ratio{node="n2",namespace="a",dataset="up"}', values: '0+0.01x30'}
       - {series: 'cairn_dataset_progress_ratio{node="n3",namespace="a",dataset="done"}', values: '1x30'}
@@ -585,13 +595,35 @@ tests:
       - eval_time: 6m
         alertname: CairnCheckpointTierLag
         exp_alerts:
-          - exp_labels: {node: n1, namespace: a, pvc: llm, severity: warning}
+          - exp_labels: {node: n1, namespace: a, pvc: llm, tier: s3, severity: warning}
             exp_annotations:
               summary: Checkpoints of a/llm are 33m 20s behind in S3
               description: >-
                 The oldest checkpoint of claim a/llm on node n1 has no verified S3 copy yet. See the
                 Checkpoints' phase and conditions ('kubectl get checkpoints -n a'): Failed ones carry
                 the reason.
+      - {eval_time: 1m, alertname: CairnMemoryDrainLag, exp_alerts: []}
+      - eval_time: 3m
+        alertname: CairnMemoryDrainLag
+        exp_alerts:
+          - exp_labels: {node: n1, namespace: a, pvc: mem, tier: local, severity: warning}
+            exp_annotations:
+              summary: Checkpoints of a/mem have been only in memory for 2m 30s
+              description: >-
+                The oldest checkpoint of memory claim a/mem on node n1 has no verified copy on the
+                node's disks yet. Check the node's tier store ('kubectl get checkpoints -n a', the
+                agent's log) and its disk pool's free space.
+      - {eval_time: 0m, alertname: CairnMemoryVolumeFull, exp_alerts: []}
+      - eval_time: 1m
+        alertname: CairnMemoryVolumeFull
+        exp_alerts:
+          - exp_labels: {node: n1, volume: lv-1, namespace: a, pvc: mem, severity: warning}
+            exp_annotations:
+              summary: Memory volume lv-1 of a/mem on node n1 is 96% full
+              description: >-
+                New writes to claim a/mem fail with ENOSPC. Its checkpoints are written faster than
+                they drain to slower tiers, or retention keeps more in memory than the claim holds:
+                lower keepMemory in its CheckpointPolicy, or make the claim larger.
       # Nothing has had the whole window yet; the copy that appears at 10m has not even at 20m.
       - {eval_time: 14m, alertname: CairnDatasetStalled, exp_alerts: []}
       - eval_time: 20m
@@ -634,6 +666,8 @@ def test_alert_rules_parse_and_fire_only_when_they_should(tmp_path: Path) -> Non
         "CairnPoolAlmostFull",
         "CairnDiskMissing",
         "CairnCheckpointTierLag",
+        "CairnMemoryDrainLag",
+        "CairnMemoryVolumeFull",
         "CairnDatasetStalled",
     }
     # Every metric an alert reads is one the node agent exports.

@@ -105,7 +105,14 @@ def register_csi_node(storage_v1_api: Any, node_name: str) -> None:
 
 @contextmanager
 def standin_claim_volume(
-    driver: Driver, name: str, size: int, *, pvc: str, namespace: str, policy: str | None = None
+    driver: Driver,
+    name: str,
+    size: int,
+    *,
+    pvc: str,
+    namespace: str,
+    policy: str | None = None,
+    pool: str | None = None,
 ) -> Iterator[tuple[str, Path]]:
     """A volume created as external-provisioner would for a claim (the parameters it adds with
     --extra-create-metadata, plus the class's checkpoint policy) and staged by the stand-in;
@@ -113,18 +120,21 @@ def standin_claim_volume(
     parameters = {"csi.storage.k8s.io/pvc/name": pvc, "csi.storage.k8s.io/pvc/namespace": namespace}
     if policy:
         parameters["cairn.dev/checkpoint-policy"] = policy
+    if pool:
+        parameters["cairn.dev/pool"] = pool
+    capability = mount_capability("" if pool == "memory" else "ext4")
     created = driver.controller_stub().CreateVolume(
         csi_pb2.CreateVolumeRequest(
             name=name,
             capacity_range=csi_pb2.CapacityRange(required_bytes=size),
-            volume_capabilities=[mount_capability()],
+            volume_capabilities=[capability],
             parameters=parameters,
         ),
         timeout=60,
     )
     volume = created.volume.volume_id
     kubelet = KubeletStandIn(driver.node_socket, driver.workdir)
-    staging = kubelet.stage(volume)
+    staging = kubelet.stage(volume, capability=capability)
     try:
         yield volume, staging
     finally:

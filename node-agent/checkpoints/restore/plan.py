@@ -1,9 +1,9 @@
 """Where to restore a checkpoint from: a pure choice over what the tiers report.
 
-Order: the copy on this node (a local read), then peers that report a copy (cluster network, no
-S3 egress), then S3. The restore code tries them in turn and verifies every file against the
-manifest; a corrupt or unreachable source falls through to the next, which is why this returns a
-list and not a single answer.
+Order: the copies on this node (a local read), in memory before on disk, then peers that report
+a copy (cluster network, no S3 egress), then S3. The restore code tries them in turn and verifies
+every file against the manifest; a corrupt or unreachable source falls through to the next,
+which is why this returns a list and not a single answer.
 """
 
 from __future__ import annotations
@@ -13,6 +13,9 @@ from enum import StrEnum
 
 
 class SourceKind(StrEnum):
+    """The tiers a restore reads from, best first (a restore's report lists them in this order)."""
+
+    MEMORY = "memory"
     LOCAL = "local"
     PEER = "peer"
     S3 = "s3"
@@ -25,6 +28,10 @@ class NodeCopy:
     """Where the checkpoint directory lives on that node."""
     node_ready: bool
     """The node's StorageNode/agent is Ready; a copy behind a dead agent cannot be streamed."""
+    tier: SourceKind = SourceKind.LOCAL
+    """MEMORY for a copy in a memory volume, LOCAL for one on that node's disks."""
+    held_as: str = "local"
+    """Which record names the copy: local (the volume's), disk (the tier store's) or peer (a replica)."""
 
 
 @dataclass(frozen=True)
@@ -46,17 +53,24 @@ class Source:
     location: str
     """A path for LOCAL and PEER, the object URL for S3."""
     node: str | None = None
-    """The node holding the copy, for LOCAL and PEER."""
+    """The node holding the copy, for MEMORY, LOCAL and PEER."""
+    held_as: str | None = None
+    """For this node's own copies: which record names it (NodeCopy.held_as), so it is read from
+    the right place."""
 
 
 def choose_sources(checkpoint_tiers: CheckpointTiers) -> list[Source]:
     """The sources to try, best first; empty when no copy can be reached (see `no_source_reason`)."""
     tiers = checkpoint_tiers
     sources: list[Source] = []
-    own = [c for c in tiers.node_copies if c.node == tiers.this_node]
-    if own:
-        # Readiness is about reaching another node's agent; our own disk is read directly.
-        sources.append(Source(SourceKind.LOCAL, own[0].path, tiers.this_node))
+    # Readiness is about reaching another node's agent; our own copies are read directly.
+    own: dict[SourceKind, NodeCopy] = {}
+    for copy in tiers.node_copies:
+        if copy.node == tiers.this_node:
+            own.setdefault(copy.tier, copy)
+    for kind in (SourceKind.MEMORY, SourceKind.LOCAL):
+        if (mine := own.get(kind)) is not None:
+            sources.append(Source(kind, mine.path, tiers.this_node, mine.held_as))
 
     peers: dict[str, NodeCopy] = {}
     for copy in tiers.node_copies:

@@ -38,7 +38,9 @@ from cairn.node_agent.p2p.peer_server import VOLUME_HEADER
 from cairn.s3 import CredentialsError, S3Location, client_from_secret
 
 LocalDirectory = Callable[[Checkpoint], Directory | None]
-"""This node's copy as a readable directory (the agent: `local_copy_directory`), or None."""
+"""One of this node's copies as a readable directory, or None. For the volume's copy
+(status.local, in memory or on disk) the agent passes `local_copy_directory`; for the tier store's
+copy (status.disk), `disk_copy_directory`."""
 
 
 class SourcesError(Exception):
@@ -49,14 +51,16 @@ def checkpoint_tiers(checkpoint: Checkpoint, nodes: Iterable[StorageNode], this_
     """What the Checkpoint's status and the StorageNodes say about its copies. Pure."""
     by_name = {node.spec.node_name: node for node in nodes}
     copies = []
-    for copy in (checkpoint.status.local, checkpoint.status.peer):
+    status = checkpoint.status
+    for held_as, copy in (("local", status.local), ("disk", status.disk), ("peer", status.peer)):
         if copy is None or not copy.present:
             continue
         node = by_name.get(copy.node_name)
         reachable = (
             node is not None and node.status.ready and bool(node.status.endpoints.peer_restore_address)
         )
-        copies.append(NodeCopy(copy.node_name, copy.path, reachable))
+        tier = SourceKind.MEMORY if copy.in_memory else SourceKind.LOCAL
+        copies.append(NodeCopy(copy.node_name, copy.path, reachable, tier, held_as))
     remote = checkpoint.status.remote
     return CheckpointTiers(
         this_node=this_node,
@@ -79,12 +83,14 @@ def build_sources(
     identity: PeerIdentity | None = None,
     volume: str | None = None,
     timeout: float = 30.0,
+    disk_directory: LocalDirectory | None = None,
 ) -> list[FetchSource]:
     """The sources for `restore`, best first; SourcesError when none is reported anywhere.
 
     `this_node` is where the restore runs (None: on no node, so every copy is a peer's).
     `s3_client` is called only if S3 is reached. Without `local_directory`, this node's own copy is
-    streamed from its own agent, which is how a CLI on the node reads it without the volume mounted.
+    streamed from its own agent, which is how a CLI on the node reads it without the volume mounted;
+    `disk_directory` does the same for the tier store's copy of a memory volume's checkpoint.
     Agents serve copies only over mutual TLS, so peers are sources only with this node's `identity`;
     `volume` names the LocalVolume a restore fills, which is what lets a node that neither wrote
     nor replicates the checkpoint read it.
@@ -103,12 +109,12 @@ def build_sources(
             sources.append(S3Source(s3_client, S3Location.from_url(source.location)))
             continue
         node = source.node or ""
-        label = "local" if source.kind is SourceKind.LOCAL else f"peer {node}"
-        directory = (
-            local_directory(checkpoint) if local_directory and source.kind is SourceKind.LOCAL else None
-        )
+        own = source.kind in (SourceKind.MEMORY, SourceKind.LOCAL)
+        label = source.kind.value if own else f"peer {node}"
+        resolve = {"local": local_directory, "disk": disk_directory}.get(source.held_as or "")
+        directory = resolve(checkpoint) if own and resolve is not None else None
         if directory is not None:
-            sources.append(LocalDirectorySource(directory, SourceKind.LOCAL, label))
+            sources.append(LocalDirectorySource(directory, source.kind, label))
         elif identity is None:
             sources.append(
                 UnavailableSource(
@@ -184,6 +190,7 @@ def sources_for(
     identity: PeerIdentity | None = None,
     volume: str | None = None,
     timeout: float = 30.0,
+    disk_directory: LocalDirectory | None = None,
 ) -> tuple[Checkpoint, list[FetchSource]]:
     """Read the Checkpoint and the StorageNodes and build its sources; SourcesError if it is not there."""
     item = ResourceClient(api_client, Checkpoint).get(name, namespace)
@@ -204,5 +211,6 @@ def sources_for(
         identity=identity,
         volume=volume,
         timeout=timeout,
+        disk_directory=disk_directory,
     )
     return checkpoint, sources

@@ -7,7 +7,7 @@ import pytest
 
 from cairn import TOPOLOGY_KEY
 from cairn.api.volume import LocalVolumeSpec, PoolClass, VolumeAccess
-from cairn.controller.volumes.parameters import VALID_KEYS, parse_parameters
+from cairn.controller.volumes.parameters import VALID_KEYS, memory_volume_problem, parse_parameters
 from cairn.controller.volumes.placement import NodeCapacity, PoolCapacity, choose_placement, clone_target
 from cairn.controller.volumes.sizing import DEFAULT_VOLUME_BYTES, resolve_size, size_fits_range
 from cairn.csi.errors import CsiError
@@ -188,3 +188,25 @@ def test_a_clone_refuses_another_access_type_a_smaller_limit_and_a_topology_with
     )
     beside = clone_target("src", SOURCE, 10 * GiB, VolumeAccess.MOUNT, [{TOPOLOGY_KEY: "gpu-2"}], 0, 0)
     assert beside.node == "gpu-2"
+
+
+def test_a_memory_volume_may_be_neither_a_block_device_nor_a_clone() -> None:
+    memory = (PoolClass.MEMORY,)
+    assert memory_volume_problem(memory, VolumeAccess.MOUNT, None) is None
+    assert "block" in (memory_volume_problem(memory, VolumeAccess.BLOCK, None) or "")
+    assert "cannot be cloned" in (memory_volume_problem(memory, VolumeAccess.MOUNT, "src") or "")
+    # Disk pools keep every access type and clones.
+    assert memory_volume_problem((PoolClass.NVME,), VolumeAccess.BLOCK, "src") is None
+
+
+def test_the_memory_pool_is_named_by_the_storage_class_and_placed_by_its_free_share() -> None:
+    assert parse_parameters({"cairn.dev/pool": "memory"}).pools == (PoolClass.MEMORY,)
+    node = NodeCapacity(
+        "gpu-1", True, {PoolClass.MEMORY: PoolCapacity(free_bytes=24 * MiB, extent_bytes=4096)}
+    )
+    placed = choose_placement([node], (PoolClass.MEMORY,), 10 * MiB + 1, 0)
+    assert (placed.node, placed.pool, placed.size_bytes) == ("gpu-1", PoolClass.MEMORY, 10 * MiB + 4096)
+    with pytest.raises(CsiError) as excinfo:
+        choose_placement([node], (PoolClass.MEMORY,), 32 * MiB, 0)
+    assert _code(excinfo) == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "pool memory on node gpu-1 has 24Mi free, volume needs 32Mi" in str(excinfo.value)

@@ -52,3 +52,15 @@ def test_a_lost_nodes_copies_drop_out_of_the_tiers() -> None:
     only_there = CheckpointStatus(local=LocalCopy(node_name="a", volume="v", path="p"))
     gone = copies_dropped(only_there, "a")
     assert gone is not None and gone.tiers == ""
+
+
+def test_a_lost_node_takes_its_memory_and_tier_store_copies_with_it() -> None:
+    status = CheckpointStatus(
+        local=LocalCopy(node_name="a", volume="v", path="p", pool="memory"),
+        disk=LocalCopy(node_name="a", volume="", path="tier-store/ns/c", pool="nvme"),
+        remote=RemoteCopy(url="s3://b/p/", verified_at=NOW),
+        tiers="memory,local,s3",
+    )
+    dropped = copies_dropped(status, "a")
+    assert dropped is not None and dropped.tiers == "s3"
+    assert dropped.disk is not None and dropped.disk.present is False

@@ -3,7 +3,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from cairn.node_agent.checkpoints.replica_store import ReplicaStore
+from cairn.api.names import AGENT_STORE_TAGS
+from cairn.node_agent.checkpoints.replica_store import ReplicaStore, TierStore
 
 
 class NoLvmNeeded:
@@ -23,3 +24,12 @@ def test_a_replica_larger_than_what_is_left_of_the_store_is_refused_with_numbers
 def test_a_node_with_no_store_size_keeps_no_replicas(tmp_path: Path) -> None:
     store = ReplicaStore(NoLvmNeeded(), "nvme", 0, tmp_path)  # type: ignore[arg-type]
     assert store.ready() == "this node keeps no peer replicas (--replica-store-bytes is 0)"
+
+
+def test_the_tier_store_is_its_own_lv_with_its_own_tag(tmp_path: Path) -> None:
+    store = TierStore(NoLvmNeeded(), "nvme", 0, tmp_path / "tier-store")  # type: ignore[arg-type]
+    assert store.lv_name == "tier-store" and store.tag == "cairn.dev/tier-store" and store.vg == "cairn-nvme"
+    assert store.ready() == (
+        "this node keeps no local-tier copies of memory checkpoints (--local-tier-bytes is 0)"
+    )
+    assert {"cairn.dev/replica-store", "cairn.dev/tier-store"} == AGENT_STORE_TAGS

@@ -77,3 +77,42 @@ def test_no_source_reason_names_the_nodes_to_bring_back() -> None:
     assert choose_sources(tiers) == []
     assert "n2, n4 are on nodes that are not Ready" in no_source_reason(tiers)
     assert "deleted or never tiered" in no_source_reason(CheckpointTiers("n1"))
+
+
+def test_restore_prefers_memory_then_local_then_peer_then_s3() -> None:
+    tiers = CheckpointTiers(
+        "n1",
+        (
+            NodeCopy("n2", "replicas/team/c", True, SourceKind.LOCAL, "peer"),
+            NodeCopy("n1", "tier-store/team/c", True, SourceKind.LOCAL, "disk"),
+            NodeCopy("n1", "ckpt/step_100", True, SourceKind.MEMORY, "local"),
+        ),
+        status_node="n1",
+        remote_url=URL,
+        remote_verified=True,
+    )
+    sources = choose_sources(tiers)
+    assert order(sources) == [
+        (SourceKind.MEMORY, "n1"),
+        (SourceKind.LOCAL, "n1"),
+        (SourceKind.PEER, "n2"),
+        (SourceKind.S3, None),
+    ]
+    assert [s.held_as for s in sources[:2]] == ["local", "disk"]
+    assert sources[1].location == "tier-store/team/c"
+
+
+def test_the_memory_tier_is_listed_first_in_reports() -> None:
+    assert list(SourceKind) == [SourceKind.MEMORY, SourceKind.LOCAL, SourceKind.PEER, SourceKind.S3]
+
+
+def test_another_nodes_memory_and_disk_copies_are_one_peer() -> None:
+    tiers = CheckpointTiers(
+        "n9",
+        (
+            NodeCopy("n1", "ckpt/step_100", True, SourceKind.MEMORY, "local"),
+            NodeCopy("n1", "tier-store/team/c", True, SourceKind.LOCAL, "disk"),
+        ),
+        status_node="n1",
+    )
+    assert order(choose_sources(tiers)) == [(SourceKind.PEER, "n1")]

@@ -157,3 +157,119 @@ def test_the_same_step_twice_is_refused() -> None:
 def test_negative_counts_are_refused() -> None:
     with pytest.raises(ValueError, match="keepLocal is -1"):
         plan(tiered(1), keep_local=-1)
+
+
+# -- the memory tier -------------------------------------------------------------------------------
+
+
+def in_memory(step: int, *, disk: bool = False, verified: bool = False) -> CheckpointRecord:
+    return CheckpointRecord(
+        step, has_local=disk, remote_verified=verified, remote_present=verified, has_memory=True
+    )
+
+
+def memory_plan(
+    records: Iterable[CheckpointRecord],
+    keep_memory: int = 1,
+    keep_local: int = 2,
+    keep_remote_last: int = 3,
+    keep_remote_every: int = 0,
+    local_only: bool = False,
+    memory_only: bool = False,
+) -> RetentionPlan:
+    return plan_retention(
+        records,
+        keep_local,
+        keep_remote_last,
+        keep_remote_every,
+        local_only,
+        keep_memory=keep_memory,
+        memory_only=memory_only,
+    )
+
+
+def apply_tiers(records: list[CheckpointRecord], result: RetentionPlan) -> list[CheckpointRecord]:
+    """The tiers after carrying a plan out, memory included; a record with no copy left is gone."""
+    after = []
+    for r in records:
+        memory = r.has_memory and r.step not in result.delete_memory
+        local = r.has_local and r.step not in result.delete_local
+        remote = r.remote_present and r.step not in result.delete_remote
+        if memory or local or remote:
+            after.append(CheckpointRecord(r.step, local, r.remote_verified and remote, remote, memory))
+    return after
+
+
+def test_a_memory_copy_is_kept_until_a_slower_tier_holds_it_verified() -> None:
+    records = [in_memory(1), in_memory(2), in_memory(3)]
+    result = memory_plan(records, keep_memory=1)
+    assert result.delete_memory == set()
+    assert result.awaiting_slower_tier == {1, 2}
+    # The memory drain copied step 1 to the node's disks; S3 verified step 2.
+    records = [in_memory(1, disk=True), in_memory(2, verified=True), in_memory(3)]
+    result = memory_plan(records, keep_memory=1)
+    assert result.delete_memory == {1, 2}
+    assert result.awaiting_slower_tier == set()
+
+
+def test_a_memory_only_policy_lets_memory_copies_go_beyond_keep_memory() -> None:
+    records = [in_memory(1), in_memory(2), in_memory(3)]
+    result = memory_plan(records, keep_memory=1, local_only=True, memory_only=True)
+    assert result.delete_memory == {1, 2}
+    assert 3 not in result.delete_memory  # the newest complete checkpoint keeps its only copy
+    assert memory_plan(records, keep_memory=0, local_only=True, memory_only=True).delete_memory == {1, 2}
+
+
+def test_a_disk_copy_goes_only_after_its_memory_copy() -> None:
+    records = [in_memory(step, disk=True, verified=True) for step in (1, 2, 3, 4)]
+    result = memory_plan(records, keep_memory=3, keep_local=1)
+    assert result.delete_memory == {1}
+    assert result.delete_local == set(), "steps 2 and 3 are still in memory; 1 leaves memory in this plan"
+    assert result.delete_remote == set()
+    after = apply_tiers(records, result)
+    assert memory_plan(after, keep_memory=3, keep_local=1).delete_local == {1}
+
+
+def test_keep_local_applies_to_disk_copies_and_remote_goes_after_both() -> None:
+    records = [in_memory(step, disk=True, verified=True) for step in (1, 2, 3, 4, 5)]
+    for _ in range(4):
+        records = apply_tiers(records, memory_plan(records, keep_memory=1, keep_local=2, keep_remote_last=3))
+    assert {r.step for r in records if r.has_memory} == {5}
+    assert {r.step for r in records if r.has_local} == {4, 5}
+    assert {r.step for r in records if r.remote_verified} == {3, 4, 5}
+
+
+def test_memory_local_s3_with_every_thousandth_step_in_s3_settles_per_tier() -> None:
+    records: list[CheckpointRecord] = []
+    for step in range(500, 4001, 500):
+        records.append(in_memory(step))
+        # The memory drain and the upload catch up before the next checkpoint.
+        records = [
+            CheckpointRecord(r.step, r.has_memory or r.has_local, True, True, r.has_memory) for r in records
+        ]
+        for _ in range(3):
+            records = apply_tiers(
+                records,
+                memory_plan(records, keep_memory=1, keep_local=2, keep_remote_last=1, keep_remote_every=1000),
+            )
+    assert {r.step for r in records if r.has_memory} == {4000}
+    assert {r.step for r in records if r.has_local} == {3500, 4000}
+    # 3500 stays in S3 while the node's disks keep it; it leaves S3 after it leaves them.
+    assert {r.step for r in records if r.remote_verified} == {1000, 2000, 3000, 3500, 4000}
+
+
+def test_a_local_only_memory_policy_never_strands_a_memory_copy() -> None:
+    # [memory, local]: keep 3 in memory but only 1 on disk; every copy still leaves memory in time.
+    records: list[CheckpointRecord] = []
+    for step in range(1, 8):
+        records.append(in_memory(step, disk=True))
+        for _ in range(3):
+            records = apply_tiers(records, memory_plan(records, keep_memory=3, keep_local=1, local_only=True))
+    assert {r.step for r in records if r.has_memory} == {5, 6, 7}
+    assert memory_plan(records, keep_memory=3, keep_local=1, local_only=True).awaiting_slower_tier == set()
+    assert {r.step for r in records} == {5, 6, 7}
+
+
+def test_negative_keep_memory_is_refused() -> None:
+    with pytest.raises(ValueError, match="keepMemory is -1"):
+        memory_plan([in_memory(1)], keep_memory=-1)

@@ -208,6 +208,7 @@ def test_class_overrides_parse_from_cli_strings() -> None:
         (["nvme"], "expected WHAT=CLASS"),
         (["=ssd"], "expected WHAT=CLASS"),
         (["/dev/sdb=fast"], "class must be one of nvme, ssd, hdd"),
+        (["default=memory"], "class must be one of nvme, ssd, hdd"),
         (["default=ssd", "default=hdd"], "node default is already set to ssd"),
         (["/dev/sdb=ssd", "/dev/sdb=hdd"], "/dev/sdb is already overridden to ssd"),
     ],

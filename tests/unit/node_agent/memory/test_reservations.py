@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from cairn.node_agent.memory.reservations import PAGE_BYTES, PoolExhausted, admit, page_rounded, usage
+from cairn.node_agent.memory.reservations import (
+    PAGE_BYTES,
+    PoolExhausted,
+    admit,
+    is_full,
+    page_rounded,
+    usage,
+)
 
 MiB = 1024 * 1024
 
@@ -32,3 +39,10 @@ def test_growing_takes_only_the_difference_and_shrinking_is_refused() -> None:
         admit(100 * MiB, shares, "b", 41 * MiB)
     with pytest.raises(ValueError, match="cannot shrink"):
         admit(100 * MiB, shares, "b", 20 * MiB)
+
+
+def test_a_memory_volume_is_full_with_no_room_left_or_nearly_every_byte_used() -> None:
+    assert is_full(used_bytes=8 * MiB, total_bytes=8 * MiB, available_bytes=0)
+    assert is_full(used_bytes=96, total_bytes=100, available_bytes=4)
+    assert not is_full(used_bytes=90, total_bytes=100, available_bytes=10)
+    assert not is_full(used_bytes=0, total_bytes=0, available_bytes=0)
