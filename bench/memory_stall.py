@@ -60,9 +60,24 @@ def staged(driver: Driver, name: str, size: int, pool: str) -> Iterator[Path]:
         ),
         timeout=120,
     )
+    # A memory volume shows only where it is published (nothing is mounted at its staging path).
+    target = driver.workdir / "pods" / volume
+    node.NodePublishVolume(
+        csi_pb2.NodePublishVolumeRequest(
+            volume_id=volume,
+            staging_target_path=str(staging),
+            target_path=str(target),
+            volume_capability=capability,
+        ),
+        timeout=120,
+    )
     try:
-        yield staging
+        yield target
     finally:
+        with contextlib.suppress(grpc.RpcError):
+            node.NodeUnpublishVolume(
+                csi_pb2.NodeUnpublishVolumeRequest(volume_id=volume, target_path=str(target)), timeout=120
+            )
         with contextlib.suppress(grpc.RpcError):
             node.NodeUnstageVolume(
                 csi_pb2.NodeUnstageVolumeRequest(volume_id=volume, staging_target_path=str(staging)),

@@ -411,7 +411,7 @@ def start_checkpoints(
         on_copied=tiering.trigger,
     )
     # Its own loop, never behind an S3 upload: memory fills while its checkpoints wait. A copy
-    # made lets the upload start (tiers [memory, local, s3] upload from the local copy's turn).
+    # made wakes the tierer, whose retention may now free the memory it took.
     memory_drain = Coalescing("memory-drain", copier.run_pass, stop, min_interval=0.2, period=1.0).start()
 
     def copied_or_recorded() -> None:
@@ -515,6 +515,9 @@ def serve_node(
     """The CSI Identity and Node services on --endpoint."""
 
     def on_staged(volume: str, path: str) -> None:
+        # The agent reads a memory volume through its own mount of the tmpfs, never the kubelet's:
+        # a checkpoint being copied or uploaded then never makes the kubelet's unmount busy.
+        path = (memory.device_path(memory.vg, volume) if memory is not None else None) or path
         staged.add(volume, path)
         watcher.register(volume, path)
         drainer.restaged(volume)

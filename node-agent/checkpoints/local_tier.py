@@ -4,7 +4,8 @@ With a policy's tiers [memory, local, ...], a checkpoint committed in a memory v
 is copied to the node's tier store (`<state>/tier-store/<namespace>/<name>`, an LV of the agent's
 own, replica_store.TierStore) as soon as it is recorded. A tmpfs is gone with a reboot and its
 pages are the host's memory, so this copy is what lets retention take the checkpoint out of
-memory (retention.py) and what S3 is uploaded from once it has left.
+memory (retention.py), and what S3 is uploaded from once it has left. The upload does not wait for
+it: both slower copies are made at once from memory, on the disk and the network apart.
 
 The copy goes through the restore engine with the memory copy as its only source, so every byte
 is verified against the manifest by construction; it lands in `<name>.partial` and is renamed
@@ -97,7 +98,7 @@ class LocalTierCopier:
     streams: int = 2
     """Files copied at once: enough to keep an NVMe busy, few enough to leave the trainer its cores."""
     on_copied: Callable[[], None] = lambda: None
-    """Told after a pass that made copies: an upload waiting for its local copy may start now."""
+    """Told after a pass that made copies: retention may now take them out of memory."""
     _retry_at: dict[str, float] = field(default_factory=dict)
     _failures: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     _no_room: set[str] = field(default_factory=set)

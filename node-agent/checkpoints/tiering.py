@@ -112,13 +112,11 @@ def needs_upload(checkpoint: Checkpoint, policy: CheckpointPolicySpec) -> bool:
 
 
 def ready_to_upload(checkpoint: Checkpoint, policy: CheckpointPolicySpec) -> bool:
-    """Needs an upload, and it is its turn: tiers [memory, local, s3] upload after the local copy,
-    so the memory drain never waits behind S3 and S3 is never the only copy beyond memory."""
-    if not needs_upload(checkpoint, policy):
-        return False
-    tiers = policy.tier_list()
-    local_first = Tier.LOCAL in tiers and Tier.S3 in tiers and tiers.index(Tier.LOCAL) < tiers.index(Tier.S3)
-    return not (local_first and awaits_local_copy(checkpoint, policy))
+    """Needs an upload. A memory volume's checkpoint does not wait for its local copy: both slower
+    copies are made at once, each from memory, so the drain takes as long as the slower of the
+    two (the disk and the network are apart), not their sum. Memory is left once either holds it
+    verified (retention.py)."""
+    return needs_upload(checkpoint, policy)
 
 
 def retention_record(checkpoint: Checkpoint, policy: CheckpointPolicySpec | None = None) -> CheckpointRecord:

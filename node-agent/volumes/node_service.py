@@ -125,11 +125,15 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         return csi_pb2.NodeStageVolumeResponse()
 
     def _stage_directory(self, volume: StagedVolume, target: str) -> None:
-        """A memory volume has no filesystem to make: its tmpfs is bound at the staging path."""
+        """A memory volume is staged by checking its tmpfs is there; nothing is mounted at `target`.
+
+        The agent already holds the tmpfs mounted, and a bind of it at the staging path would be a
+        second mount of the same filesystem: the kubelet refuses to unstage a device mounted
+        anywhere else outside its own directories, so that volume would never be unstaged.
+        NodePublish binds the agent's mount into the pod instead.
+        """
         with self._lock(volume.name):
-            if mounts.is_mount_point(target):
-                if mounts.is_same_filesystem(target, volume.device):
-                    return
+            if mounts.is_mount_point(target) and not mounts.is_same_filesystem(target, volume.device):
                 raise CsiError(
                     f"staging path {target} already holds another filesystem", grpc.StatusCode.ALREADY_EXISTS
                 )
@@ -139,7 +143,6 @@ class NodeService(csi_pb2_grpc.NodeServicer):
                     "when it reconciles the volume"
                 )
             mounts.ensure_directory(target)
-            mounts.bind_mount(volume.device, target, readonly=volume.read_only)
 
     def NodeUnstageVolume(self, request, context: grpc.ServicerContext):
         require(request.volume_id, "NodeUnstageVolume needs a volume_id")
@@ -177,6 +180,15 @@ class NodeService(csi_pb2_grpc.NodeServicer):
             return
         require(request.staging_target_path, "NodePublishVolume needs the staging_target_path")
         staging = request.staging_target_path
+        if volume.directory:
+            # Straight from the agent's own mount of the tmpfs (see _stage_directory).
+            if not mounts.is_mount_point(volume.device):
+                raise FailedPrecondition(f"memory volume {volume.name} has no tmpfs at {volume.device}")
+            if mounts.is_mount_point(target):
+                return
+            mounts.ensure_directory(target)
+            mounts.bind_mount(volume.device, target, readonly=request.readonly or volume.read_only)
+            return
         if not mounts.is_mount_point(staging):
             raise FailedPrecondition(f"volume {volume.name} is not staged at {staging}; call NodeStageVolume")
         if mounts.is_mount_point(target):

@@ -25,7 +25,7 @@ from tests.testbed.components import (
     running_driver,
     start_node_agent,
 )
-from tests.testbed.kubelet_standin import KubeletStandIn
+from tests.testbed.kubelet_standin import standin_pod_mount
 from tests.testbed.waiting import wait_until
 
 MiB = 1024 * 1024
@@ -97,61 +97,71 @@ def test_the_pool_is_published_and_counted_by_get_capacity(bed: TestBed, driver:
     wait_until(lambda: capacity(driver) == POOL_BYTES, 30, "the pool's share back after DeleteVolume")
 
 
+def mounts_of_filesystem(path: Path) -> list[str]:
+    """Every mount point of the filesystem shown at `path` (its device number in mountinfo)."""
+    device = os.stat(path).st_dev
+    wanted = f"{os.major(device)}:{os.minor(device)}"
+    lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    return sorted(fields[4] for fields in (line.split() for line in lines) if fields[2] == wanted)
+
+
+def held_at(driver: Driver, volume_id: str) -> Path:
+    return driver.workdir / "state" / driver.node.name / "memory" / volume_id
+
+
 def test_a_memory_volume_is_a_size_limited_tmpfs_that_fills_with_enospc(bed: TestBed, driver: Driver) -> None:
     volume = create(driver, "mem-fill", 8 * MiB).volume
-    assert volume.capacity_bytes == 8 * MiB
-    kubelet = KubeletStandIn(driver.node_socket, driver.workdir)
-    staging = kubelet.stage(volume.volume_id, capability=mount_capability(""))
     try:
-        assert filesystem_type(staging) == "tmpfs"
-        usage = os.statvfs(staging)
-        assert usage.f_blocks * usage.f_frsize == 8 * MiB
-        with pytest.raises(OSError) as full, open(staging / "checkpoint.bin", "wb") as out:
-            for _ in range(9):
-                out.write(os.urandom(MiB))
-                out.flush()
-        assert full.value.errno == errno.ENOSPC
-        wait_until(
-            lambda: events_of(bed, volume.volume_id, "MemoryVolumeFull"), 30, "a MemoryVolumeFull Event"
-        )
-        (event,) = events_of(bed, volume.volume_id, "MemoryVolumeFull")
-        assert event["type"] == "Warning" and "new writes fail with ENOSPC" in event["message"], event
-        (staging / "checkpoint.bin").unlink()
-        (staging / "kept.bin").write_bytes(b"still here")
+        assert volume.capacity_bytes == 8 * MiB
+        with standin_pod_mount(driver, volume.volume_id, mount_capability("")) as pod:
+            assert filesystem_type(pod) == "tmpfs"
+            # Mounted only where the agent holds it and in the pod. A third mount, at the staging path,
+            # is one the kubelet counts as a user of the device: it would then never unstage it.
+            assert mounts_of_filesystem(pod) == sorted([str(held_at(driver, volume.volume_id)), str(pod)])
+            usage = os.statvfs(pod)
+            assert usage.f_blocks * usage.f_frsize == 8 * MiB
+            with pytest.raises(OSError) as full, open(pod / "checkpoint.bin", "wb") as out:
+                for _ in range(9):
+                    out.write(os.urandom(MiB))
+                    out.flush()
+            assert full.value.errno == errno.ENOSPC
+            wait_until(
+                lambda: events_of(bed, volume.volume_id, "MemoryVolumeFull"), 30, "a MemoryVolumeFull Event"
+            )
+            (event,) = events_of(bed, volume.volume_id, "MemoryVolumeFull")
+            assert event["type"] == "Warning" and "new writes fail with ENOSPC" in event["message"], event
+            (pod / "checkpoint.bin").unlink()
+            (pod / "kept.bin").write_bytes(b"still here")
+        # Unpublished and unstaged, as when its pod went away: the agent still holds the tmpfs, so a
+        # pod restarted on the node finds what was written.
+        assert mounts_of_filesystem(held_at(driver, volume.volume_id)) == [
+            str(held_at(driver, volume.volume_id))
+        ]
+        with standin_pod_mount(driver, volume.volume_id, mount_capability("")) as pod:
+            assert (pod / "kept.bin").read_bytes() == b"still here"
     finally:
-        kubelet.unstage(volume.volume_id, staging)
-    # Unstaged, as when its pod went away: the agent still holds the tmpfs, so a pod staging it
-    # again (restarted on the node) finds what was written.
-    staging = kubelet.stage(volume.volume_id, capability=mount_capability(""))
-    try:
-        assert (staging / "kept.bin").read_bytes() == b"still here"
-    finally:
-        kubelet.unstage(volume.volume_id, staging)
         delete(driver, volume.volume_id)
 
 
 def test_a_memory_volume_outlives_a_restart_of_its_agent(bed: TestBed, driver: Driver) -> None:
     volume = create(driver, "mem-restart", 4 * MiB).volume
-    kubelet = KubeletStandIn(driver.node_socket, driver.workdir)
-    staging = kubelet.stage(volume.volume_id, capability=mount_capability(""))
-    (staging / "step_10.bin").write_bytes(b"x" * 4096)
-    kubelet.unstage(volume.volume_id, staging)
-    driver.agent.stop()
-    driver.agent, _ = start_node_agent(
-        driver.workdir,
-        bed.run_id,
-        bed.control_plane.kubeconfigs["cairn-node-agent"],
-        driver.node,
-        extra_args=(f"--memory-pool-bytes={POOL_BYTES}",),
-    )
-    staging = kubelet.stage(volume.volume_id, capability=mount_capability(""))
     try:
-        assert (staging / "step_10.bin").read_bytes() == b"x" * 4096
-        assert "MemoryContentsLost" not in driver.agent.log_path.read_text()
-        pool = memory_pool_status(bed, driver)
-        assert pool is not None and pool["freeBytes"] == POOL_BYTES - 4 * MiB, pool
+        with standin_pod_mount(driver, volume.volume_id, mount_capability("")) as pod:
+            (pod / "step_10.bin").write_bytes(b"x" * 4096)
+        driver.agent.stop()
+        driver.agent, _ = start_node_agent(
+            driver.workdir,
+            bed.run_id,
+            bed.control_plane.kubeconfigs["cairn-node-agent"],
+            driver.node,
+            extra_args=(f"--memory-pool-bytes={POOL_BYTES}",),
+        )
+        with standin_pod_mount(driver, volume.volume_id, mount_capability("")) as pod:
+            assert (pod / "step_10.bin").read_bytes() == b"x" * 4096
+            assert "MemoryContentsLost" not in driver.agent.log_path.read_text()
+            pool = memory_pool_status(bed, driver)
+            assert pool is not None and pool["freeBytes"] == POOL_BYTES - 4 * MiB, pool
     finally:
-        kubelet.unstage(volume.volume_id, staging)
         delete(driver, volume.volume_id)
 
 
@@ -200,7 +210,7 @@ def test_a_memory_volume_found_empty_after_a_host_restart_is_reported_lost(
     volume = create(driver, "mem-lost", 4 * MiB).volume
     driver.agent.stop()
     # What a reboot leaves behind: the pool's record of the volume, and no tmpfs.
-    held = driver.workdir / "state" / driver.node.name / "memory" / volume.volume_id
+    held = held_at(driver, volume.volume_id)
     subprocess.run(["umount", str(held)], check=True)
     driver.agent, _ = start_node_agent(
         driver.workdir,

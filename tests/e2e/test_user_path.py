@@ -235,6 +235,51 @@ def test_mounts_survive_a_node_agent_restart_and_the_new_agent_serves_new_pods(
         cluster.delete("pvc", name)
 
 
+def test_a_memory_claim_keeps_its_bytes_for_the_next_pod_and_across_an_agent_restart(
+    user_cluster: UserCluster,
+) -> None:
+    """The chart's cairn-memory class: a tmpfs the agent holds under the kubelet's directory, so
+    neither the pod going nor the agent's container restarting takes what was written."""
+    cluster = user_cluster
+    assert cluster.release is not None
+    cluster.apply(cluster.claim("scratch", "cairn-memory", "16Mi"))
+    script = "head -c 4194304 /dev/urandom > /data/step_1 && md5sum /data/step_1 > /tmp/sum && sleep 3600"
+    cluster.apply(cluster.pod("memwriter", script, claim="scratch"))
+    node = cluster.wait_pod("memwriter")["spec"]["nodeName"]
+    assert cluster.exec("memwriter", "stat", "-f", "-c", "%T", "/data").strip() == "tmpfs"
+    wait_until(lambda: cluster.exec("memwriter", "cat", "/tmp/sum").strip(), 30, "the writer's checksum")
+    written = cluster.exec("memwriter", "cat", "/tmp/sum").split()[0]
+    cluster.delete("pod", "memwriter")
+
+    old_agent = cluster.release.agent_pod(node)["metadata"]["name"]
+    cluster.kubectl("delete", "pod", "-n", CAIRN_NAMESPACE, old_agent, "--wait=true")
+
+    def new_agent_ready() -> bool:
+        pod = cluster.release.agent_pod(node)
+        statuses = pod.get("status", {}).get("containerStatuses", [])
+        return pod["metadata"]["name"] != old_agent and bool(statuses) and all(s["ready"] for s in statuses)
+
+    wait_until(new_agent_ready, 120, f"a new node agent on {node}")
+    cluster.apply(cluster.pod("memreader", "sleep 3600", claim="scratch"))
+    assert cluster.wait_pod("memreader")["spec"]["nodeName"] == node
+    assert cluster.exec("memreader", "md5sum", "/data/step_1").split()[0] == written
+    # The claim's size is the tmpfs's limit: the pod gets ENOSPC, the node keeps its memory.
+    full = cluster.exec("memreader", "sh", "-c", "dd if=/dev/zero of=/data/big bs=1M count=32 2>&1; true")
+    assert "No space left on device" in full, full
+    volume = cluster.get("pvc", "scratch")["spec"]["volumeName"]
+    cluster.delete("pod", "memreader")
+    cluster.delete("pvc", "scratch")
+    # The kubelet unstages it (no mount of it outside the kubelet's own paths but the agent's), and
+    # the restarted agent removes the tmpfs it found mounted: the pool gets its share back.
+    agent = cluster.release.agent_pod(node)["metadata"]["name"]
+    wait_until(
+        lambda: volume not in cluster.kubectl("get", "pv", "-o", "name").stdout,
+        60,
+        f"PersistentVolume {volume} to be deleted",
+        context=lambda: cluster.release.logs(agent, "cairn-node-agent", tail=20),
+    )
+
+
 def node_mounts_of(cluster: UserCluster, pod: str, path: str, node: str) -> list[str]:
     """Every mount point on the pod's node of the device mounted at `path` in the pod: the
     kubelet's staging path and the pod's volume directory."""

@@ -130,7 +130,11 @@ def bed_values(bed: TestBed, images: Mapping[str, str]) -> dict[str, Any]:
                 f"--min-disk-bytes={16 * 1024 * 1024}",
                 "--rescan-interval=3",
             ],
+            # Small, but a real tmpfs per memory claim, mounted under the kubelet's directory.
+            "memoryPool": {"bytes": 128 * 1024 * 1024},
+            "localTier": {"bytes": 64 * 1024 * 1024},
         },
+        "storageClasses": {"pools": {"memory": {"enabled": True}}},
         "checkpoints": {"credentialNamespaces": ["default"]},
         # The bed's apiserver runs on the host, which has no route into the nodes' pod or Service
         # networks (the host does not forward), so it could never call the webhook; failing open, it

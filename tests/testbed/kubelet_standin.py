@@ -10,6 +10,7 @@ the agent's back, or staging onto a device that already holds someone's filesyst
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -89,7 +90,20 @@ class KubeletStandIn:
         for volume_id, target in reversed(list(self.published)):
             self.unpublish(volume_id, target)
         for volume_id, staging in reversed(list(self.staged)):
-            self.unstage(volume_id, staging)
+            self._unstage_as_kubelet_would(volume_id, staging)
+
+    def _unstage_as_kubelet_would(self, volume_id: str, staging: Path, patience: float = 60.0) -> None:
+        """Retried while the unmount finds the volume busy, as kubelet retries a failed NodeUnstage:
+        the agent may be finishing its retention or hashing in the volume as the test ends."""
+        deadline = time.monotonic() + patience
+        while True:
+            try:
+                self.unstage(volume_id, staging)
+                return
+            except grpc.RpcError as error:
+                if "busy" not in (error.details() or "") or time.monotonic() > deadline:
+                    raise
+                time.sleep(1.0)
 
 
 def register_csi_node(storage_v1_api: Any, node_name: str) -> None:
@@ -116,7 +130,7 @@ def standin_claim_volume(
 ) -> Iterator[tuple[str, Path]]:
     """A volume created as external-provisioner would for a claim (the parameters it adds with
     --extra-create-metadata, plus the class's checkpoint policy) and staged by the stand-in;
-    unstaged and deleted after."""
+    unstaged and deleted after. For pool memory, also published: the path given is the pod's."""
     parameters = {"csi.storage.k8s.io/pvc/name": pvc, "csi.storage.k8s.io/pvc/namespace": namespace}
     if policy:
         parameters["cairn.dev/checkpoint-policy"] = policy
@@ -135,8 +149,22 @@ def standin_claim_volume(
     volume = created.volume.volume_id
     kubelet = KubeletStandIn(driver.node_socket, driver.workdir)
     staging = kubelet.stage(volume, capability=capability)
+    if pool == "memory":
+        # Nothing is mounted at a memory volume's staging path: the pod's bind is where it shows.
+        staging = kubelet.publish(volume, staging)
     try:
         yield volume, staging
     finally:
         kubelet.release_all()
         driver.controller_stub().DeleteVolume(csi_pb2.DeleteVolumeRequest(volume_id=volume), timeout=60)
+
+
+@contextmanager
+def standin_pod_mount(driver: Driver, volume_id: str, capability: csi_pb2.VolumeCapability) -> Iterator[Path]:
+    """What the kubelet does for one pod using the volume: stage, publish; unpublish, unstage after."""
+    kubelet = KubeletStandIn(driver.node_socket, driver.workdir)
+    staging = kubelet.stage(volume_id, capability=capability)
+    try:
+        yield kubelet.publish(volume_id, staging)
+    finally:
+        kubelet.release_all()

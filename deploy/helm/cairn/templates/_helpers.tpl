@@ -21,3 +21,14 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- define "cairn.pluginDir" -}}
 {{ .Values.kubeletDir }}/plugins/lvm.cairn.dev
 {{- end -}}
+
+{{- /*
+Where the memory volumes' tmpfs mounts live on the host. Under the kubelet's directory, which the
+agent mounts with Bidirectional propagation (the kubelet needs it shared anyway), so the mounts
+outlive the agent's container. Not under the plugin directory: the agent also mounts that one
+(at /csi) without propagation, and a restarted container would carry a second mount of each
+tmpfs there, holding a removed volume's memory until it exits.
+*/ -}}
+{{- define "cairn.memoryPoolDir" -}}
+{{ .Values.kubeletDir }}/plugins/lvm.cairn.dev-memory
+{{- end -}}

@@ -124,18 +124,17 @@ def test_a_disk_volumes_checkpoint_or_one_already_copied_is_not_wanted() -> None
     assert not wants_local_copy(in_memory, DRAINED, "n1")
 
 
-def test_the_upload_of_a_memory_checkpoint_waits_for_its_local_copy() -> None:
+def test_the_upload_of_a_memory_checkpoint_starts_beside_its_local_copy() -> None:
     policy = CheckpointPolicySpec(tiers=[Tier.MEMORY, Tier.LOCAL, Tier.S3], target=TARGET)
     waiting = checkpoint()
     assert waiting.status.local is not None
     waiting.status.local.pool = "memory"
-    assert not ready_to_upload(waiting, policy)
+    assert wants_local_copy(waiting, policy, "n1") and ready_to_upload(waiting, policy)
     waiting.status.disk = waiting.status.local.model_copy(update={"path": "tier-store/ns/c", "pool": "nvme"})
-    assert ready_to_upload(waiting, policy)
-    direct = CheckpointPolicySpec(tiers=[Tier.MEMORY, Tier.S3], target=TARGET)
-    waiting.status.disk = None
-    assert ready_to_upload(waiting, direct)
-    assert ready_to_upload(checkpoint(), policy)  # a disk volume's copy is already local
+    assert not wants_local_copy(waiting, policy, "n1") and ready_to_upload(waiting, policy)
+    memory_only = CheckpointPolicySpec(tiers=[Tier.MEMORY])
+    assert not ready_to_upload(waiting, memory_only)
+    assert ready_to_upload(checkpoint(), policy)  # a disk volume's copy is uploaded as always
 
 
 def test_copy_lag_is_the_age_of_the_oldest_checkpoint_only_in_memory() -> None:
