@@ -10,10 +10,10 @@ against the manifest. Failed carries a reason. A failure that can clear by itsel
 a Secret not there yet, a verification that did not pass) is retried with backoff; a checkpoint
 whose files changed after it was committed is never uploaded, because no copy of it can be trusted.
 
-With tiers [memory, local, s3], a memory volume's checkpoint is first copied to this node's
-tier store by the memory drain (local_tier.py, a loop of its own, so an upload of minutes never
-holds memory full); its upload waits for that copy and reads from the memory copy while there is
-one, else from the tier store's.
+With tiers [memory, local, s3], a memory volume's checkpoint is copied to this node's tier store
+by the memory drain (local_tier.py, a loop of its own, so an upload of minutes never holds memory
+full) while it is uploaded here: the upload reads from the memory copy while there is one, else
+from the tier store's.
 
 After each pass, retention runs per series (one PVC's volume): `plan_retention` decides, this
 module deletes, and status always says what is left.
