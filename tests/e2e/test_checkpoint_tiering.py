@@ -151,7 +151,10 @@ def test_a_dcp_checkpoint_becomes_tiered_with_verified_bytes(bed: TestBed, train
     assert sent >= record["spec"]["sizeBytes"]
     assert scraped.value("cairn_checkpoints", node=node, phase="Tiered") >= 1
     assert scraped.value("cairn_checkpoint_upload_seconds_count", node=node) >= 1
-    assert scraped.value("cairn_checkpoint_tier_lag_seconds", node=node, namespace=NAMESPACE, pvc="llm") >= 0
+    lag = scraped.value(
+        "cairn_checkpoint_tier_lag_seconds", node=node, namespace=NAMESPACE, pvc="llm", tier="s3"
+    )
+    assert lag >= 0
 
 
 @dataclass
