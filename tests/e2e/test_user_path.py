@@ -203,6 +203,21 @@ def test_a_pod_keeps_its_volume_across_a_kubelet_restart(user_cluster: UserClust
     cluster.delete("pvc", "steady")
 
 
+def restart_node_agent(cluster: UserCluster, node: str) -> None:
+    """Deletes the node's agent pod and waits for the DaemonSet's new one to be ready."""
+    assert cluster.release is not None
+    old_agent = cluster.release.agent_pod(node)["metadata"]["name"]
+    cluster.kubectl("delete", "pod", "-n", CAIRN_NAMESPACE, old_agent, "--wait=true")
+
+    def new_agent_ready() -> bool:
+        assert cluster.release is not None
+        pod = cluster.release.agent_pod(node)
+        statuses = pod.get("status", {}).get("containerStatuses", [])
+        return pod["metadata"]["name"] != old_agent and bool(statuses) and all(s["ready"] for s in statuses)
+
+    wait_until(new_agent_ready, 120, f"a new node agent on {node}")
+
+
 def test_mounts_survive_a_node_agent_restart_and_the_new_agent_serves_new_pods(
     user_cluster: UserCluster,
 ) -> None:
@@ -211,15 +226,7 @@ def test_mounts_survive_a_node_agent_restart_and_the_new_agent_serves_new_pods(
     cluster.apply(cluster.claim("survivor", CLASS, "64Mi"))
     cluster.apply(cluster.pod("survivor", STEADY_WRITER, claim="survivor"))
     node = cluster.wait_pod("survivor")["spec"]["nodeName"]
-    old_agent = cluster.release.agent_pod(node)["metadata"]["name"]
-    cluster.kubectl("delete", "pod", "-n", CAIRN_NAMESPACE, old_agent, "--wait=true")
-
-    def new_agent_ready() -> bool:
-        pod = cluster.release.agent_pod(node)
-        statuses = pod.get("status", {}).get("containerStatuses", [])
-        return pod["metadata"]["name"] != old_agent and bool(statuses) and all(s["ready"] for s in statuses)
-
-    wait_until(new_agent_ready, 120, f"a new node agent on {node}")
+    restart_node_agent(cluster, node)
     # The volume stayed mounted in the pod: the agent's mounts live in the node's mount namespace
     # (Bidirectional propagation), not in the agent's container.
     seen = counter(cluster, "survivor")
@@ -251,15 +258,7 @@ def test_a_memory_claim_keeps_its_bytes_for_the_next_pod_and_across_an_agent_res
     written = cluster.exec("memwriter", "cat", "/tmp/sum").split()[0]
     cluster.delete("pod", "memwriter")
 
-    old_agent = cluster.release.agent_pod(node)["metadata"]["name"]
-    cluster.kubectl("delete", "pod", "-n", CAIRN_NAMESPACE, old_agent, "--wait=true")
-
-    def new_agent_ready() -> bool:
-        pod = cluster.release.agent_pod(node)
-        statuses = pod.get("status", {}).get("containerStatuses", [])
-        return pod["metadata"]["name"] != old_agent and bool(statuses) and all(s["ready"] for s in statuses)
-
-    wait_until(new_agent_ready, 120, f"a new node agent on {node}")
+    restart_node_agent(cluster, node)
     cluster.apply(cluster.pod("memreader", "sleep 3600", claim="scratch"))
     assert cluster.wait_pod("memreader")["spec"]["nodeName"] == node
     assert cluster.exec("memreader", "md5sum", "/data/step_1").split()[0] == written

@@ -5,8 +5,6 @@ is left to restore from."""
 from __future__ import annotations
 
 import os
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,6 +14,7 @@ from cairn.node_agent.checkpoints.local_tier import LocalTierCopier
 from cairn.node_agent.checkpoints.tiering import CheckpointTierer
 from cairn.node_agent.manifests import MANIFEST_NAME, Manifest, verify_tree
 from cairn.node_agent.memory.pool import TmpfsPool
+from tests.integration.memory_pool import VG, MiB
 from tests.unit.node_agent.checkpoints.test_local_tier import DRAINED, NAMESPACE, Policies
 from tests.unit.node_agent.checkpoints.test_restore_engine import write_checkpoint
 from tests.unit.node_agent.checkpoints.test_tiering_isolation import NODE, FakeCheckpointApi, RecordedEvents
@@ -25,18 +24,6 @@ pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root to mount tmpfs"),
     pytest.mark.timeout(60),
 ]
-
-MiB = 1024 * 1024
-VG = "cairn-memory"
-
-
-@pytest.fixture
-def pool(tmp_path: Path) -> Iterator[TmpfsPool]:
-    pool = TmpfsPool(tmp_path / "memory", 64 * MiB, VG)
-    yield pool
-    mounted = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
-    for target in sorted((m for m in mounted if m.startswith(str(tmp_path))), reverse=True):
-        subprocess.run(["umount", "-l", target], check=False)
 
 
 def test_a_checkpoint_leaves_memory_only_after_its_disk_copy_is_verified(

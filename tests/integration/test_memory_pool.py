@@ -6,32 +6,19 @@ from __future__ import annotations
 import errno
 import os
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from cairn.node_agent.lvm.errors import InsufficientSpace, LvAlreadyExists, LvInUse, LvNotFound
 from cairn.node_agent.memory.pool import TmpfsPool
+from tests.integration.memory_pool import VG, MiB
 
 pytestmark = [
     pytest.mark.root,
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root to mount tmpfs"),
     pytest.mark.timeout(60),
 ]
-
-MiB = 1024 * 1024
-VG = "cairn-memory"
-
-
-@pytest.fixture
-def pool(tmp_path: Path) -> Iterator[TmpfsPool]:
-    pool = TmpfsPool(tmp_path / "memory", 64 * MiB, VG)
-    yield pool
-    # Whatever a failed test left mounted, deepest first.
-    mounted = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
-    for target in sorted((m for m in mounted if m.startswith(str(tmp_path))), reverse=True):
-        subprocess.run(["umount", "-l", target], check=False)
 
 
 def fill(directory: Path, size: int) -> None:
