@@ -87,7 +87,7 @@ sanity: system-deps proto tools
 conformance: system-deps proto tools-and-images
 	$(PY) tools/conformance.py
 
-BENCHMARKS ?= publish_scaling create_latency hash_choice tier_upload checkpoint_stall commit_to_record checkpoint_restore data_path p2p_loopback swarm_tls p2p_seed prefetch memory_stall drain_lag
+BENCHMARKS ?= publish_scaling create_latency hash_choice tier_upload checkpoint_stall commit_to_record checkpoint_restore data_path p2p_loopback swarm_tls p2p_seed swarm_scale prefetch memory_stall drain_lag
 bench: system-deps proto tools
 	@for b in $(BENCHMARKS); do echo "== bench/$$b.py"; $(PY) -m bench.$$b || exit 1; done
 

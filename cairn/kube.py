@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import builtins
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
@@ -269,42 +268,6 @@ class ResourceClient(Generic[R]):
             except Exception:  # a dropped watch is routine: re-list and carry on
                 log.warning("watch on %s failed; re-listing", self.kind.PLURAL, exc_info=True)
                 time.sleep(1)
-
-
-def trigger_on_change(
-    resources: ResourceClient[R],
-    shape: Callable[[Typed[R]], object],
-    trigger: Callable[[], None],
-    stop: threading.Event,
-    name: str,
-) -> threading.Thread:
-    """Call `trigger` whenever an object's `shape` changes, appears or goes, from a watch in a thread.
-
-    A loop that polls every few seconds adds those seconds at every hand-off between components;
-    one that wakes on every event wakes N times for each of N agents' progress reports. `shape`
-    picks what the loop acts on, so only those changes wake it.
-    """
-    seen: dict[tuple[str, str], object] = {}
-
-    def on_event(kind: str, item: Typed[R]) -> None:
-        key = (item.metadata.get("namespace", ""), item.name)
-        if kind == "DELETED":
-            seen.pop(key, None)
-            trigger()
-            return
-        current = shape(item)
-        if seen.get(key, _UNSEEN) != current:
-            seen[key] = current
-            trigger()
-
-    thread = threading.Thread(
-        target=resources.informer, args=(on_event,), kwargs={"stop": stop.is_set}, name=name, daemon=True
-    )
-    thread.start()
-    return thread
-
-
-_UNSEEN = object()
 
 
 def made_once_secret(

@@ -10,12 +10,14 @@ import signal
 import socket
 import threading
 from pathlib import Path
+from typing import Any
 
 from kubernetes import client
 
 from cairn.api.checkpoint import Checkpoint
 from cairn.api.dataset import Dataset
 from cairn.api.disk import StorageNode
+from cairn.api.names import WAITING_FOR_DATA_LABEL
 from cairn.api.volume import LocalVolume, PoolClass
 from cairn.controller import metrics
 from cairn.controller.datasets.claim_gate import ClaimGate
@@ -23,13 +25,14 @@ from cairn.controller.datasets.controller import DatasetController
 from cairn.controller.datasets.eviction import Watermarks
 from cairn.controller.datasets.gate import DatasetGate
 from cairn.controller.datasets.swarm_authority import SEED_BYTES, SWARM_AUTHORITY_SECRET, SwarmAuthority
-from cairn.controller.nodes.lifecycle import NodeLifecycle
-from cairn.controller.populator import VolumePopulator
+from cairn.controller.nodes.lifecycle import NodeLifecycle, node_lease_sighting
+from cairn.controller.populator import VolumePopulator, claims_of_interest
 from cairn.controller.volumes.service import ControllerService
 from cairn.csi.identity import IdentityService
 from cairn.csi.proto import csi_pb2_grpc
 from cairn.csi.server import serve
 from cairn.events import EventRecorder
+from cairn.informer import CachedResources, Informer, Informers, as_model
 from cairn.kube import ResourceClient, claim_reader, load_api_client, made_once_secret
 from cairn.leader import LeaseElector
 from cairn.logs import setup_logging
@@ -115,15 +118,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def node_name_and_labels(node: dict[str, Any]) -> tuple[str, dict[str, str]]:
+    metadata = node["metadata"]
+    return str(metadata["name"]), dict(metadata.get("labels") or {})
+
+
 def start_cluster_loops(
     args: argparse.Namespace,
     api_client: client.ApiClient,
-    volumes: ResourceClient[LocalVolume],
-    storage_nodes: ResourceClient[StorageNode],
+    informers: Informers,
     stop: threading.Event,
 ) -> None:
-    """The Dataset controller and the volume populator: one set per cluster."""
+    """The Dataset controller and the volume populator: one set per cluster.
+
+    Every loop reads shared informer caches (cairn/informer.py), so none lists anything per pass.
+    """
     core = client.CoreV1Api(api_client)
+    volumes = informers.resources(LocalVolume)
+    storage_nodes = informers.resources(StorageNode)
+    datasets_cache = informers.resources(Dataset)
+    nodes: Informer[tuple[str, dict[str, str]]] = informers.core(
+        "nodes", core.list_node, node_name_and_labels
+    )
     seed = made_once_secret(
         api_client,
         args.populator_namespace,
@@ -132,34 +148,54 @@ def start_cluster_loops(
         lambda: secrets.token_bytes(SEED_BYTES),
     )
     datasets = DatasetController(
-        ResourceClient(api_client, Dataset),
+        datasets_cache,
         volumes,
         storage_nodes,
+        nodes,
         core,
         SwarmAuthority(seed),
         watermarks=args.watermarks,
         events=EventRecorder(api_client, "cairn-controller"),
     )
     threading.Thread(target=datasets.run, args=(stop,), name="datasets", daemon=True).start()
-    gate = DatasetGate(
-        core, ResourceClient(api_client, Dataset), EventRecorder(api_client, "cairn-controller")
+    waiting_pods = informers.core(
+        "pods",
+        core.list_pod_for_all_namespaces,
+        lambda pod: pod,
+        label_selector=f"{WAITING_FOR_DATA_LABEL}=true",
     )
+    gate = DatasetGate(core, datasets_cache, waiting_pods, EventRecorder(api_client, "cairn-controller"))
     threading.Thread(target=gate.run, args=(stop,), name="dataset-gate", daemon=True).start()
+    leases = informers.core(
+        "leases",
+        client.CoordinationV1Api(api_client).list_namespaced_lease,
+        node_lease_sighting,
+        args=(args.node_lease_namespace,),
+    )
     lifecycle = NodeLifecycle(
         storage_nodes,
         volumes,
         ResourceClient(api_client, Checkpoint),
-        ResourceClient(api_client, Dataset),
-        client.CoordinationV1Api(api_client),
+        datasets_cache,
+        leases,
+        nodes,
         core,
         EventRecorder(api_client, "cairn-controller"),
-        args.node_lease_namespace,
     )
     threading.Thread(target=lifecycle.run, args=(stop,), name="node-lifecycle", daemon=True).start()
     if not args.no_populator:
         populator = VolumePopulator(
             core,
-            client.StorageV1Api(api_client),
+            informers.core(
+                "persistentvolumeclaims",
+                core.list_persistent_volume_claim_for_all_namespaces,
+                claims_of_interest(as_model(api_client, "V1PersistentVolumeClaim"), args.populator_namespace),
+            ),
+            informers.core(
+                "storageclasses",
+                client.StorageV1Api(api_client).list_storage_class,
+                as_model(api_client, "V1StorageClass"),
+            ),
             ResourceClient(api_client, Checkpoint),
             ResourceClient(api_client, Dataset),
             EventRecorder(api_client, "cairn-controller"),
@@ -171,14 +207,13 @@ def start_cluster_loops(
 def run_cluster_loops(
     args: argparse.Namespace,
     api_client: client.ApiClient,
-    volumes: ResourceClient[LocalVolume],
-    storage_nodes: ResourceClient[StorageNode],
+    informers: Informers,
     stop: threading.Event,
 ) -> None:
     """Every replica serves CSI for its own sidecars; only the leader runs the cluster-wide loops."""
 
     def start() -> None:
-        start_cluster_loops(args, api_client, volumes, storage_nodes, stop)
+        start_cluster_loops(args, api_client, informers, stop)
 
     if not args.leader_elect:
         start()
@@ -200,8 +235,10 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as error:
         raise SystemExit(f"--default-pools: {error}; valid pools are nvme, ssd, hdd") from None
     api_client = load_api_client(args.kubeconfig)
-    volumes = ResourceClient(api_client, LocalVolume)
-    storage_nodes = ResourceClient(api_client, StorageNode)
+    stop = threading.Event()
+    informers = Informers(api_client, stop)
+    volumes: CachedResources[LocalVolume] = informers.resources(LocalVolume)
+    storage_nodes: CachedResources[StorageNode] = informers.resources(StorageNode)
     if args.metrics_address:
         metrics.serve(args.metrics_address, volumes)
     ready = threading.Event()
@@ -209,7 +246,7 @@ def main(argv: list[str] | None = None) -> None:
     def api_reachable() -> bool:
         if not ready.is_set():
             try:
-                storage_nodes.list()
+                ResourceClient(api_client, StorageNode).list()
                 ready.set()
             except Exception:  # while the API is unreachable, "not ready" is the answer
                 log.warning("Kubernetes API not reachable yet", exc_info=True)
@@ -224,9 +261,7 @@ def main(argv: list[str] | None = None) -> None:
         populator_namespace=args.populator_namespace,
         events=EventRecorder(api_client, "cairn-controller"),
     )
-    stop = threading.Event()
-
-    run_cluster_loops(args, api_client, volumes, storage_nodes, stop)
+    run_cluster_loops(args, api_client, informers, stop)
     if args.claim_gate_address:
         # Every replica answers: the webhook is stateless, and the Service spreads the apiserver's calls.
         threading.Thread(

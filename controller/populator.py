@@ -30,7 +30,9 @@ from kubernetes.client.exceptions import ApiException
 from cairn import API_GROUP, DRIVER_NAME
 from cairn.api.names import POPULATE_FOR_ANNOTATION, POPULATE_FROM_ANNOTATION, PRIME_CLAIM_PREFIX
 from cairn.api.volume import PopulateSource
+from cairn.background import Coalescing
 from cairn.events import EventRecorder
+from cairn.informer import Informer, require_synced
 from cairn.kube import ResourceClient
 
 log = logging.getLogger("cairn.controller.populator")
@@ -148,27 +150,57 @@ def trusted_populate_request(
 # -- the loop ------------------------------------------------------------------------------------
 
 
+def claim_of_interest(claim: dict[str, Any], populator_namespace: str) -> bool:
+    """A claim asking for a Cairn Checkpoint or Dataset, or one of the populator's own prime claims.
+
+    Read from the raw object, so the cache keeps (and parses into models) only these: the watch sees
+    every claim in the cluster, as no server-side selector can pick a data source.
+    """
+    metadata = claim.get("metadata") or {}
+    name = str(metadata.get("name", ""))
+    if metadata.get("namespace") == populator_namespace and name.startswith(PRIME_CLAIM_PREFIX):
+        return True
+    ref = (claim.get("spec") or {}).get("dataSourceRef") or {}
+    return ref.get("apiGroup") == API_GROUP and ref.get("kind") in SOURCE_KINDS
+
+
+def claims_of_interest(
+    convert: Callable[[dict[str, Any]], client.V1PersistentVolumeClaim], populator_namespace: str
+) -> Callable[[dict[str, Any]], client.V1PersistentVolumeClaim | None]:
+    """The converter of the populator's claim cache: a model for a claim of interest, else nothing."""
+
+    def keep(claim: dict[str, Any]) -> client.V1PersistentVolumeClaim | None:
+        return convert(claim) if claim_of_interest(claim, populator_namespace) else None
+
+    return keep
+
+
 @dataclass
 class VolumePopulator:
     core: client.CoreV1Api
-    storage: client.StorageV1Api
+    claims: Informer[client.V1PersistentVolumeClaim]
+    """Claims of interest (`claims_of_interest`), from one watch of every claim."""
+    storage_classes: Informer[client.V1StorageClass]
     checkpoints: ResourceClient
     datasets: ResourceClient
     events: EventRecorder
     namespace: str
     """Where prime claims live: the controller's own namespace, invisible to users."""
-    period: float = 2.0
+    period: float = 30.0
+    """A round reads the caches; this one re-runs what a missed wake-up would leave waiting."""
     _warned: set[str] = field(default_factory=set)
 
     def run(self, stop: threading.Event) -> None:
-        while not stop.wait(self.period):
-            try:
-                self.sync()
-            except Exception:  # the next round retries; a dropped API call is routine
-                log.warning("populator round failed", exc_info=True)
+        """A round when a claim it acts on changes (at most every 0.2 s), and every `period`."""
+        rounds = Coalescing("populator round", self.sync, stop, min_interval=0.2, period=self.period)
+        wake = rounds.start().trigger
+        self.claims.add_handler(lambda _kind, _claim: wake())
+        self.storage_classes.add_handler(lambda _kind, _class: wake())
+        stop.wait()
 
     def sync(self) -> None:
-        claims = self.core.list_persistent_volume_claim_for_all_namespaces().items
+        require_synced(self.claims, self.storage_classes)
+        claims = self.claims.items()
         by_key = {(c.metadata.namespace, c.metadata.name): c for c in claims}
         for claim in claims:
             source = source_ref(claim)
@@ -183,13 +215,8 @@ class VolumePopulator:
     def _ours(self, claim: client.V1PersistentVolumeClaim) -> bool:
         if not claim.spec.storage_class_name:
             return False
-        try:
-            storage_class = self.storage.read_storage_class(claim.spec.storage_class_name)
-        except ApiException as error:
-            if error.status == 404:
-                return False
-            raise
-        return storage_class.provisioner == DRIVER_NAME
+        storage_class = self.storage_classes.get(claim.spec.storage_class_name)
+        return storage_class is not None and storage_class.provisioner == DRIVER_NAME
 
     def _populate(self, claim: client.V1PersistentVolumeClaim, source: tuple[str, str, str]) -> None:
         key = f"{claim.metadata.namespace}/{claim.metadata.name}"
@@ -204,16 +231,16 @@ class VolumePopulator:
         if self._binding_waits_for_node(claim):
             return  # WaitForFirstConsumer: the scheduler has not picked a node yet
         prime = prime_name(claim)
-        try:
-            existing = self.core.read_namespaced_persistent_volume_claim(prime, self.namespace)
-        except ApiException as error:
-            if error.status != 404:
-                raise
-            existing = None
+        existing = self.claims.get(prime, self.namespace)
         if existing is None:
-            self.core.create_namespaced_persistent_volume_claim(
-                self.namespace, prime_claim(claim, source, self.namespace)
-            )
+            try:
+                self.core.create_namespaced_persistent_volume_claim(
+                    self.namespace, prime_claim(claim, source, self.namespace)
+                )
+            except ApiException as error:
+                if error.status == 409:
+                    return  # made by the previous round; its watch event has not arrived yet
+                raise
             self._event(claim, "Populating", f"filling a new volume from {kind} {namespace}/{name}")
             log.info("claim %s: populating from %s %s/%s", key, kind, namespace, name)
             return
@@ -246,8 +273,8 @@ class VolumePopulator:
         log.info("claim %s: volume %s populated, rebound", key, volume.metadata.name)
 
     def _binding_waits_for_node(self, claim: client.V1PersistentVolumeClaim) -> bool:
-        storage_class = self.storage.read_storage_class(claim.spec.storage_class_name)
-        delayed = storage_class.volume_binding_mode == "WaitForFirstConsumer"
+        storage_class = self.storage_classes.get(claim.spec.storage_class_name)
+        delayed = storage_class is not None and storage_class.volume_binding_mode == "WaitForFirstConsumer"
         return delayed and SELECTED_NODE not in (claim.metadata.annotations or {})
 
     def _finish_prime(

@@ -16,14 +16,15 @@ from kubernetes import client
 from cairn.api.checkpoint import Checkpoint, CheckpointPolicy
 from cairn.api.dataset import Dataset
 from cairn.api.disk import AgentEndpoints, LocalDisk, StorageNode
-from cairn.api.names import GROUP_VERSION, pool_vg
+from cairn.api.names import GROUP_VERSION, NODE_LABEL, REPLICA_NODE_LABEL, pool_vg
 from cairn.api.volume import DISK_CLASSES, LocalVolume, LocalVolumeSpec, PoolClass
 from cairn.background import Coalescing
 from cairn.csi.identity import IdentityService
 from cairn.csi.proto import csi_pb2_grpc
 from cairn.csi.server import serve
 from cairn.events import EventRecorder
-from cairn.kube import ResourceClient, egress_policy_reader, load_api_client, secret_reader, trigger_on_change
+from cairn.informer import Informers, trigger_on
+from cairn.kube import ResourceClient, egress_policy_reader, load_api_client, secret_reader
 from cairn.logs import setup_logging
 from cairn.node_agent import metrics
 from cairn.node_agent.checkpoints.drain import VolumeDrainer
@@ -349,6 +350,7 @@ def start_peer_plane(
 def start_dataset_agent(
     args: argparse.Namespace,
     api_client: Any,
+    informers: Informers,
     index: VolumeIndex,
     stop: threading.Event,
     identity: PeerIdentity | None,
@@ -358,11 +360,12 @@ def start_dataset_agent(
     if not args.p2p_address:
         return None, lambda: None
     host, port = split_address(args.p2p_address)
+    datasets = informers.resources(Dataset)
     agent = DatasetAgent(
         args.node_name,
         api_client,
-        ResourceClient(api_client, Dataset),
-        ResourceClient(api_client, StorageNode),
+        datasets,
+        informers.resources(StorageNode),
         index.lookup,
         args.state_dir,
         TorrentNode(host, port, tls=identity is not None),
@@ -371,13 +374,14 @@ def start_dataset_agent(
         args.background_bytes_per_second,
     )
     passes = Coalescing("datasets", agent.run_pass, stop, min_interval=0.2, period=2.0).start()
-    trigger_on_change(agent.datasets, wake_shape, passes.trigger, stop, "dataset-watch")
+    trigger_on(datasets.cache, wake_shape, passes.trigger)
     return agent, passes.trigger
 
 
 def start_checkpoints(
     args: argparse.Namespace,
     api_client: Any,
+    informers: Informers,
     lvm: Lvm,
     index: VolumeIndex,
     staged: StagedVolumes,
@@ -386,24 +390,30 @@ def start_checkpoints(
     identity: PeerIdentity | None,
 ) -> tuple[CheckpointWatcher, ReplicaKeeper, VolumeDrainer]:
     """Recording, tiering, retention and peer replicas of the checkpoints on this node's volumes,
-    and the drain that keeps an unstaged volume watched until its checkpoints are tiered."""
+    and the drain that keeps an unstaged volume watched until its checkpoints are tiered.
+
+    Their passes read this node's Checkpoints and every policy from shared caches: a pass every
+    second or two costs the apiserver nothing but the writes it makes.
+    """
+    here = informers.resources(Checkpoint, label_selector=f"{NODE_LABEL}={args.node_name}")
+    policies = informers.resources(CheckpointPolicy, serve_gets=True)
     tierer = CheckpointTierer(
         args.node_name,
-        ResourceClient(api_client, Checkpoint),
-        ResourceClient(api_client, CheckpointPolicy),
+        here,
+        policies,
         secret_reader(api_client),
         args.state_dir,
         path_of,
         EventRecorder(api_client, "cairn-node-agent"),
-        storage_nodes=ResourceClient(api_client, StorageNode),
+        storage_nodes=informers.resources(StorageNode),
     )
     # A pass also runs every few seconds: it resumes uploads interrupted by a restart and retries failures.
     tiering = Coalescing("tiering", tierer.run_pass, stop, min_interval=1.0, period=10.0).start()
     tier_root = args.state_dir / TIER_STORE_DIR
     copier = LocalTierCopier(
         args.node_name,
-        ResourceClient(api_client, Checkpoint),
-        ResourceClient(api_client, CheckpointPolicy),
+        here,
+        policies,
         path_of,
         tier_root,
         EventRecorder(api_client, "cairn-node-agent"),
@@ -420,8 +430,8 @@ def start_checkpoints(
 
     watcher = CheckpointWatcher(
         args.node_name,
-        ResourceClient(api_client, CheckpointPolicy),
-        ResourceClient(api_client, Checkpoint),
+        policies,
+        here,
         index.spec_of,
         period=args.checkpoint_poll_interval,
         on_recorded=lambda namespace, name: copied_or_recorded(),
@@ -430,7 +440,7 @@ def start_checkpoints(
     replicas = ReplicaKeeper(
         args.node_name,
         api_client,
-        ResourceClient(api_client, Checkpoint),
+        informers.resources(Checkpoint, label_selector=f"{REPLICA_NODE_LABEL}={args.node_name}"),
         store_root,
         identity,
         store=ReplicaStore(lvm, args.replica_store_pool, args.replica_store_bytes, store_root),
@@ -448,8 +458,8 @@ def start_checkpoints(
     drainer = VolumeDrainer(
         args.node_name,
         args.state_dir,
-        ResourceClient(api_client, Checkpoint),
-        ResourceClient(api_client, CheckpointPolicy),
+        here,
+        policies,
         EventRecorder(api_client, "cairn-node-agent"),
         index.spec_of,
         watcher.pending,
@@ -562,6 +572,7 @@ def main(argv: list[str] | None = None) -> None:
     log.info("LVM activation mode: %s", lvm.mode.value)
     api_client = load_api_client(args.kubeconfig)
     stop = threading.Event()
+    informers = Informers(api_client, stop)
     index, staged = VolumeIndex(), StagedVolumes(args.state_dir)
     # A new key at every start: it never leaves this node, and the StorageNode publishes its certificate.
     identity = (
@@ -585,9 +596,9 @@ def main(argv: list[str] | None = None) -> None:
         return Path(held) if held is not None else None
 
     publisher, publish_soon = start_disks(args, api_client, lvm, index, policy, stop, identity, memory)
-    datasets, dataset_pass = start_dataset_agent(args, api_client, index, stop, identity)
+    datasets, dataset_pass = start_dataset_agent(args, api_client, informers, index, stop, identity)
     watcher, replicas, drainer = start_checkpoints(
-        args, api_client, lvm, index, staged, path_of, stop, identity
+        args, api_client, informers, lvm, index, staged, path_of, stop, identity
     )
 
     def volumes_changed() -> None:
@@ -610,7 +621,7 @@ def main(argv: list[str] | None = None) -> None:
     clone_sources = CloneSources(args.state_dir, staged.path_of)
     if thawed := clone_sources.thaw_leftovers():
         log.warning("thawed clone sources a previous agent left frozen mid-copy: %s", thawed)
-    local_volumes = ResourceClient(api_client, LocalVolume)
+    local_volumes = informers.resources(LocalVolume, label_selector=f"{NODE_LABEL}={args.node_name}")
     memory_contents_lost = EventRecorder(api_client, "cairn-node-agent")
     if memory is not None:
         memory.on_lost = lambda volume: memory_contents_lost.record(
@@ -653,7 +664,7 @@ def main(argv: list[str] | None = None) -> None:
 
     threading.Thread(target=reconcile_forever, name="volumes", daemon=True).start()
     if args.peer_restore_address and identity is not None:
-        storage_nodes = ResourceClient(api_client, StorageNode)
+        storage_nodes = informers.resources(StorageNode)
         peers = PeerDirectory(lambda: [i.model for i in storage_nodes.list()])
         start_peer_plane(args, api_client, path_of, replicas, datasets, stop, identity, peers)
     server = serve_node(args, index, reconciler, staged, watcher, drainer, ready.is_set, memory)

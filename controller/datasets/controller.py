@@ -58,23 +58,27 @@ from cairn.controller.datasets.sharing import CopyOwner, borrowed_from, lenders
 from cairn.controller.datasets.swarm_authority import SwarmAuthority
 from cairn.events import EventRecorder
 from cairn.fault_injection import crash_point
-from cairn.kube import ResourceClient, Typed, trigger_on_change
+from cairn.informer import CachedResources, Informer, trigger_on
+from cairn.kube import Typed
 
 log = logging.getLogger("cairn.controller.datasets.controller")
 
 
 @dataclass
 class DatasetController:
-    datasets: ResourceClient
-    volumes: ResourceClient
-    storage_nodes: ResourceClient
+    datasets: CachedResources
+    volumes: CachedResources
+    storage_nodes: CachedResources
+    node_labels: Informer[tuple[str, dict[str, str]]]
+    """Each Node's name and labels, for targets chosen by node selector."""
     core: client.CoreV1Api
     authority: SwarmAuthority | None = None
     """Signs who may join each dataset's swarm; without it no swarm credentials are written."""
     watermarks: Watermarks | None = None
     """When a node's pool gives up copies to make room; None never evicts."""
     events: EventRecorder | None = None
-    period: float = 2.0
+    period: float = 10.0
+    """A round reads only caches; this one re-runs what a missed wake-up would leave waiting."""
     min_interval: float = 0.2
     _wake: threading.Event = field(default_factory=threading.Event)
 
@@ -82,8 +86,10 @@ class DatasetController:
         self._wake.set()
 
     def run(self, stop: threading.Event) -> None:
-        """A round on every trigger (see `wake_shape`), at most every `min_interval`, and every `period`."""
-        trigger_on_change(self.datasets, wake_shape, self.trigger, stop, "dataset-watch")
+        """A round on every trigger (see the shapes), at most every `min_interval`, and every `period`."""
+        trigger_on(self.datasets.cache, wake_shape, self.trigger)
+        trigger_on(self.storage_nodes.cache, node_wake_shape, self.trigger)
+        trigger_on(self.volumes.cache, copy_wake_shape, self.trigger)
         while not stop.is_set():
             self._wake.wait(self.period)
             self._wake.clear()
@@ -120,7 +126,7 @@ class DatasetController:
         metrics.DATASET_SUMMARIES.end_round((i.metadata.get("namespace", ""), i.name) for i in items)
 
     def _nodes(self) -> dict[str, tuple[StorageNode, dict[str, str]]]:
-        labels = {n.metadata.name: n.metadata.labels or {} for n in self.core.list_node().items}
+        labels = dict(self.node_labels.items())
         return {
             s.model.spec.node_name: (s.model, labels.get(s.model.spec.node_name, {}))
             for s in self.storage_nodes.list()
@@ -522,6 +528,21 @@ def copy_owner(item: Typed) -> CopyOwner:
         ),
         lendable=not failed and not item.metadata.get("deletionTimestamp"),
     )
+
+
+def node_wake_shape(item: Typed) -> object:
+    """A node joining, leaving or changing readiness re-plans targets; free-space ticks do not."""
+    node: StorageNode = item.model
+    pools = tuple(sorted(p.pool_class for p in node.status.pools))
+    return (node.status.ready, node.status.agent_gone(), pools)
+
+
+def copy_wake_shape(item: Typed) -> object:
+    """A dataset copy's volume appearing, going or changing phase; other volumes wake nothing."""
+    labels = item.metadata.get("labels") or {}
+    if DATASET_LABEL not in labels:
+        return None
+    return (labels[DATASET_LABEL], item.model.status.phase, item.metadata.get("deletionTimestamp"))
 
 
 def wake_shape(item: Typed) -> object:

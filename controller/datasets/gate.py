@@ -33,7 +33,8 @@ from cairn.controller.datasets.gating import (
     without_gate,
 )
 from cairn.events import EventRecorder
-from cairn.kube import ResourceClient, Typed, trigger_on_change
+from cairn.informer import CachedResources, Informer, require_synced, trigger_on
+from cairn.kube import Typed
 
 log = logging.getLogger("cairn.controller.datasets.gate")
 
@@ -41,7 +42,9 @@ log = logging.getLogger("cairn.controller.datasets.gate")
 @dataclass
 class DatasetGate:
     core: client.CoreV1Api
-    datasets: ResourceClient[Dataset]
+    datasets: CachedResources[Dataset]
+    waiting_pods: Informer[dict[str, Any]]
+    """Pods labelled as waiting for data, as the apiserver sends them (the gate works on raw pods)."""
     events: EventRecorder
     period: float = 2.0
     _told: dict[str, str] = field(default_factory=dict)
@@ -50,23 +53,23 @@ class DatasetGate:
     def run(self, stop: threading.Event) -> None:
         """A round whenever a Dataset's readiness changes, and every `period` for new waiting pods."""
         rounds = Coalescing("dataset gate round", self.sync, stop, min_interval=0.2, period=self.period)
-        trigger_on_change(self.datasets, readiness_shape, rounds.start().trigger, stop, "dataset-gate-watch")
+        wake = rounds.start().trigger
+        trigger_on(self.datasets.cache, readiness_shape, wake)
+        self.waiting_pods.add_handler(lambda _kind, _pod: wake())
         stop.wait()
 
     def sync(self) -> None:
-        pods = self.core.list_pod_for_all_namespaces(label_selector=f"{WAITING_FOR_DATA_LABEL}=true").items
+        require_synced(self.waiting_pods)
         waiting: Counter[tuple[str, str]] = Counter()
         live: set[str] = set()
-        for pod in pods:
-            raw = self.core.api_client.sanitize_for_serialization(pod)
+        for raw in self.waiting_pods.items():
             live.add(raw["metadata"].get("uid", ""))
             try:
                 for dataset in self.reconcile(raw):
                     waiting[(raw["metadata"]["namespace"], dataset)] += 1
             except Exception:
-                log.warning(
-                    "gate of pod %s/%s failed", pod.metadata.namespace, pod.metadata.name, exc_info=True
-                )
+                meta = raw["metadata"]
+                log.warning("gate of pod %s/%s failed", meta["namespace"], meta["name"], exc_info=True)
         self._told = {uid: said for uid, said in self._told.items() if uid in live}
         metrics.GATED_PODS.set_all(waiting)
         self._publish_waiting(waiting)

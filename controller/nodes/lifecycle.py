@@ -1,6 +1,7 @@
 """Dead and lost nodes: noticed by their agent's Lease, released without their agent.
 
-Every few seconds the controller looks at each StorageNode's agent Lease (cairn/node_lease.py).
+Every few seconds the controller looks at each StorageNode's agent Lease (cairn/node_lease.py), in
+its informers' caches: a pass costs the apiserver nothing.
 
 - **Dead:** the Lease stopped changing for longer than its duration. The StorageNode is marked not
   Ready with condition AgentLease=False, so placement, dataset targets, seeder and replica choice
@@ -34,10 +35,22 @@ from cairn.api.names import DRIVER_NAME, GROUP_VERSION, LOST_ANNOTATION, NODE_LE
 from cairn.api.volume import LocalVolume
 from cairn.controller.nodes.fates import Fate, NodeFacts, copies_dropped, fate_of
 from cairn.events import EventRecorder
+from cairn.informer import CachedResources, Informer, require_synced
 from cairn.kube import ResourceClient, Typed
 from cairn.lease_watch import LeaseSighting, LeaseWatch
 
 log = logging.getLogger("cairn.controller.nodes")
+
+
+def node_lease_sighting(lease: dict[str, Any]) -> tuple[str, LeaseSighting | None]:
+    """A Lease as the lifecycle reads it: the node it is for, and its renewal (None if not an agent's)."""
+    name = str(lease["metadata"].get("name") or "")
+    spec = lease.get("spec")
+    if not name.startswith(NODE_LEASE_PREFIX) or not spec:
+        return name, None
+    return name[len(NODE_LEASE_PREFIX) :], LeaseSighting(
+        str(spec.get("renewTime")), int(spec.get("leaseDurationSeconds") or 0)
+    )
 
 
 # -- the loop --------------------------------------------------------------------------------------
@@ -45,14 +58,16 @@ log = logging.getLogger("cairn.controller.nodes")
 
 @dataclass
 class NodeLifecycle:
-    storage_nodes: ResourceClient[StorageNode]
-    volumes: ResourceClient[LocalVolume]
+    storage_nodes: CachedResources[StorageNode]
+    volumes: CachedResources[LocalVolume]
     checkpoints: ResourceClient[Checkpoint]
-    datasets: ResourceClient[Dataset]
-    coordination: client.CoordinationV1Api
+    """Listed only when a node is lost: no cache of every Checkpoint is kept for that."""
+    datasets: CachedResources[Dataset]
+    node_leases: Informer[tuple[str, LeaseSighting | None]]
+    """The agents' Leases in their namespace, by node (see `node_lease_sighting`)."""
+    node_objects: Informer[tuple[str, dict[str, str]]]
     core: client.CoreV1Api
     events: EventRecorder
-    lease_namespace: str
     period: float = 5.0
     clock: Callable[[], float] = time.monotonic
 
@@ -67,21 +82,14 @@ class NodeLifecycle:
                 log.warning("node lifecycle pass failed", exc_info=True)
 
     def _sightings(self) -> Mapping[str, LeaseSighting]:
-        listed = self.coordination.list_namespaced_lease(self.lease_namespace)
-        sightings = {}
-        for lease in listed.items:
-            name = lease.metadata.name or ""
-            if name.startswith(NODE_LEASE_PREFIX) and lease.spec is not None:
-                sightings[name[len(NODE_LEASE_PREFIX) :]] = LeaseSighting(
-                    str(lease.spec.renew_time), lease.spec.lease_duration_seconds or 0
-                )
-        return sightings
+        return {node: sighting for node, sighting in self.node_leases.items() if sighting is not None}
 
     def run_pass(self) -> dict[str, Fate]:
+        require_synced(self.node_leases, self.node_objects)
         now = self.clock()
         nodes = self.storage_nodes.list()
         sightings = self._sightings()
-        node_objects = {n.metadata.name for n in self.core.list_node().items}
+        node_objects = {name for name, _labels in self.node_objects.items()}
         fates: dict[str, Fate] = {}
         for item in nodes:
             self.leases.observe(item.name, sightings.get(item.name), now)

@@ -49,6 +49,7 @@ from cairn.csi.errors import (
 from cairn.csi.proto import csi_pb2, csi_pb2_grpc
 from cairn.events import EventRecorder
 from cairn.fault_injection import crash_point
+from cairn.informer import CachedResources
 from cairn.kube import ResourceClient, Typed
 from cairn.units import human_bytes
 
@@ -70,7 +71,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
     def __init__(
         self,
         volumes: ResourceClient,
-        storage_nodes: ResourceClient,
+        storage_nodes: CachedResources,
         *,
         default_pools: tuple[PoolClass, ...] = (PoolClass.NVME,),
         ready_timeout: float = 120.0,
@@ -398,7 +399,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         wanted_node = segment.get(TOPOLOGY_KEY)
         pool = params.pools[0] if POOL_PARAMETER in request.parameters else None
         available = largest = 0
-        for item in self.storage_nodes.list():
+        for item in self._storage_nodes_at(wanted_node):
             node: StorageNode = item.model
             if wanted_node and node.spec.node_name != wanted_node:
                 continue
@@ -410,6 +411,14 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
             available_capacity=available,
             maximum_volume_size={"value": largest},
         )
+
+    def _storage_nodes_at(self, node_name: str | None) -> list[Typed]:
+        """One node's StorageNode (named after it) or all: external-provisioner asks GetCapacity once
+        per node and class every minute, which must not cost a walk over every node each time."""
+        if node_name:
+            found = self.storage_nodes.cached(node_name)
+            return [found] if found is not None else []
+        return self.storage_nodes.list()
 
     def ControllerExpandVolume(self, request, context: grpc.ServicerContext):
         require(request.volume_id, "ControllerExpandVolume needs a volume_id")

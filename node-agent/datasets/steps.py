@@ -72,3 +72,35 @@ def shared_copy_report(lender: str, lent: DatasetNodeStatus | None, checked: boo
         reason="SharedCopyNotReady",
         message=f"uses the copy of Dataset {lender} on this node, which is {state}",
     )
+
+
+PROGRESS_WRITES_PER_SECOND = 2.0
+"""Progress-only writes one Dataset takes from all its targets together, at most, on average.
+
+Every write to a Dataset goes to every agent and the controller that watch Datasets: if each of N
+targets reported every pass, the apiserver would send N²/2 events a second. Phase changes (a copy
+Ready, Failed, Verifying) are written at once; only the percentage waits.
+"""
+MIN_PROGRESS_SECONDS = 5.0
+
+
+def progress_interval(targets: int) -> float:
+    """Seconds between one node's progress-only reports, so all `targets` together stay in budget."""
+    return max(MIN_PROGRESS_SECONDS, targets / PROGRESS_WRITES_PER_SECOND)
+
+
+def report_due(
+    previous: DatasetNodeStatus | None,
+    updated: DatasetNodeStatus,
+    targets: int,
+    seconds_since_written: float | None,
+) -> bool:
+    """Whether this node's entry is written now: any change but progress at once, progress when due."""
+    if previous is None or seconds_since_written is None:
+        return True
+    moving = {"progress", "bytes_from_origin", "bytes_from_peers", "bytes_uploaded", "peers", "updated_at"}
+    if previous.model_dump(exclude=moving) != updated.model_dump(exclude=moving):
+        return True
+    if previous.model_copy(update={"updated_at": None}) == updated.model_copy(update={"updated_at": None}):
+        return False
+    return seconds_since_written >= progress_interval(targets)

@@ -37,6 +37,7 @@ from cairn.node_agent.datasets.pacing import (
 from cairn.node_agent.datasets.parts import part_peers, stranded
 from cairn.node_agent.datasets.peer_client import fetch_part_torrent, torrent_holders
 from cairn.node_agent.datasets.reports import NodeReports
+from cairn.node_agent.datasets.steps import report_due
 from cairn.node_agent.datasets.store import DATA_DIR, PartStore
 from cairn.node_agent.manifests import build_manifest
 from cairn.node_agent.p2p.addresses import split_address
@@ -84,6 +85,8 @@ class Joined:
     """This session checked the whole copy against the dataset's digest."""
     limits: dict[int, PartLimits] = field(default_factory=dict)
     """Per part, the rate limits its torrent was given (absent: none, unlimited)."""
+    reported_at: float | None = None
+    """When this session last wrote the node's entry (monotonic), to pace progress reports."""
 
 
 @dataclass
@@ -325,9 +328,12 @@ class Swarm:
                 if not status.is_seeding:
                     self._save_resume(namespace, item.name, index, joined.parts[index])
             joined.resume_saved_at = time.monotonic()
-        if updated != report.model_copy(update={"updated_at": None}):
+        now = time.monotonic()
+        since = None if joined.reported_at is None else now - joined.reported_at
+        if report_due(report, updated, len(dataset.status.target_nodes), since):
             updated.updated_at = datetime.now(UTC)
             self.reports.report(item.name, namespace, updated)
+            joined.reported_at = now
         log.debug("dataset %s/%s: %.1f%% from %d peers", namespace, item.name, 100 * progress, peers)
 
     def copy_checked(self, namespace: str, name: str) -> bool:

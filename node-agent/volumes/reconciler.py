@@ -18,6 +18,7 @@ from cairn.api.names import NODE_LABEL, VOLUME_FINALIZER, pool_vg
 from cairn.api.volume import LocalVolumeSpec, LocalVolumeStatus, VolumeAccess, VolumePhase
 from cairn.background import backoff_seconds
 from cairn.fault_injection import crash_point
+from cairn.informer import CachedResources
 from cairn.kube import ResourceClient, Typed
 from cairn.node_agent.host.device_copy import CopyError, copy_device
 from cairn.node_agent.lvm.errors import (
@@ -131,6 +132,11 @@ class VolumeReconciler:
     # -- reconcile ---------------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
+        """Every event on this node's LocalVolumes, one at a time, from the shared cache when there is one."""
+        if isinstance(self.volumes, CachedResources):
+            self.volumes.cache.add_handler(self.handle)
+            stop.wait()
+            return
         self.volumes.informer(self.handle, label_selector=f"{NODE_LABEL}={self.node_name}", stop=stop.is_set)
 
     def handle(self, event: str, item: Typed) -> None:

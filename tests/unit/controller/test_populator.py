@@ -125,3 +125,21 @@ def test_a_target_naming_a_source_in_another_namespace_is_refused() -> None:
     with pytest.raises(PopulateRefused) as refused:
         trusted_populate_request(prime, POPULATOR, reader(target))
     assert refused.value.reason == "CrossNamespaceSource"
+
+
+def test_the_claim_cache_keeps_only_claims_asking_for_a_cairn_source_and_prime_claims() -> None:
+    from cairn.api.names import PRIME_CLAIM_PREFIX
+    from cairn.controller.populator import claims_of_interest
+
+    def claim(namespace: str, name: str, ref: dict | None = None) -> dict:
+        return {"metadata": {"namespace": namespace, "name": name}, "spec": {"dataSourceRef": ref}}
+
+    keep = claims_of_interest(lambda raw: raw["metadata"]["name"], "cairn-system")
+    assert keep(claim("team", "a", {"apiGroup": "cairn.dev", "kind": "Dataset", "name": "d"})) == "a"
+    assert keep(claim("team", "b", {"apiGroup": "cairn.dev", "kind": "Checkpoint", "name": "c"})) == "b"
+    assert keep(claim("cairn-system", f"{PRIME_CLAIM_PREFIX}x")) == f"{PRIME_CLAIM_PREFIX}x"
+    # Everything else is never parsed or kept: a snapshot source, another group, a plain claim.
+    assert keep(claim("team", "c", {"apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot"})) is None
+    assert keep(claim("team", "d", {"apiGroup": "example.com", "kind": "Dataset"})) is None
+    assert keep(claim("team", "e")) is None
+    assert keep(claim("team", f"{PRIME_CLAIM_PREFIX}x")) is None
