@@ -40,7 +40,7 @@ T = TypeVar("T")
 Key = tuple[str, str]
 """(namespace, name); the namespace is "" for cluster-scoped kinds."""
 
-WATCH_SECONDS = 300
+WATCH_SECONDS = 60
 """How long one watch request lasts before it is re-opened from the last version seen."""
 RETRY_SECONDS = 1.0
 DELETIONS_REMEMBERED = 10_000
