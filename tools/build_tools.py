@@ -161,6 +161,15 @@ TOOLS: dict[str, GoTool] = {
             method="wrapper",
             ldflags="-s -w",
         ),
+        # The scale bench's fake nodes: kwok keeps Node objects Ready with leases and runs their
+        # pods without kubelets (bench/scale). Its go.mod has no replace directives.
+        GoTool(
+            name="kwok",
+            module="sigs.k8s.io/kwok",
+            version="v0.8.0",
+            package="sigs.k8s.io/kwok/cmd/kwok",
+            ldflags="-s -w",
+        ),
         GoTool(
             name="helm",
             module="helm.sh/helm/v3",
