@@ -333,8 +333,8 @@ def ensure(names: list[str]) -> None:
     if missing:
         log(
             f"building {', '.join(t.name for t in missing)} from source; with no Go caches at all this"
-            " took 33 minutes on 2 cores (all 11 tools before kwok), with Go's caches warm a few minutes, and with"
-            " .cache/tools warm under a second"
+            " took 33 minutes on 2 cores (all 11 tools before kwok), with Go's caches warm a few"
+            " minutes, and with .cache/tools warm under a second"
         )
     for index, tool in enumerate(missing, 1):
         log(f"[{index}/{len(missing)}] {tool.name} {tool.version}")

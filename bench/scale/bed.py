@@ -39,6 +39,7 @@ CONTROLLER_FLOW = "cairn-scale-controller"
 AGENTS_FLOW = "cairn-scale-node-agents"
 FLOWS = {CONTROLLER_FLOW: "cairn-controller", AGENTS_FLOW: "cairn-node-agent"}
 """Flow schema -> the ServiceAccount whose requests it counts."""
+KWOK_STAGES = Path(__file__).with_name("kwok-stages.yaml")
 NODE_LEASE_SECONDS = 40
 """kwok's Node Leases last as long as kubelet's do by default."""
 
@@ -88,6 +89,8 @@ class ScaleBed:
                     str(tool_path("kwok")),
                     "--kubeconfig",
                     str(self.control_plane.kubeconfigs["admin"]),
+                    "--config",
+                    str(KWOK_STAGES),
                     "--manage-all-nodes=false",
                     f"--manage-nodes-with-annotation-selector={KWOK_ANNOTATION}={KWOK_VALUE}",
                     f"--node-lease-duration-seconds={NODE_LEASE_SECONDS}",
@@ -137,7 +140,8 @@ class ScaleBed:
         with urllib.request.urlopen(f"{cp.server_url}/metrics", timeout=30, context=context) as response:
             return response.read().decode()
 
-    def count(self, list_call: Callable[..., Any], *args: Any, where: Callable[[dict], bool]) -> int:
+    @staticmethod
+    def count(list_call: Callable[..., Any], *args: Any, where: Callable[[dict], bool]) -> int:
         """How many listed objects satisfy `where`, read as raw JSON (10,000 models parse slowly)."""
         body = json.loads(list_call(*args, _preload_content=False).data)
         return sum(1 for item in body.get("items") or [] if where(item))
@@ -166,7 +170,7 @@ class ScaleBed:
         wait_for(lambda: self.count(core.list_node, where=ready) >= count, timeout, f"{count} Nodes Ready")
 
 
-def run_all(action: Callable[[Any], None], items: Sequence[Any], workers: int) -> None:
+def run_all(action: Callable[[Any], object], items: Sequence[Any], workers: int) -> None:
     """`action` on every item from a few threads; the first failure is raised after the rest ran."""
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for future in [pool.submit(action, item) for item in items]:

@@ -94,15 +94,12 @@ MISSING_S3_ENDPOINT = "http://127.0.0.1:9"
 
 def dataset_body(index: int, nodes: list[str], namespace: str = "default") -> dict[str, Any]:
     """A small Dataset on `nodes` whose S3 origin does not exist: it stays where the controller left it."""
+    source = {"s3": {"url": f"s3://scale-bench-missing/set-{index}", "endpoint": MISSING_S3_ENDPOINT}}
     return {
         "apiVersion": GROUP_VERSION,
         "kind": "Dataset",
         "metadata": {"name": f"scale-dataset-{index:03d}", "namespace": namespace},
-        "spec": {
-            "source": {"s3": {"url": f"s3://scale-bench-missing/set-{index}", "endpoint": MISSING_S3_ENDPOINT}},
-            "nodes": {"names": nodes},
-            "pool": "nvme",
-        },
+        "spec": {"source": source, "nodes": {"names": nodes}, "pool": "nvme"},
     }
 
 
@@ -198,7 +195,7 @@ def metric_sum(text: str, name: str, labels: Mapping[str, str] | None = None) ->
 def cpu_seconds(stat_text: str, ticks_per_second: int) -> float:
     """utime + stime of /proc/<pid>/stat, in seconds (the command name may hold spaces and parens)."""
     fields = stat_text[stat_text.rindex(")") + 2 :].split()
-    # After the name, field 3 of proc(5) is the first: utime and stime are fields 14 and 15.
+    # The split starts at proc(5)'s field 3 (state): utime and stime, fields 14 and 15, are 11 and 12.
     return (int(fields[11]) + int(fields[12])) / ticks_per_second
 
 
