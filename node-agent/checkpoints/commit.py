@@ -363,6 +363,10 @@ class CommitTracker:
                 del self._baselines[path]
         return sorted(ready)
 
+    def retry(self, path: str) -> None:
+        """A reported checkpoint whose record could not be written: it settles and is offered again."""
+        self._reported.discard(path)
+
     def next_ready_at(self) -> float | None:
         """The earliest moment (on the clock `observe` is given) a settling checkpoint could be
         reported, if nothing changes in it: the next look is worth taking then, not a period later."""

@@ -65,6 +65,8 @@ class WatchedVolume:
     policy_version: str = ""
     polled_at: float = 0.0
     """Monotonic time the last poll that completed began: a drain trusts only a look taken after it."""
+    recording: set[str] = field(default_factory=set)
+    """Settled checkpoints whose record is being written: waiting still, for a drain, until it exists."""
     looked_early_for: float | None = None
     """The settle moment an early look was last taken for: one early look per moment, so a
     checkpoint that is still not ready then (an in-progress name left in it) waits for the round."""
@@ -102,10 +104,10 @@ class CheckpointWatcher:
         that are not recorded yet (settling); None if the volume is not watched."""
         with self._lock:
             watched = self._volumes.get(volume)
-        if watched is None:
-            return None
-        waiting = watched.tracker.waiting() if watched.tracker else []
-        return watched.polled_at, [w.candidate.path for w in waiting]
+            if watched is None:
+                return None
+            waiting = [w.candidate.path for w in watched.tracker.waiting()] if watched.tracker else []
+            return watched.polled_at, sorted({*waiting, *watched.recording})
 
     def staging_path_of(self, volume: str) -> Path | None:
         with self._lock:
@@ -175,9 +177,28 @@ class CheckpointWatcher:
             )
             volume.policy_version = policy.resource_version
         snapshot = snapshot_tree(volume.staging_path, skip=volume.tracker.reported)
-        ready = volume.tracker.observe(snapshot, time.monotonic() if now is None else now)
-        for candidate in ready:
-            self._record(volume, spec, policy_spec, candidate)
+        # Settled and not yet recorded, a checkpoint is in neither the tracker's waiting list nor the
+        # Checkpoints: both steps under the lock `pending` takes, so a drain always sees it in one.
+        with self._lock:
+            ready = volume.tracker.observe(snapshot, time.monotonic() if now is None else now)
+            volume.recording.update(c.path for c in ready)
+        recorded = 0
+        try:
+            for candidate in ready:
+                self._record(volume, spec, policy_spec, candidate)
+                recorded += 1
+                with self._lock:
+                    volume.recording.discard(candidate.path)
+        except Exception:
+            # Offered again once they settle anew: a failed write (the API, a full disk) must not
+            # leave committed checkpoints unrecorded for as long as their directories live.
+            with self._lock:
+                for candidate in ready[recorded:]:
+                    volume.tracker.retry(candidate.path)
+            raise
+        finally:
+            with self._lock:
+                volume.recording.difference_update(c.path for c in ready)
         return ready
 
     def _record(
