@@ -44,6 +44,7 @@ from .scale.objects import (
     metric_sum,
     node_names,
     per_node_per_minute,
+    progress_dataset_body,
     vm_rss_bytes,
 )
 
@@ -148,6 +149,54 @@ def create_latencies(socket: Path, count: int) -> tuple[list[float], int]:
         channel.close()
 
 
+def seed_everywhere(bed: ScaleBed, names: list[str], seconds: float) -> dict[str, Any]:
+    """One Dataset on every node, "seeded" over `seconds`: the writes its N targets and the controller make.
+
+    The targets' reports are the agent's own, paced as the agent paces them (simulated_agents.py,
+    SimulatedCopy); the controller sums them into readyCount as it would. Counted: every write to a
+    Dataset in that time, the object's size at the end, and how long until the controller said N/N.
+    """
+    custom = client.CustomObjectsApi(bed.api_client())
+    body = progress_dataset_body(names, seconds)
+    name = body["metadata"]["name"]
+    text_before, started = bed.metrics_text(), time.monotonic()
+    custom.create_namespaced_custom_object(GROUP, VERSION, "default", "datasets", body)
+
+    def read() -> dict[str, Any]:
+        raw = custom.get_namespaced_custom_object(
+            GROUP, VERSION, "default", "datasets", name, _preload_content=False
+        ).data
+        return {"bytes": len(raw), "status": json.loads(raw).get("status") or {}}
+
+    wait_for(
+        lambda: read()["status"].get("readyCount", 0) >= len(names),
+        seconds * 3 + 120 + len(names) * 0.2,
+        f"Dataset {name} Ready on {len(names)} nodes",
+        every=1,
+    )
+    ready_s = time.monotonic() - started
+    text_after = bed.metrics_text()
+    final = read()
+    writes = dataset_patches(text_after) - dataset_patches(text_before)
+    log(
+        f"{name}: Ready on {len(names)} nodes {ready_s:.0f}s after creation; {writes:.0f} writes "
+        f"({writes / ready_s:.1f}/s, {writes / len(names):.1f} per target); object {final['bytes']} B"
+    )
+    return {
+        "targets": len(names),
+        "seed_seconds": seconds,
+        "ready_s": ready_s,
+        "writes": writes,
+        "writes_per_s": writes / ready_s,
+        "writes_per_target": writes / len(names),
+        "object_bytes": final["bytes"],
+        "object_bytes_per_target": final["bytes"] / len(names),
+        # What a real cluster's watchers (every agent and the controller) would be sent, at most: the
+        # object only grows, so every write is counted at its final size.
+        "watch_bytes_at_most_cluster": writes * final["bytes"] * (len(names) + 2),
+    }
+
+
 def flows(text: str) -> dict[str, float]:
     name = "apiserver_flowcontrol_dispatched_requests_total"
     return {flow: metric_sum(text, name, {"flow_schema": flow}) for flow in (CONTROLLER_FLOW, AGENTS_FLOW)}
@@ -166,7 +215,7 @@ def list_bytes(text: str) -> dict[str, float]:
     return {r: metric_sum(text, name, {"resource": r, "verb": "LIST"}) for r in LISTED}
 
 
-def one_run(nodes: int, window_s: float, creates: int, settle_s: float) -> dict[str, Any]:
+def one_run(nodes: int, window_s: float, creates: int, settle_s: float, seed_s: float) -> dict[str, Any]:
     log(f"== {nodes} nodes")
     with scale_bed() as bed:
         names = node_names(nodes)
@@ -267,6 +316,7 @@ def one_run(nodes: int, window_s: float, creates: int, settle_s: float) -> dict[
                 f"CreateVolume p50 {percentile(latencies, 50) * 1000:.0f} ms, "
                 f"p99 {percentile(latencies, 99) * 1000:.0f} ms"
             )
+            seeding = seed_everywhere(bed, names, seed_s)
             objects = nodes * 3 + counts["localvolumes"] + counts["datasets"] + counts["checkpoints"]
             return {
                 "nodes": nodes,
@@ -281,6 +331,7 @@ def one_run(nodes: int, window_s: float, creates: int, settle_s: float) -> dict[
                 ),
                 "agent_requests_per_node_minute": per_node_per_minute(requests[AGENTS_FLOW], nodes, elapsed),
                 "dataset_writes_per_s": writes,
+                "seed_everywhere": seeding,
                 "list_response_bytes_per_s": listed_bytes,
                 "dataset_phases": phases,
                 "create_p50_s": percentile(latencies, 50),
@@ -309,13 +360,16 @@ def main() -> None:
     parser.add_argument(
         "--settle-s", type=float, default=30.0, help="wait after steady state, before the window"
     )
+    parser.add_argument(
+        "--seed-s", type=float, default=120.0, help="how long the one Dataset on every node takes to seed"
+    )
     args = parser.parse_args()
     small, large = (int(n) for n in args.nodes.split(","))
     digest = source_digest()
     busy = other_load()
     if busy:
         log("other benchmarks or tests are running; CPU figures are noisy: " + "; ".join(busy))
-    runs = [one_run(n, args.window_s, args.creates, args.settle_s) for n in (small, large)]
+    runs = [one_run(n, args.window_s, args.creates, args.settle_s, args.seed_s) for n in (small, large)]
     base, scale = runs
     (REPO_ROOT / "bench" / "results").mkdir(exist_ok=True)
     params: dict[str, Any] = {
@@ -387,12 +441,26 @@ def main() -> None:
             "rss_mib": [r["controller_rss_bytes"] / MiB for r in runs],
         },
     )
+    seeded = [run["seed_everywhere"] for run in runs]
     report(
         "scale_dataset_writes",
-        scale["dataset_writes_per_s"],
-        base["dataset_writes_per_s"],
-        "status writes/s",
-        params,
+        seeded[1]["writes_per_s"],
+        seeded[0]["writes_per_s"],
+        f"writes/s to one Dataset seeding on every node over {args.seed_s:.0f}s",
+        {
+            **params,
+            "seed_everywhere": seeded,
+            "steady_dataset_writes_per_s": [run["dataset_writes_per_s"] for run in runs],
+        },
+        goal="bounded: phase changes (about 2 per target) plus about 2 progress writes/s",
+    )
+    report(
+        "scale_dataset_object_bytes",
+        seeded[1]["object_bytes"],
+        seeded[0]["object_bytes"],
+        f"bytes of that Dataset at {large} vs {small} targets",
+        {**params, "seed_everywhere": seeded, "etcd_limit_bytes": int(1.5 * MiB)},
+        goal="bounded (open: per-node detail still lives in the Dataset)",
     )
     for run in runs:
         log(

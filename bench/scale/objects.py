@@ -88,6 +88,8 @@ def checkpoint_body(node: str, index: int, namespace: str = "default") -> dict[s
     }
 
 
+SIMULATED_SEED_SECONDS_ANNOTATION = "bench.cairn.dev/simulated-seed-seconds"
+"""Read by bench/scale/simulated_agents.py: its targets report a copy done after this many seconds."""
 MISSING_S3_ENDPOINT = "http://127.0.0.1:9"
 """The discard port: nothing answers, so no Dataset ever gets past listing its origin."""
 
@@ -101,6 +103,17 @@ def dataset_body(index: int, nodes: list[str], namespace: str = "default") -> di
         "metadata": {"name": f"scale-dataset-{index:03d}", "namespace": namespace},
         "spec": {"source": source, "nodes": {"names": nodes}, "pool": "nvme"},
     }
+
+
+def progress_dataset_body(nodes: list[str], seconds: float, namespace: str = "default") -> dict[str, Any]:
+    """One Dataset on every node, which the simulated agents "seed" over `seconds` (reports only)."""
+    body = dataset_body(0, nodes, namespace)
+    body["metadata"] = {
+        "name": "scale-progress",
+        "namespace": namespace,
+        "annotations": {SIMULATED_SEED_SECONDS_ANNOTATION: str(seconds)},
+    }
+    return body
 
 
 def dataset_nodes(index: int, names: list[str], per_dataset: int = 3) -> list[str]:

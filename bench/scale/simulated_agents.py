@@ -7,11 +7,13 @@ informer (`cairn.informer.Informers`, one per node as each agent process has one
 node's label. The node's two Checkpoint informers (its own, and the replicas it holds) are opened
 too, as the agent opens them, though nothing here reads them: their watches are part of the cost.
 
-Only LVM is simulated (`InMemoryLvm`): one nvme pool of fixed size whose free space is arithmetic.
-Not run: disk discovery, datasets, checkpoint tiering, the CSI Node service, the orphan sweeper and
-the agent's three cluster-wide informers (StorageNodes, Datasets, CheckpointPolicies). A thousand
-copies of every StorageNode in one Python process would measure this process, not Cairn. The README's
-Scale section adds what they cost per node (a watch renewal a minute each, the sweeper's list).
+Simulated: LVM (`InMemoryLvm`: one nvme pool of fixed size whose free space is arithmetic), and
+dataset copies (`SimulatedCopy`: no bytes move, each target's status reports are the agent's own).
+Not run: disk discovery, the swarm, checkpoint tiering, the CSI Node service, the orphan sweeper,
+and the agent's cluster-wide informers (StorageNodes, Datasets, CheckpointPolicies) but for one
+Dataset informer the whole process shares. A thousand copies of every StorageNode in one Python
+process would measure this process, not Cairn. The README's Scale section adds what they cost per
+node (a watch renewal a minute each, the sweeper's list) and the watch events they receive.
 
 Periodic calls (Lease renewals, the 30 s StorageNode safety-net publish) run from one timetable
 and a few worker threads instead of a thread each per node, with the agent's periods; the
@@ -35,18 +37,23 @@ import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import cast
 
 from kubernetes import client
 
+from bench.scale.objects import SIMULATED_SEED_SECONDS_ANNOTATION
 from cairn.api.checkpoint import Checkpoint
+from cairn.api.dataset import Dataset, DatasetNodeStatus, NodePhase
 from cairn.api.disk import AgentEndpoints, StorageNode
 from cairn.api.names import NODE_LABEL, OWNED_TAG, REPLICA_NODE_LABEL, pool_vg
 from cairn.api.volume import LocalVolume, PoolClass
-from cairn.informer import Informers
+from cairn.informer import CachedResources, Informers
 from cairn.kube import ResourceClient, load_api_client
 from cairn.logs import setup_logging
+from cairn.node_agent.datasets.reports import NodeReports
+from cairn.node_agent.datasets.steps import report_due
 from cairn.node_agent.lvm.adapter import Lvm
 from cairn.node_agent.lvm.errors import InsufficientSpace, LvAlreadyExists, LvNotFound, VgNotFound
 from cairn.node_agent.lvm.report import LvInfo, PvInfo, VgInfo
@@ -62,6 +69,8 @@ DEFAULT_POOL_BYTES = 7 * 1024**4
 PUBLISH_PERIOD = 30.0
 """The agent's safety-net publish period (node-agent/main.py, start_disks)."""
 PUBLISH_MIN_INTERVAL = 0.5
+PASS_SECONDS = 2.0
+"""The agent's dataset pass period (node-agent/main.py, start_dataset_agent)."""
 WATCHES_PER_NODE = 3
 """Its LocalVolumes, its Checkpoints and the replicas it holds."""
 
@@ -264,6 +273,53 @@ class Timetable:
             log.warning("%s failed", due.key, exc_info=True)
 
 
+# -- dataset copies: no bytes, the agent's reports --------------------------------------------------
+
+
+class SimulatedCopy:
+    """A SIMULATED node's dataset copies: progress climbs with the clock; only the reports are real.
+
+    Each pass writes through the agent's own `NodeReports`, when the agent's own `report_due` says a
+    report is due: Downloading at the first pass, progress as paced, Ready at the end. So the
+    Dataset takes the writes N real targets would send it, and the controller sums them as it would.
+    """
+
+    def __init__(self, node: str, datasets: CachedResources) -> None:
+        self.node = node
+        self.datasets = datasets
+        self.reports = NodeReports(node, datasets)
+        self._began: dict[str, float] = {}
+        self._reported_at: dict[str, float] = {}
+
+    def run_pass(self) -> None:
+        for item in self.datasets.cache.items():
+            seconds = (item.metadata.get("annotations") or {}).get(SIMULATED_SEED_SECONDS_ANNOTATION)
+            dataset: Dataset = item.model
+            if seconds is None or self.node not in dataset.status.target_nodes:
+                continue
+            namespace = item.metadata.get("namespace", "")
+            key = f"{namespace}/{item.name}"
+            now = time.monotonic()
+            began = self._began.setdefault(key, now)
+            report = dataset.status.nodes.get(self.node, DatasetNodeStatus())
+            if report.phase == NodePhase.READY:
+                continue
+            progress = min(1.0, (now - began) / max(float(seconds), PASS_SECONDS))
+            updated = DatasetNodeStatus(
+                phase=NodePhase.READY if progress >= 1.0 else NodePhase.DOWNLOADING,
+                progress=progress,
+                bytes_from_peers=int(progress * MiB),
+                peers=min(len(dataset.status.target_nodes) - 1, 50),
+                digest="sha256:" + "0" * 64 if progress >= 1.0 else None,
+            )
+            written = self._reported_at.get(key)
+            since = None if written is None else now - written
+            if report_due(report, updated, len(dataset.status.target_nodes), since, self.node):
+                updated.updated_at = datetime.now(UTC)
+                self.reports.report(item.name, namespace, updated)
+                self._reported_at[key] = now
+
+
 # -- one simulated node ------------------------------------------------------------------------------
 
 
@@ -278,9 +334,11 @@ class SimulatedNode:
         pool_bytes: int,
         lease_namespace: str,
         stop: threading.Event,
+        datasets: CachedResources,
     ) -> None:
         self.name = name
         self.informers = Informers(api, stop)
+        self.copies = SimulatedCopy(name, datasets)
         self.lvm = InMemoryLvm(name, {PoolClass.NVME.value: pool_bytes})
         self.index = VolumeIndex()
         self.timetable = timetable
@@ -321,6 +379,9 @@ class SimulatedNode:
             PUBLISH_PERIOD,
             self.publisher.publish,
             random.uniform(0, PUBLISH_PERIOD),
+        )
+        self.timetable.every(
+            f"datasets {self.name}", PASS_SECONDS, self.copies.run_pass, random.uniform(0, PASS_SECONDS)
         )
         threading.Thread(
             target=self.reconciler.run, args=(stop,), name=f"volumes-{self.name}", daemon=True
@@ -364,8 +425,11 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     timetable = Timetable(stop, workers=args.workers)
     threading.Thread(target=timetable.run, name="timetable", daemon=True).start()
+    # One Dataset cache for the process, not one per node: see the module's docstring.
+    datasets = Informers(api, stop).resources(Dataset)
     nodes = [
-        SimulatedNode(n, api, timetable, args.pool_bytes, args.node_lease_namespace, stop) for n in names
+        SimulatedNode(n, api, timetable, args.pool_bytes, args.node_lease_namespace, stop, datasets)
+        for n in names
     ]
     spread = DEFAULT_LEASE_SECONDS / 4
     with ThreadPoolExecutor(max_workers=args.start_workers) as pool:

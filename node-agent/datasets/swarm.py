@@ -330,7 +330,7 @@ class Swarm:
             joined.resume_saved_at = time.monotonic()
         now = time.monotonic()
         since = None if joined.reported_at is None else now - joined.reported_at
-        if report_due(report, updated, len(dataset.status.target_nodes), since):
+        if report_due(report, updated, len(dataset.status.target_nodes), since, self.node_name):
             updated.updated_at = datetime.now(UTC)
             self.reports.report(item.name, namespace, updated)
             joined.reported_at = now

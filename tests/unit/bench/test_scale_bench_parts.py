@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from bench.scale import simulated_agents
 from bench.scale.objects import (
     TiB,
     cpu_seconds,
@@ -14,10 +15,14 @@ from bench.scale.objects import (
     metric_sum,
     node_body,
     per_node_per_minute,
+    progress_dataset_body,
     vm_rss_bytes,
 )
-from bench.scale.simulated_agents import EXTENT_BYTES, InMemoryLvm, Timetable
+from bench.scale.simulated_agents import EXTENT_BYTES, PASS_SECONDS, InMemoryLvm, SimulatedCopy, Timetable
+from cairn.api.dataset import Dataset, DatasetNodeStatus, DatasetStatus, NodePhase
 from cairn.api.names import TOPOLOGY_KEY
+from cairn.kube import Typed
+from cairn.node_agent.datasets.steps import progress_interval
 from cairn.node_agent.lvm.errors import InsufficientSpace, LvAlreadyExists, LvNotFound, VgNotFound
 
 METRICS = """\
@@ -109,3 +114,64 @@ def test_publishes_asked_for_together_run_once() -> None:
     finally:
         stop.set()
     assert sorted(calls) == ["n1", "n2"]
+
+
+class FakeDatasetCache:
+    """Stands in for the shared Dataset informer: items() holds what the writes left."""
+
+    def __init__(self, item: Typed) -> None:
+        self.item = item
+
+    def items(self) -> list[Typed]:
+        return [self.item]
+
+
+class FakeDatasets:
+    """The CachedResources surface SimulatedCopy and NodeReports use: a cache and status patches."""
+
+    def __init__(self, item: Typed) -> None:
+        self.cache = FakeDatasetCache(item)
+        self.writes: list[DatasetNodeStatus] = []
+
+    def patch_status(self, name: str, status: DatasetStatus, namespace: str | None = None) -> None:
+        dataset: Dataset = self.cache.item.model
+        for node, report in status.nodes.items():
+            dataset.status.nodes[node] = report
+            self.writes.append(report)
+
+
+def seeding_dataset(targets: list[str], seconds: float) -> Typed:
+    body = progress_dataset_body(targets, seconds)
+    model = Dataset.model_validate({**body, "status": {"targetNodes": targets}})
+    return Typed(model, body["metadata"])
+
+
+def test_a_simulated_copy_writes_as_the_agent_paces_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [1000.0]
+    monkeypatch.setattr(simulated_agents.time, "monotonic", lambda: clock[0])
+    targets = [f"n{i}" for i in range(100)]
+    datasets = FakeDatasets(seeding_dataset(targets, seconds=120))
+    copy = SimulatedCopy("n7", datasets)  # type: ignore[arg-type]
+    copy.run_pass()
+    assert [w.phase for w in datasets.writes] == [NodePhase.DOWNLOADING]
+    due = progress_interval(len(targets), "n7")  # 50 s at 100 targets, stretched by n7's spread
+    began = clock[0]
+    while clock[0] + PASS_SECONDS < began + due:  # passes every 2 s, none of them due
+        clock[0] += PASS_SECONDS
+        copy.run_pass()
+    assert len(datasets.writes) == 1
+    clock[0] = began + due
+    copy.run_pass()
+    assert len(datasets.writes) == 2 and datasets.writes[-1].phase == NodePhase.DOWNLOADING
+    clock[0] = began + 121  # past the 120 s: Ready is a phase change, written at once
+    copy.run_pass()
+    clock[0] += PASS_SECONDS
+    copy.run_pass()
+    assert [w.phase for w in datasets.writes[2:]] == [NodePhase.READY]
+    assert datasets.writes[-1].progress == 1.0
+
+
+def test_a_simulated_copy_leaves_datasets_it_is_not_a_target_of_alone() -> None:
+    datasets = FakeDatasets(seeding_dataset(["n1", "n2"], seconds=10))
+    SimulatedCopy("n9", datasets).run_pass()  # type: ignore[arg-type]
+    assert datasets.writes == []
