@@ -9,16 +9,26 @@
    whole-copy digest. Taken from the runs' own breakdowns, not fitted: the start (Dataset created to
    the seeder's first read) and the origin read's goodput (its Mbit/s over R in the least loaded run).
 2. Scale. The same model with a node per host, at N = 100, 1000 and 5000 and F = 10 and 100 GiB,
-   twice: with the bed's fitted CPU cost on `--node-cores` cores per node and the API server's
-   share (`--api-gbyte-s`) for status writes and watch events, and with neither (the network alone).
-   The fitted CPU cost is the bed's, loop disks and shaping included, so the first is pessimistic on
-   CPU; the API figure is an assumption, stated in the params.
+   with the bed's fitted CPU cost on `--node-cores` cores per node and the API server's share
+   (`--api-gbyte-s`) for the Dataset's status writes and their watch events, in each of three modes:
+   today's paced writes, the old agent's write on every pass, and the design that puts each target's
+   report on its own copy's LocalVolume (on-copy-volumes: the Dataset keeps names and a summary); and
+   with neither CPU nor API limit (the network alone). `--status-writes` picks the mode the
+   percentiles, bottlenecks and findings are given for; the others' times, bottlenecks and own
+   findings stand beside them. The fitted CPU cost is the bed's, loop disks and shaping included,
+   so it is pessimistic on CPU; the API figure is an assumption, stated in the params.
 
 Results: swarm_model_calibration (worst |predicted/measured - 1| over N = 2, 4, 8; goal ≤ 0.15),
 swarm_time_vs_line_rate_1000 (time to all of N = 1000 at F = 100 GiB over F/R, CPU and API
-included) and swarm_time_vs_line_rate_1000_network_only.
+included, in the `--status-writes` mode), swarm_time_vs_line_rate_1000_network_only and
+swarm_status_writes_paced_vs_per_pass_1000 (N = 1000, F = 10 GiB, CPU and API included: the paced
+time over the per-pass time), swarm_time_vs_line_rate_1000_copy_volumes (as
+swarm_time_vs_line_rate_1000, status on copy volumes) and
+swarm_status_writes_copy_volumes_vs_paced_1000 (N = 1000, F = 10 GiB, CPU and API included: the time
+on copy volumes over the paced time).
 
-`python -m bench.swarm_scale [--node-gbit 25] [--origin-gbit 10] [--node-cores 8] [--api-gbyte-s 3]`
+`python -m bench.swarm_scale [--node-gbit 25] [--origin-gbit 10] [--node-cores 8] [--api-gbyte-s 3]
+[--status-writes paced|per-pass|on-copy-volumes]`
 """
 
 from __future__ import annotations
@@ -33,7 +43,17 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from bench.common import RESULTS, report
-from bench.scale.swarm_model import GIB, MIB, ControlPlane, Cpu, Links, Outcome, SwarmSpec, simulate
+from bench.scale.swarm_model import (
+    GIB,
+    MIB,
+    ControlPlane,
+    Cpu,
+    Links,
+    Outcome,
+    StatusWrites,
+    SwarmSpec,
+    simulate,
+)
 
 CALIBRATION_NODES = (2, 4, 8)
 CALIBRATION_COMMANDS = [
@@ -51,6 +71,8 @@ PUBLISHED = {
     "dragonfly": "Dragonfly publishes a test with 990 nodes pulling 10 GB",
 }
 """Other systems' own figures, beside ours as they publish them; no other number of theirs is used."""
+STATUS_FINDINGS = ("controller/API status writes", "status on copy volumes", "the Dataset object would be")
+"""How the model's findings about status writes begin (bench/scale/swarm_model.py, _explain)."""
 
 
 @dataclass(frozen=True)
@@ -187,9 +209,18 @@ def fit_bed(runs: list[Measured]) -> BedFit:
 # -- scale ----------------------------------------------------------------------------------------
 
 
-def object_sizes() -> tuple[int, int]:
-    """Bytes one target adds to the Dataset object (its name in the targets, its status entry, its
-    swarm certificate) and the size of one StorageNode (estimated: its certificate and ~1 KiB)."""
+@dataclass(frozen=True)
+class TargetRecord:
+    """What the API holds for one target, as today's code writes it."""
+
+    node: str
+    entry: dict[str, Any]
+    """Its status entry (DatasetNodeStatus on the wire)."""
+    swarm_pem: str
+    """Its swarm certificate."""
+
+
+def target_record() -> TargetRecord:
     from cryptography import x509
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
@@ -223,8 +254,63 @@ def object_sizes() -> tuple[int, int]:
         digest="blake3:" + "0" * 64,
         updated_at=datetime.datetime.now(datetime.UTC),
     )
-    per_node = len(json.dumps({node: entry.to_wire()})) + len(json.dumps({node: swarm_pem})) + len(node) + 4
-    return per_node, len(node_pem) + 1024
+    return TargetRecord(node, entry.to_wire(), swarm_pem)
+
+
+def target_name_bytes(record: TargetRecord) -> int:
+    """Bytes one target's name takes in the Dataset's target list: quoted, and a separator."""
+    return len(record.node) + 4
+
+
+def object_size_per_target(record: TargetRecord) -> int:
+    """Bytes one target adds to the Dataset object: its name in the targets, its status entry, its
+    swarm certificate. (StorageNodes no longer count: agents read them from a watch cache.)"""
+    node = record.node
+    return (
+        len(json.dumps({node: record.entry}))
+        + len(json.dumps({node: record.swarm_pem}))
+        + (target_name_bytes(record))
+    )
+
+
+def copy_volume_bytes(record: TargetRecord, size: int) -> int:
+    """Bytes of one copy's LocalVolume with the target's report and swarm certificate on it (the
+    on-copy-volumes design): the volume the controller creates today, Ready, plus those two."""
+    from cairn.api.dataset import dataset_volume_name
+    from cairn.api.names import API_GROUP, API_VERSION, DATASET_LABEL, NODE_LABEL, POOL_LABEL
+    from cairn.api.volume import LocalVolumeSpec, LocalVolumeStatus, PoolClass, VolumeAccess, VolumePhase
+    from cairn.controller.datasets.planner import volume_bytes
+
+    name = dataset_volume_name("team-a", "corpus", record.node)
+    spec = LocalVolumeSpec(
+        csi_name=name,
+        node_name=record.node,
+        pool=PoolClass.NVME,
+        size_bytes=volume_bytes(size),
+        access=VolumeAccess.MOUNT,
+        fs_type="ext4",
+    )
+    status = LocalVolumeStatus(
+        phase=VolumePhase.READY,
+        volume_group="cairn-nvme",
+        logical_volume=name,
+        capacity_bytes=volume_bytes(size),
+    )
+    wire = {
+        "apiVersion": f"{API_GROUP}/{API_VERSION}",
+        "kind": "LocalVolume",
+        "metadata": {
+            "name": name,
+            "uid": "0c5e7a1b-2d3f-4e5a-9b6c-7d8e9f0a1b2c",
+            "resourceVersion": "184467440",
+            "generation": 1,
+            "creationTimestamp": "2025-01-01T00:00:00Z",
+            "labels": {NODE_LABEL: record.node, POOL_LABEL: "nvme", DATASET_LABEL: "team-a/corpus"},
+        },
+        "spec": spec.to_wire(),
+        "status": {**status.to_wire(), "copy": record.entry, "swarmCertificate": record.swarm_pem},
+    }
+    return len(json.dumps(wire))
 
 
 def cluster_spec(
@@ -232,11 +318,14 @@ def cluster_spec(
     size: int,
     args: argparse.Namespace,
     fit: BedFit,
-    per_node: int,
-    storage_node: int,
+    record: TargetRecord,
     network_only: bool,
+    status_writes: StatusWrites,
 ) -> SwarmSpec:
     node_rate = args.node_gbit * 1e9 / 8
+    # With no API limit the objects' sizes count for nothing, not even against etcd's limit.
+    per_node = 0 if network_only else object_size_per_target(record)
+    name = 0 if network_only else target_name_bytes(record)
     return SwarmSpec(
         nodes=nodes,
         part_bytes=equal_parts(size, SCALE_FILES),
@@ -252,14 +341,23 @@ def cluster_spec(
             start_s=fit.start_s,
             ready_latency_s=fit.ready_latency_s,
             api_bytes_per_s=math.inf if network_only else args.api_gbyte_s * 1e9,
-            dataset_bytes_per_node=0 if network_only else per_node,
-            storage_node_bytes=storage_node,
+            dataset_bytes_per_node=per_node,
+            dataset_name_bytes_per_node=name,
+            copy_volume_bytes=copy_volume_bytes(record, size),
+            # The network alone is one baseline for every mode: with no API limit they would differ
+            # only by the controller's summary round on copy volumes.
+            status_writes=StatusWrites.PACED if network_only else status_writes,
         ),
     )
 
 
 def seconds(value: float) -> str:
     return "fails" if math.isinf(value) else f"{value:.1f}"
+
+
+def finite(value: float) -> float | None:
+    """A time for the JSON record: None where the model says the run cannot finish."""
+    return None if math.isinf(value) else round(value, 1)
 
 
 def main() -> None:
@@ -274,7 +372,17 @@ def main() -> None:
         "--api-gbyte-s",
         type=float,
         default=3.0,
-        help="GB/s the API server moves for one Dataset's agents (3)",
+        help="GB/s the API server moves for one Dataset's writes and their watch events (3)",
+    )
+    parser.add_argument(
+        "--status-writes",
+        type=StatusWrites,
+        choices=list(StatusWrites),
+        default=StatusWrites.PACED,
+        metavar="{" + ",".join(m.value for m in StatusWrites) + "}",
+        help="when agents write their status entry: paced (today's agent), per-pass (the old one) or "
+        "on-copy-volumes (each to its own copy's LocalVolume, a design); "
+        "the mode the percentiles, bottlenecks and findings are given for (paced)",
     )
     args = parser.parse_args()
     load_at_start = [round(x, 2) for x in os.getloadavg()]
@@ -283,7 +391,7 @@ def main() -> None:
 
     print("calibration: the bed model against measured bench.p2p_seed runs")
     print(f"  {'N':>3} {'measured s':>11} {'predicted s':>12} {'error':>7}  {'load then':<16} bottleneck")
-    calibration = []
+    calibration: list[dict[str, Any]] = []
     for run in runs:
         outcome = simulate(bed_spec(run, fit))
         error = outcome.all_ready_s / run.seconds - 1
@@ -328,35 +436,63 @@ def main() -> None:
     }
     print(f"  fitted once over all three: {fitted}; taken from the runs: {measured_inputs}")
 
-    per_node, storage_node = object_sizes()
+    record = target_record()
+    per_node, name = object_size_per_target(record), target_name_bytes(record)
+    volume = {size_gib: copy_volume_bytes(record, size_gib * GIB) for size_gib in SCALE_SIZES_GIB}
+    mode: StatusWrites = args.status_writes
+    others = [m for m in StatusWrites if m is not mode]
+
+    def model(nodes: int, size: int, network_only: bool = False, writes: StatusWrites = mode) -> Outcome:
+        return simulate(cluster_spec(nodes, size, args, fit, record, network_only, writes))
+
     print(
         f"\nscale: {args.node_gbit:g} Gbit/s per node each way, origin R = {args.origin_gbit:g} Gbit/s, "
         f"goodput {args.goodput:g}, {SCALE_FILES} equal files; 'cpu+api': the bed's CPU cost per GiB on "
         f"{args.node_cores:g} cores per node and {args.api_gbyte_s:g} GB/s of API server (the Dataset object "
-        f"grows {per_node} B per target); 'network': links and the passes' latencies, no CPU or API limit"
+        f"grows {per_node} B per target, or {name} B on copy volumes, where each copy's LocalVolume is "
+        f"about {max(volume.values())} B), status writes {mode.value} (p50, p99, bottleneck) and "
+        f"{' and '.join(m.value for m in others)} beside them; 'network': links and the passes' "
+        "latencies, no CPU or API limit"
     )
     header = (
         f"  {'N':>5} {'F GiB':>6} {'F/R s':>7} {'cpu+api s':>10} {'x F/R':>6} {'p50 s':>7} {'p99 s':>7} "
-        f"{'network s':>10} {'x F/R':>6} {'origin/F':>8}  bottleneck (cpu+api)"
+        + " ".join(f"{m.value + ' s':>{max(10, len(m.value) + 2)}}" for m in others)
+        + f" {'network s':>10} {'x F/R':>6} {'origin/F':>8}  bottleneck (cpu+api)"
     )
     print(header)
-    scale = []
+    scale: list[dict[str, Any]] = []
     outcomes: dict[tuple[int, int], tuple[Outcome, Outcome]] = {}
+    by_mode: dict[tuple[int, int, StatusWrites], Outcome] = {}
     for size_gib in SCALE_SIZES_GIB:
         for nodes in SCALE_NODES:
             size = size_gib * GIB
-            full = simulate(cluster_spec(nodes, size, args, fit, per_node, storage_node, network_only=False))
-            net = simulate(cluster_spec(nodes, size, args, fit, per_node, storage_node, network_only=True))
+            full = model(nodes, size)
+            beside = {m: model(nodes, size, writes=m) for m in others}
+            net = model(nodes, size, network_only=True)
             outcomes[(nodes, size_gib)] = (full, net)
+            by_mode[(nodes, size_gib, mode)] = full
+            for m, outcome in beside.items():
+                by_mode[(nodes, size_gib, m)] = outcome
             line_rate = size / (args.origin_gbit * 1e9 / 8)
+            modes: dict[str, Any] = {}
+            for m, outcome in beside.items():
+                key = m.value.replace("-", "_")
+                modes[f"{key}_all_ready_s"] = finite(outcome.all_ready_s)
+                modes[f"{key}_bottleneck"] = outcome.bottleneck
+                # The rest of a mode's findings differ from the given mode's only in their figures.
+                modes[f"{key}_status_findings"] = [
+                    f for f in outcome.findings if f.startswith(STATUS_FINDINGS)
+                ]
             scale.append(
                 {
                     "nodes": nodes,
                     "size_gib": size_gib,
                     "line_rate_s": round(line_rate, 1),
-                    "all_ready_s": None if math.isinf(full.all_ready_s) else round(full.all_ready_s, 1),
-                    "p50_s": None if math.isinf(full.p50_s) else round(full.p50_s, 1),
-                    "p99_s": None if math.isinf(full.p99_s) else round(full.p99_s, 1),
+                    "status_writes": mode.value,
+                    "all_ready_s": finite(full.all_ready_s),
+                    "p50_s": finite(full.p50_s),
+                    "p99_s": finite(full.p99_s),
+                    **modes,
                     "network_only_p50_s": round(net.p50_s, 1),
                     "network_only_p99_s": round(net.p99_s, 1),
                     "network_only_s": round(net.all_ready_s, 1),
@@ -365,6 +501,10 @@ def main() -> None:
                     "seeder_upload_over_f": round(full.seeder_upload_bytes / size, 2),
                     "pass_s": round(full.pass_s, 1),
                     "dataset_object_mib": round(full.dataset_object_bytes / MIB, 2),
+                    "status_writes_per_s": round(full.status.writes_per_s, 2),
+                    "status_fanout_gbyte_s": round(full.status.fanout_bytes_per_s / 1e9, 2),
+                    "last_ready_write_queue_s": round(full.status.last_ready_queue_s, 1),
+                    "publication_delay_s": round(full.status.publication_delay_s, 1),
                     "bottleneck": full.bottleneck,
                     "bottleneck_network_only": net.bottleneck,
                     "findings": list(full.findings),
@@ -374,32 +514,49 @@ def main() -> None:
             print(
                 f"  {nodes:>5} {size_gib:>6} {line_rate:>7.1f} {seconds(full.all_ready_s):>10} "
                 f"{'-' if math.isinf(ratio) else f'{ratio:.2f}':>6} {seconds(full.p50_s):>7} "
-                f"{seconds(full.p99_s):>7} {net.all_ready_s:>10.1f} {net.all_ready_s / line_rate:>6.2f} "
+                f"{seconds(full.p99_s):>7} "
+                + " ".join(
+                    f"{seconds(o.all_ready_s):>{max(10, len(m.value) + 2)}}" for m, o in beside.items()
+                )
+                + f" {net.all_ready_s:>10.1f} {net.all_ready_s / line_rate:>6.2f} "
                 f"{full.origin_bytes / size:>8.2f}  {full.bottleneck}"
             )
-    print("\nwhere the model finds limits (cpu+api):")
+    print(f"\nwhere the model finds limits (cpu+api, status writes {mode.value}):")
     for row in scale:
         for finding in row["findings"]:
             print(f"  N={row['nodes']}, F={row['size_gib']} GiB: {finding}")
+    for m in others:
+        key = m.value.replace("-", "_")
+        print(f"\nwith status writes {m.value} instead: the bottleneck, and what the status writes ask")
+        for row in scale:
+            print(f"  N={row['nodes']}, F={row['size_gib']} GiB: [{row[f'{key}_bottleneck']}]")
+            for finding in row[f"{key}_status_findings"]:
+                print(f"    {finding}")
     print("\npublished elsewhere, as their authors state them (their settings are not ours):")
     for text in PUBLISHED.values():
         print(f"  {text}")
-    beside = []
+    shapes = []
     for system, nodes, size in (("kraken", 2600, 3 * 10**9), ("dragonfly", 990, 10 * 10**9)):
-        full = simulate(cluster_spec(nodes, size, args, fit, per_node, storage_node, network_only=False))
-        net = simulate(cluster_spec(nodes, size, args, fit, per_node, storage_node, network_only=True))
-        beside.append(
+        full = model(nodes, size)
+        net = model(nodes, size, network_only=True)
+        volumes = model(nodes, size, writes=StatusWrites.ON_COPY_VOLUMES)
+        shapes.append(
             {
                 "shape_of": system,
                 "nodes": nodes,
                 "size_bytes": size,
-                "cairn_model_s": None if math.isinf(full.all_ready_s) else round(full.all_ready_s, 1),
-                "cairn_model_p50_s": None if math.isinf(full.p50_s) else round(full.p50_s, 1),
-                "cairn_model_p99_s": None if math.isinf(full.p99_s) else round(full.p99_s, 1),
+                "status_writes": mode.value,
+                "cairn_model_s": finite(full.all_ready_s),
+                "cairn_model_p50_s": finite(full.p50_s),
+                "cairn_model_p99_s": finite(full.p99_s),
                 "cairn_model_network_only_s": round(net.all_ready_s, 1),
                 "cairn_model_network_only_p50_s": round(net.p50_s, 1),
                 "cairn_model_network_only_p99_s": round(net.p99_s, 1),
                 "bottleneck": full.bottleneck,
+                "cairn_model_copy_volumes_s": finite(volumes.all_ready_s),
+                "cairn_model_copy_volumes_p50_s": finite(volumes.p50_s),
+                "cairn_model_copy_volumes_p99_s": finite(volumes.p99_s),
+                "bottleneck_copy_volumes": volumes.bottleneck,
             }
         )
         print(
@@ -409,8 +566,9 @@ def main() -> None:
                 if math.isinf(full.all_ready_s)
                 else f"{full.all_ready_s:.1f} s (p50 {full.p50_s:.1f}, p99 {full.p99_s:.1f})"
             )
-            + f" [{full.bottleneck}]; network {net.all_ready_s:.1f} s (p50 {net.p50_s:.1f}, "
-            f"p99 {net.p99_s:.1f})"
+            + f" [{full.bottleneck}]; on copy volumes {seconds(volumes.all_ready_s)} s (p50 "
+            f"{seconds(volumes.p50_s)}, p99 {seconds(volumes.p99_s)}) [{volumes.bottleneck}]; network "
+            f"{net.all_ready_s:.1f} s (p50 {net.p50_s:.1f}, p99 {net.p99_s:.1f})"
         )
 
     params: dict[str, Any] = {
@@ -424,15 +582,18 @@ def main() -> None:
             "goodput": args.goodput,
             "node_cores": args.node_cores,
             "api_gbyte_s": args.api_gbyte_s,
+            "status_writes": mode.value,
             "files": SCALE_FILES,
             "dataset_bytes_per_target": per_node,
-            "storage_node_bytes_estimate": storage_node,
+            "dataset_bytes_per_target_on_copy_volumes": name,
+            "copy_volume_bytes": {f"{g} GiB": b for g, b in volume.items()},
+            "summary_interval_s": ControlPlane().summary_interval_s,
             "cpu_note": "the bed's fitted host cost per GiB (loop disks, tbf, the API server included): "
             "pessimistic for a real node",
         },
         "scale": scale,
         "published_elsewhere": PUBLISHED,
-        "cairn_model_at_their_shapes": beside,
+        "cairn_model_at_their_shapes": shapes,
         "load_average_at_start": load_at_start,
     }
     report("swarm_model_calibration", worst, 1.0, "worst |predicted/measured - 1|", params, goal="≤0.15")
@@ -444,7 +605,8 @@ def main() -> None:
         line_rate,
         "s",
         params,
-        goal="report (N=1000, F=100 GiB; CPU at the bed's cost and the API server included)",
+        goal=f"report (N=1000, F=100 GiB; CPU at the bed's cost and the API server included, {mode.value} "
+        "status writes)",
     )
     report(
         "swarm_time_vs_line_rate_1000_network_only",
@@ -453,6 +615,34 @@ def main() -> None:
         "s",
         params,
         goal="report (N=1000, F=100 GiB; links only)",
+    )
+    paced, per_pass = by_mode[(1000, 10, StatusWrites.PACED)], by_mode[(1000, 10, StatusWrites.PER_PASS)]
+    report(
+        "swarm_status_writes_paced_vs_per_pass_1000",
+        paced.all_ready_s,
+        per_pass.all_ready_s,
+        "s",
+        params,
+        goal="report (N=1000, F=10 GiB, CPU and API included; paced status writes over one every pass)",
+    )
+    volumes_full = by_mode[(1000, 100, StatusWrites.ON_COPY_VOLUMES)]
+    report(
+        "swarm_time_vs_line_rate_1000_copy_volumes",
+        volumes_full.all_ready_s,
+        line_rate,
+        "s",
+        params,
+        goal="report (N=1000, F=100 GiB; CPU at the bed's cost and the API server included, status on "
+        "copy volumes)",
+    )
+    volumes_small = by_mode[(1000, 10, StatusWrites.ON_COPY_VOLUMES)]
+    report(
+        "swarm_status_writes_copy_volumes_vs_paced_1000",
+        volumes_small.all_ready_s,
+        paced.all_ready_s,
+        "s",
+        params,
+        goal="report (N=1000, F=10 GiB, CPU and API included; status on copy volumes over paced writes)",
     )
     if worst > 0.15:
         print(f"the model misses a measured run by {worst:.1%}, more than 15%", file=sys.stderr)

@@ -9,9 +9,38 @@ What it follows (node-agent/datasets/{parts,seeder,swarm}.py, controller/dataset
 - a target joins a part on its agent's next pass after the publication woke it, and first fetches
   the part's .torrent from the seeder (then from other holders), each peer server serving
   `metadata_workers` requests at once;
-- every pass writes the agent's own entry in the Dataset's status, so each write is one PATCH of an
-  object that grows with N and one watch event sent to every agent; a copy is verified (the whole
-  digest) on the first pass after its last piece, and counts once the controller sees it Ready.
+- a copy is verified (the whole digest) on the first pass after its last piece, and counts once the
+  controller sees it Ready.
+
+Status writes (node-agent/datasets/{steps,swarm,seeder}.py, cairn/informer.py). Agents read Datasets
+and StorageNodes from a shared watch cache, so a pass lists nothing (in both modes below: the caches
+replaced the lists, whatever the write pacing). What the apiserver still carries is the writes: each
+is a PATCH of the whole Dataset, an object that grows with N, and the new object goes out to every
+watch (N agents and the controller), so one write costs object_bytes * (N + 2) of the
+`api_bytes_per_s` it can move. Three ways for agents to write (`StatusWrites`):
+- paced (today's agent): a target writes its entry at once only when its phase changes (Downloading
+  at its first advance, Ready once verified); progress alone every max(5 s, N / 2) s after its own
+  last write, about 2 writes a second from all targets together on average, but targets that first
+  advanced on the same publication report together, a burst of N every N / 2 s; the seeder reports
+  its origin read every 2 s, unpaced, and writes each publication. The writes go through one
+  first-in-first-out queue in the order they are made: a node counts as Ready once its Ready write
+  has cleared it, and the agents see a publication (and so join its part) only once it has, since
+  each watch delivers events in order;
+- per-pass (the old agent): every agent writes its entry on every pass and waits for it, so a pass
+  takes as long as the apiserver needs for all N writes, and each join and the final Ready wait for
+  one such pass;
+- on-copy-volumes (a design, not yet the agent): each target writes its report (phase, progress) on
+  every pass to the status of its own copy's LocalVolume, a small object whatever N, which only two
+  watches receive (the controller's, over every LocalVolume, and its own agent's, by node label); its
+  swarm certificate moves there too. The Dataset keeps the target list and aggregates: it grows by a
+  target's name only. The seeder's progress goes to its own copy's LocalVolume; its publications stay
+  on the Dataset (to every watch). The controller writes the Dataset's summary (its ready count) at
+  most every `summary_interval_s`, and only when it changed; a node counts Ready once the first such
+  write made after the controller saw its Ready report has cleared the queue. Every write, large or
+  small, goes through the same first-in-first-out queue; the LocalVolume progress writes, many and
+  tiny, are a steady fluid share of the apiserver (every target every pass, from the start to the last
+  Ready: a slight overstatement before each target joins and after it is Ready), so a Dataset write
+  or a Ready report waits behind the backlog, which drains only at what that share leaves.
 
 How it is made fast enough for N = 5000 and F = 100 GiB: pieces are not simulated one by one. Each
 part is two fluid flows: seeder -> first hop (one receiver), and first hop -> the other N-2 targets
@@ -31,7 +60,14 @@ peers per part at large N; it lengthens nothing in a fluid model and is reported
 Left out, on purpose: the first hops' own downlinks are not shared with the other parts they also
 receive (it matters only when N-1 is near the part count, and not at all when the host CPU binds);
 re-reads of the origin (none happen without failures, so origin bytes are F); the 503 and 404
-answers a node collects while it looks for a holder of a .torrent.
+answers a node collects while it looks for a holder of a .torrent; the controller's own status
+writes (its readyCount), which `ready_latency_s` stands for, except on copy volumes, where they are the
+summary writes above and `ready_latency_s` is the controller's reaction to a report it has seen; the
+apiserver's cost of matching each LocalVolume event against the agents' label selectors (CPU, not
+bytes); a watch the apiserver drops as too slow,
+and the list that follows; the object's growth during the run (it is as large as N targets make it
+from the start). A paced agent whose write waits in the queue loses nothing the model follows: the
+publications it would act on wait behind the same queue.
 
 Pure: no I/O, no clock, no randomness (the spreads come from fixed quantiles).
 """
@@ -75,6 +111,17 @@ class Cpu:
     """The whole-copy digest each target computes once its last piece is in."""
 
 
+class StatusWrites(Enum):
+    """When an agent writes its entry in the Dataset's status."""
+
+    PER_PASS = "per-pass"
+    """Every pass, and the pass waits for it (the old agent)."""
+    PACED = "paced"
+    """Phase changes at once, progress paced to about 2 writes a second per Dataset (steps.report_due)."""
+    ON_COPY_VOLUMES = "on-copy-volumes"
+    """Every pass, to the target's own copy's LocalVolume; the controller summarises on the Dataset."""
+
+
 @dataclass(frozen=True)
 class ControlPlane:
     start_s: float = 0.0
@@ -88,17 +135,30 @@ class ControlPlane:
     metadata_workers: int = 16
     """Requests one agent's peer server handles at once (its worker pool)."""
     ready_latency_s: float = 0.0
-    """From the last node's Ready report to the controller's readyCount N/N."""
+    """From the last node's Ready report to the controller's readyCount N/N; on copy volumes, from the
+    controller's seeing a report to the earliest summary write that can carry it."""
     api_bytes_per_s: float = math.inf
-    """What the API server can move for one Dataset's agents (reads, writes and watch events)."""
+    """What the API server can move for one Dataset: each write's PATCH and its watch events."""
     dataset_base_bytes: int = 4096
     dataset_bytes_per_node: int = 0
     """What one target adds to the Dataset object: its name, its status entry, its swarm certificate."""
-    storage_node_bytes: int = 0
-    """One StorageNode object, listed by every pass."""
-    storage_node_lists_per_pass: int = 2
+    dataset_name_bytes_per_node: int = 0
+    """What one target adds to the Dataset on copy volumes: its name in the target list, no more."""
+    copy_volume_bytes: int = 1536
+    """A copy's LocalVolume on copy volumes: spec, phase, the target's report and swarm certificate."""
+    copy_volume_watches: int = 2
+    """Who receives a LocalVolume write: the controller, and the agent of the node it is on."""
+    summary_interval_s: float = 0.2
+    """The controller's min_interval between rounds: at most one summary write per round."""
     object_limit_bytes: int = int(1.5 * MIB)
     """etcd's default request limit: a Dataset object past it can no longer be written."""
+    status_writes: StatusWrites = StatusWrites.PACED
+    progress_writes_per_s: float = 2.0
+    """steps.PROGRESS_WRITES_PER_SECOND: progress-only writes from all targets together ..."""
+    min_progress_s: float = 5.0
+    """... but no node more often than steps.MIN_PROGRESS_SECONDS."""
+    seeder_progress_s: float = 2.0
+    """seeder.PROGRESS_SECONDS: how often the seeder reports its origin read, unpaced."""
 
 
 @dataclass(frozen=True)
@@ -200,25 +260,157 @@ def metadata_quantile(requesters: int, workers: int, q: float) -> int:
 
 
 def dataset_object_bytes(spec: SwarmSpec) -> int:
-    return spec.control.dataset_base_bytes + spec.nodes * spec.control.dataset_bytes_per_node
+    control = spec.control
+    if control.status_writes is StatusWrites.ON_COPY_VOLUMES:
+        return control.dataset_base_bytes + spec.nodes * control.dataset_name_bytes_per_node
+    return control.dataset_base_bytes + spec.nodes * control.dataset_bytes_per_node
+
+
+def largest_writable_nodes(control: ControlPlane) -> float:
+    """The N past which the Dataset object no longer fits etcd's limit, in the given mode."""
+    per_node = (
+        control.dataset_name_bytes_per_node
+        if control.status_writes is StatusWrites.ON_COPY_VOLUMES
+        else control.dataset_bytes_per_node
+    )
+    if per_node <= 0:
+        return math.inf
+    return max(0, control.object_limit_bytes - control.dataset_base_bytes) // per_node
+
+
+def write_seconds(spec: SwarmSpec) -> float:
+    """The apiserver's time for one write to the Dataset: the whole object in as a PATCH, and out to
+    the N agents' watches and the controller's."""
+    control = spec.control
+    if math.isinf(control.api_bytes_per_s):
+        return 0.0
+    return dataset_object_bytes(spec) * (spec.nodes + 2) / control.api_bytes_per_s
+
+
+def volume_write_seconds(spec: SwarmSpec) -> float:
+    """The apiserver's time for one write to a copy's LocalVolume: in as a PATCH, out to its two
+    watches, whatever N."""
+    control = spec.control
+    if math.isinf(control.api_bytes_per_s):
+        return 0.0
+    return control.copy_volume_bytes * (control.copy_volume_watches + 1) / control.api_bytes_per_s
+
+
+def volume_stream_share(spec: SwarmSpec, passes: float) -> float:
+    """The share of the apiserver the LocalVolume writes take on copy volumes: every target's report
+    every pass and the seeder's every `seeder_progress_s`."""
+    control = spec.control
+    rate = (spec.nodes - 1) / passes + 1 / control.seeder_progress_s
+    return rate * volume_write_seconds(spec)
+
+
+def progress_interval_s(spec: SwarmSpec) -> float:
+    """Seconds between one paced node's progress-only writes (steps.progress_interval)."""
+    control = spec.control
+    return max(control.min_progress_s, spec.nodes / control.progress_writes_per_s)
 
 
 def pass_seconds(spec: SwarmSpec) -> float:
-    """How long one agent waits between passes once the API server is the limit.
+    """How long one agent waits between passes.
 
-    Every pass lists the Datasets and the StorageNodes and writes one status entry, which the API
-    server then sends, whole object, to every agent's watch: N passes per period, each sending N
-    copies of an object that itself grows with N, so the load grows with the cube of N.
+    Paced, a pass lists nothing (the watch cache) and seldom writes, so it keeps its period. Per
+    pass, every agent's pass writes its entry and waits for it: N writes per period, each sent whole
+    to N + 1 watches of an object that itself grows with N, so the period grows with the cube of N
+    once the apiserver is full. On copy volumes every pass writes too, but each write is a small
+    object to two watches: the period would stretch only once N of those fill it.
     """
     control = spec.control
-    if math.isinf(control.api_bytes_per_s):
+    if control.status_writes is StatusWrites.PACED:
         return control.pass_period_s
-    dataset = dataset_object_bytes(spec)
-    per_pass = (
-        dataset * (spec.nodes + 2)  # the list, the patch, and the watch event to every agent
-        + control.storage_node_lists_per_pass * spec.nodes * control.storage_node_bytes
-    )
-    return max(control.pass_period_s, spec.nodes * per_pass / control.api_bytes_per_s)
+    if control.status_writes is StatusWrites.ON_COPY_VOLUMES:
+        return max(control.pass_period_s, spec.nodes * volume_write_seconds(spec))
+    return max(control.pass_period_s, spec.nodes * write_seconds(spec))
+
+
+@dataclass
+class ApiQueue:
+    """The apiserver as one first-in-first-out server of writes, each `write_s` long unless told.
+
+    A watch delivers events in order, so a write's fan-out cannot overtake the ones before it: the
+    fan-out bytes are what queue, at the one rate the apiserver moves them. `background` is the share
+    a steady stream of small writes takes (the LocalVolume reports, on copy volumes): they are served
+    as they come while nothing waits, and queue like the rest behind a backlog, which therefore drains
+    only at 1 - background.
+    """
+
+    write_s: float
+    background: float = 0.0
+    free_at: float = -math.inf
+    """When the latest write reaches every watch: free_at - at is the work queued ahead of a write
+    made at `at` ..."""
+    at: float = -math.inf
+    """... the latest arrival; background that comes after it queues behind it."""
+    served: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.background < 1.0:
+            raise ValueError(f"a background share of {self.background:.2f} leaves the apiserver nothing")
+
+    def serve(self, arrival: float, count: int = 1, write_s: float | None = None) -> float:
+        """When the last of `count` writes made at `arrival` has reached every watch."""
+        if self.background > 0 and arrival > self.at and self.free_at > self.at:
+            # Since the last arrival the backlog drained at 1, and the background added to it at
+            # its share.
+            left = self.free_at - self.at - (1.0 - self.background) * (arrival - self.at)
+            start = arrival + max(0.0, left)
+        else:
+            # A write made before the last arrival (out of order) still queues behind all of it.
+            start = max(arrival, self.free_at)
+        self.free_at = start + count * (self.write_s if write_s is None else write_s)
+        self.at = max(self.at, arrival)
+        self.served += count
+        return self.free_at
+
+
+def fifo_clearance(arrivals: list[float], write_s: float) -> list[float]:
+    """When each write (in the order given) clears a FIFO apiserver that was idle before the first."""
+    queue = ApiQueue(write_s)
+    cleared = [0.0] * len(arrivals)
+    for i in sorted(range(len(arrivals)), key=arrivals.__getitem__):
+        cleared[i] = queue.serve(arrivals[i])
+    return cleared
+
+
+@dataclass(frozen=True)
+class StatusLoad:
+    """What the Dataset's status writes asked of the apiserver up to the last Ready write."""
+
+    mode: StatusWrites
+    object_bytes: int
+    write_s: float
+    """The apiserver's time for one write (object_bytes * (N + 2) / api_bytes_per_s)."""
+    writes: int
+    phase_writes: int
+    """The targets' Downloading and Ready writes (on copy volumes, to their LocalVolumes)."""
+    progress_writes: int
+    """The targets' progress-only writes (on copy volumes, the seeder's reports to its own too)."""
+    seeder_writes: int
+    """The seeder's progress reports and publications (on copy volumes, its publications only)."""
+    writes_per_s: float
+    fanout_bytes_per_s: float
+    """What those writes ask of the apiserver: each write's object times its watches and its PATCH."""
+    last_ready_queue_s: float
+    """From the making of the Ready write that cleared last to its clearing: its wait behind the
+    others and its own write. On copy volumes, from the last node's Ready report to the clearing of
+    the summary write that counts it, less the controller's `ready_latency_s`."""
+    publication_delay_s: float
+    """Paced (and on copy volumes), the longest any publication waited in the queue before the agents
+    saw it; per pass, how much later than an unloaded pass each join comes."""
+    volume_bytes: int = 0
+    """On copy volumes: one copy's LocalVolume ..."""
+    volume_write_s: float = 0.0
+    """... the apiserver's time for one write of it ..."""
+    volume_writes: int = 0
+    """... how many the targets and the seeder made ..."""
+    volume_share: float = 0.0
+    """... the share of the apiserver they took ..."""
+    summary_writes: int = 0
+    """... and the controller's summary writes to the Dataset."""
 
 
 @dataclass(frozen=True)
@@ -240,6 +432,85 @@ class Outcome:
     saturated_s: dict[str, float]
     bottleneck: str
     findings: tuple[str, ...]
+    status: StatusLoad
+
+
+@dataclass
+class _PacedWrites:
+    """The paced writes to one Dataset, fed to the apiserver's queue in the order they are made.
+
+    Known ahead: the seeder's reports (every `seeder_s` until the origin is read) and each group of
+    targets' progress writes (every `progress_s` after their first advance). The run adds the
+    publications, and the Downloading writes once the first publication is seen.
+    """
+
+    queue: ApiQueue
+    progress_s: float
+    seeder_s: float
+    seeder_next: float
+    seeder_until: float = math.inf
+    pending: list[tuple[float, int, int]] = field(default_factory=list)
+    """(arrival, serial, writes) not yet served."""
+    serial: int = 0
+    advanced: list[tuple[float, int]] = field(default_factory=list)
+    """(first advance, targets): the targets' Downloading writes, by the metadata round they are in."""
+    ticks: list[int] = field(default_factory=list)
+    emitted_to: float = -math.inf
+    """Every progress write before this is in `pending` or served."""
+    counts: dict[str, int] = field(default_factory=dict)
+    longest_delay: float = 0.0
+    """The longest any publication waited in the queue before the agents saw it."""
+
+    def push(self, when: float, writes: int, kind: str) -> None:
+        self.serial += 1
+        heapq.heappush(self.pending, (when, self.serial, writes))
+        self.counts[kind] = self.counts.get(kind, 0) + writes
+
+    def first_advance(self, groups: list[tuple[float, int]]) -> None:
+        self.advanced = groups
+        self.ticks = [1] * len(groups)
+        for when, targets in groups:
+            self.push(when, targets, "phase")
+
+    def _emit(self, t: float) -> None:
+        while self.seeder_next < min(t, self.seeder_until):
+            self.push(self.seeder_next, 1, "seeder")
+            self.seeder_next += self.seeder_s
+        for g, (first, targets) in enumerate(self.advanced):
+            # Valid only before any target is Ready, as it is while parts are still being published.
+            while first + self.ticks[g] * self.progress_s < t:
+                self.push(first + self.ticks[g] * self.progress_s, targets, "progress")
+                self.ticks[g] += 1
+        self.emitted_to = max(self.emitted_to, t)
+
+    def publish(self, t: float) -> float:
+        """When a publication written at `t` reaches every watch."""
+        self._emit(t)
+        while self.pending and self.pending[0][0] < t:
+            when, _, writes = heapq.heappop(self.pending)
+            self.queue.serve(when, writes)
+        self.counts["seeder"] = self.counts.get("seeder", 0) + 1
+        seen = self.queue.serve(t)
+        self.longest_delay = max(self.longest_delay, seen - t)
+        return seen
+
+
+@dataclass
+class _VolumeWrites:
+    """The writes on copy volumes: the LocalVolume reports as the queue's background, the Dataset's
+    publications and summaries as writes in it."""
+
+    queue: ApiQueue
+    volume_write_s: float
+    longest_delay: float = 0.0
+    publications: int = 0
+    summaries: int = 0
+
+    def publish(self, t: float) -> float:
+        self.publications += 1
+        seen = self.queue.serve(t)
+        self.longest_delay = max(self.longest_delay, seen - t)
+        return seen
 
 
 @dataclass
@@ -274,6 +545,9 @@ class _Run:
     saturated_s: dict[str, float] = field(default_factory=dict)
     seeder_upload: float = 0.0
     verify_from: float | None = None
+    visible: dict[int, float] = field(default_factory=dict)
+    """When the agents see each publication: at once, or once it has cleared the apiserver's queue."""
+    writes: _PacedWrites | _VolumeWrites | None = None
 
     def schedule(self, when: float, what: str, part: int = -1) -> None:
         self.serial += 1
@@ -340,9 +614,16 @@ def _usage(run: _Run, flow: _Flow) -> Demand:
         if source is None:
             return Demand(flow.key, usage, 0.0)  # nobody outside the seeder holds a byte of it yet
         lag = min(flow.size, _depth(spec) * spec.piece_bytes)
-        if source.finished_at is None and flow.done >= source.done - lag - EPSILON:
+        # The tolerance is in bytes of a part: an absolute one is below the rounding of byte counts
+        # this large, and a gap of a few ulps would neither tie nor let time move.
+        if source.finished_at is None and flow.done >= source.done - lag - _tie_bytes(flow.size):
             return Demand(flow.key, usage, -1.0)  # placeholder: tied to its source's rate below
     return Demand(flow.key, usage)
+
+
+def _tie_bytes(size: float) -> float:
+    """How close a flow may come to its source's lag before it counts as tied to it."""
+    return EPSILON * max(1.0, size)
 
 
 def _rates(run: _Run) -> Allocation:
@@ -387,6 +668,20 @@ def simulate(spec: SwarmSpec) -> Outcome:
     )
     join_wait = control.wake_s + (passes - control.pass_period_s)
     ends = [sum(spec.part_bytes[: i + 1]) for i in range(len(spec.part_bytes))]
+    write_s = write_seconds(spec)
+    if control.status_writes is StatusWrites.PACED and write_s > 0:
+        run.writes = _PacedWrites(
+            ApiQueue(write_s),
+            progress_s=progress_interval_s(spec),
+            seeder_s=control.seeder_progress_s,
+            seeder_next=control.start_s + control.seeder_progress_s,
+        )
+    elif control.status_writes is StatusWrites.ON_COPY_VOLUMES:
+        # Even with no API limit the controller's pacing of its summary is modelled: it is the
+        # controller's, not the apiserver's.
+        run.writes = _VolumeWrites(
+            ApiQueue(write_s, background=volume_stream_share(spec, passes)), volume_write_seconds(spec)
+        )
 
     t = control.start_s
     _start(run, _Flow("origin", Kind.ORIGIN, -1, 1, float(total), "seeder"), t)
@@ -406,7 +701,7 @@ def simulate(spec: SwarmSpec) -> Outcome:
                     if source is not None and source.finished_at is None:
                         gap = source.done - min(flow.size, _depth(spec) * spec.piece_bytes) - flow.done
                         closing = rate - rates.get(source.key, 0.0)
-                        if gap > EPSILON and closing > EPSILON:
+                        if gap > _tie_bytes(flow.size) and closing > EPSILON:
                             horizon = min(horizon, gap / closing)
         if run.events:
             horizon = min(horizon, run.events[0][0] - t)
@@ -432,15 +727,28 @@ def simulate(spec: SwarmSpec) -> Outcome:
                 run.active.discard(key)
                 if flow.kind is Kind.ORIGIN:
                     run.origin_done_at = t
+                    if isinstance(run.writes, _PacedWrites):
+                        run.writes.seeder_until = t
                     # With the origin read the seeder stops choosing whom it sends to.
                     run.capacity["swarm uplink"] += run.capacity["seeder uplink"]
         origin = run.flows["origin"]
         while next_part < len(ends) and origin.done >= ends[next_part] - EPSILON * total:
             run.published[next_part] = t
+            seen = run.writes.publish(t) if run.writes is not None else t
+            run.visible[next_part] = seen
+            if isinstance(run.writes, _PacedWrites) and next_part == 0 and spec.nodes > 1:
+                # Each target's first advance, in the metadata round that served it, writes Downloading.
+                rounds = metadata_rounds(spec.nodes - 1, control.metadata_workers)
+                run.writes.first_advance(
+                    [
+                        (seen + join_wait + control.metadata_fetch_s * r, count)
+                        for r, count in enumerate(rounds, start=1)
+                    ]
+                )
             if spec.nodes > 1:
-                run.schedule(t + join_wait + control.metadata_fetch_s, "join first hop", next_part)
+                run.schedule(seen + join_wait + control.metadata_fetch_s, "join first hop", next_part)
                 if others:
-                    run.schedule(t + join_wait + metadata_median, "join others", next_part)
+                    run.schedule(seen + join_wait + metadata_median, "join others", next_part)
             next_part += 1
         while run.events and run.events[0][0] <= t + EPSILON:
             _, _, what, part = heapq.heappop(run.events)
@@ -477,7 +785,10 @@ def _outcome(spec: SwarmSpec, run: _Run, passes: float, metadata_median: float, 
     control = spec.control
     total = spec.total_bytes
     last = max(run.published.values())
-    ready: list[float] = [last]  # the seeder reports Ready in the patch that publishes its last part
+    # The seeder reports Ready in the patch that publishes its last part.
+    ready: list[float] = [run.visible[len(spec.part_bytes) - 1]]
+    last_ready_queue = 0.0
+    written: list[float] = []
     if spec.nodes > 1:
         verify = run.flows["verify"]
         assert verify.finished_at is not None and run.verify_from is not None
@@ -501,7 +812,7 @@ def _outcome(spec: SwarmSpec, run: _Run, passes: float, metadata_median: float, 
             done_by_node.append(max(own, spread_done))
         rest = targets - len(hops)
         last_part = spec.part_bytes[-1]
-        joins = last + control.wake_s + (passes - control.pass_period_s)
+        joins = run.visible[len(spec.part_bytes) - 1] + control.wake_s + (passes - control.pass_period_s)
         queue = _coprime_stride(rest) if rest else 1
         for i in range(rest):
             # In a doubling epidemic half the nodes get the last piece in the last generation, a
@@ -518,14 +829,25 @@ def _outcome(spec: SwarmSpec, run: _Run, passes: float, metadata_median: float, 
         offsets = _quantile_offsets(targets, passes)
         # Pair pass phase with epidemic position without correlating them.
         stride = _coprime_stride(targets)
-        for i, done in enumerate(done_by_node):
-            wait = offsets[(i * stride) % targets]
-            ready.append(done + wait + verify_s)
+        written = [done + offsets[(i * stride) % targets] + verify_s for i, done in enumerate(done_by_node)]
+        if isinstance(run.writes, _PacedWrites):
+            cleared, last_ready_queue = _clear_ready_writes(run.writes, written)
+            ready.extend(cleared)
+        elif run.writes is None:
+            ready.extend(written)
+    if isinstance(run.writes, _VolumeWrites):
+        # The seeder reports Ready to its own copy's LocalVolume as it publishes its last part.
+        reports = [run.published[len(spec.part_bytes) - 1], *written]
+        ready, last_ready_queue = _count_ready(run.writes, reports, control)
     ordered = sorted(ready)
-    all_ready = ordered[-1] + control.ready_latency_s
+    # On copy volumes a node counts once the controller's summary carrying it is out: its reaction
+    # is already in.
+    latency = 0.0 if isinstance(run.writes, _VolumeWrites) else control.ready_latency_s
+    all_ready = ordered[-1] + latency
     saturated = {k: round(v, 3) for k, v in sorted(run.saturated_s.items(), key=lambda kv: -kv[1])}
     origin_read = (run.origin_done_at or 0.0) - control.start_s
-    bottleneck, findings = _explain(spec, run, all_ready, passes, metadata_median, feasible, origin_read)
+    status = _status_load(spec, run, passes, ordered[-1], last_ready_queue)
+    bottleneck, findings = _explain(spec, run, all_ready, metadata_median, feasible, origin_read, status)
     return Outcome(
         all_ready_s=all_ready if feasible else math.inf,
         p50_s=_nearest_rank(ordered, 50) if feasible else math.inf,
@@ -542,6 +864,175 @@ def _outcome(spec: SwarmSpec, run: _Run, passes: float, metadata_median: float, 
         saturated_s=saturated,
         bottleneck=bottleneck,
         findings=findings,
+        status=status,
+    )
+
+
+def _clear_ready_writes(writes: _PacedWrites, written: list[float]) -> tuple[list[float], float]:
+    """When each target's Ready write, made at `written`, clears the queue, and how long the one
+    that cleared last waited: behind what is still queued from the run, the seeder's last reports and
+    every target's progress writes until its Ready."""
+    arrivals: list[tuple[float, int, int]] = [(when, -1, count) for when, _, count in writes.pending]
+    while writes.seeder_next < writes.seeder_until:
+        arrivals.append((writes.seeder_next, -1, 1))
+        writes.seeder_next += writes.seeder_s
+    firsts = [when for when, count in writes.advanced for _ in range(count)]
+    step = writes.progress_s
+    for node, (first, ready) in enumerate(zip(firsts, written, strict=True)):
+        # Progress before `emitted_to` was queued during the run, for every target alike.
+        tick = max(1, math.ceil((writes.emitted_to - first) / step))
+        while first + tick * step < writes.emitted_to:
+            tick += 1
+        while first + tick * step < ready:
+            arrivals.append((first + tick * step, -1, 1))
+            writes.counts["progress"] = writes.counts.get("progress", 0) + 1
+            tick += 1
+        arrivals.append((ready, node, 1))
+    writes.counts["phase"] = writes.counts.get("phase", 0) + len(written)
+    writes.pending.clear()
+    cleared = [0.0] * len(written)
+    last, last_wait = -math.inf, 0.0
+    for when, node, count in sorted(arrivals):
+        done = writes.queue.serve(when, count)
+        if node >= 0:
+            cleared[node] = done
+            if done >= last:
+                last, last_wait = done, done - when
+    return cleared, last_wait
+
+
+def _count_ready(
+    writes: _VolumeWrites, reports: list[float], control: ControlPlane
+) -> tuple[list[float], float]:
+    """On copy volumes, when each node counts Ready: its report, made at `reports`, clears the queue
+    to the controller; the controller writes the Dataset's summary at most every
+    `summary_interval_s`, the first write made at least `ready_latency_s` after it saw the report
+    carrying it; that write clears the queue to every watch. Also how long after the making of its
+    report the last node counted, the controller's reaction left out."""
+    queue = writes.queue
+    counted = [0.0] * len(reports)
+    # (when, 0, node) a report made; (when, 1, write) a summary made. A report made at the very
+    # moment of a summary is in the queue ahead of it.
+    events: list[tuple[float, int, int]] = [(when, 0, node) for node, when in enumerate(reports)]
+    heapq.heapify(events)
+    carried: list[list[int]] = []  # by summary write, the nodes it counts
+    due: list[float] = []  # by summary write, when the controller makes it
+    last, last_wait = -math.inf, 0.0
+    while events:
+        when, kind, index = heapq.heappop(events)
+        if kind == 0:
+            seen = queue.serve(when, write_s=writes.volume_write_s)
+            react = seen + control.ready_latency_s
+            # First in, first out: reports are seen in the order they are made, so only the latest
+            # write not yet made can still carry this one.
+            if due and writes.summaries < len(due) and due[-1] >= react:
+                carried[-1].append(index)
+                continue
+            previous = due[-1] if due else -math.inf
+            due.append(max(react, previous + control.summary_interval_s))
+            carried.append([index])
+            heapq.heappush(events, (due[-1], 1, len(due) - 1))
+            continue
+        writes.summaries += 1
+        out = queue.serve(when)
+        for node in carried[index]:
+            counted[node] = out
+            wait = out - reports[node] - control.ready_latency_s
+            if out >= last:
+                last, last_wait = out, wait
+    return counted, last_wait
+
+
+def _status_load(
+    spec: SwarmSpec, run: _Run, passes: float, last_ready: float, ready_queue: float
+) -> StatusLoad:
+    control = spec.control
+    write_s = write_seconds(spec)
+    size = dataset_object_bytes(spec)
+    targets = spec.nodes - 1
+    span = max(EPSILON, last_ready - control.start_s)
+    if isinstance(run.writes, _VolumeWrites):
+        volumes = run.writes
+        dataset_writes = volumes.publications + volumes.summaries
+        # The Ready reports went through the queue one by one; the rest of the LocalVolume writes
+        # are its background, at their steady rate.
+        reports = volumes.queue.served - dataset_writes
+        stream = round(((spec.nodes - 1) / passes + 1 / control.seeder_progress_s) * span)
+        volume_writes = stream + reports
+        volume_bytes = control.copy_volume_bytes
+        fanout = (
+            dataset_writes * size * (spec.nodes + 2)
+            + volume_writes * volume_bytes * (control.copy_volume_watches + 1)
+        ) / span
+        return StatusLoad(
+            mode=control.status_writes,
+            object_bytes=size,
+            write_s=write_s,
+            writes=dataset_writes + volume_writes,
+            phase_writes=2 * targets,
+            progress_writes=max(0, volume_writes - 2 * targets),
+            seeder_writes=volumes.publications,
+            writes_per_s=(dataset_writes + volume_writes) / span,
+            fanout_bytes_per_s=fanout,
+            last_ready_queue_s=ready_queue,
+            publication_delay_s=volumes.longest_delay,
+            volume_bytes=volume_bytes,
+            volume_write_s=volumes.volume_write_s,
+            volume_writes=volume_writes,
+            volume_share=volumes.queue.background,
+            summary_writes=volumes.summaries,
+        )
+    if run.writes is not None:
+        counts = run.writes.counts
+        writes = run.writes.queue.served
+        return StatusLoad(
+            mode=control.status_writes,
+            object_bytes=size,
+            write_s=write_s,
+            writes=writes,
+            phase_writes=counts.get("phase", 0),
+            progress_writes=counts.get("progress", 0),
+            seeder_writes=counts.get("seeder", 0),
+            writes_per_s=writes / span,
+            fanout_bytes_per_s=writes / span * size * (spec.nodes + 2),
+            last_ready_queue_s=ready_queue,
+            publication_delay_s=run.writes.longest_delay,
+        )
+    if control.status_writes is StatusWrites.PACED:
+        # The apiserver is unbounded, so nothing queues: only the writes a paced run makes, counted.
+        origin_read = (run.origin_done_at or control.start_s) - control.start_s
+        phase = 2 * targets
+        seeder = len(spec.part_bytes) + math.floor(origin_read / control.seeder_progress_s)
+        return StatusLoad(
+            mode=control.status_writes,
+            object_bytes=size,
+            write_s=write_s,
+            writes=phase + seeder,
+            phase_writes=phase,
+            progress_writes=0,
+            seeder_writes=seeder,
+            writes_per_s=(phase + seeder) / span,
+            fanout_bytes_per_s=(phase + seeder) / span * size * (spec.nodes + 2),
+            last_ready_queue_s=0.0,
+            publication_delay_s=0.0,
+        )
+    # Per pass, each agent writes once a pass and waits for it: the queue holds one write per agent.
+    rate = spec.nodes / passes
+    writes = round(rate * span)
+    saturated = spec.nodes * write_s > control.pass_period_s
+    return StatusLoad(
+        mode=control.status_writes,
+        object_bytes=size,
+        write_s=write_s,
+        writes=writes,
+        phase_writes=2 * targets,
+        progress_writes=max(0, writes - 2 * targets - len(spec.part_bytes)),
+        seeder_writes=len(spec.part_bytes),
+        writes_per_s=rate,
+        fanout_bytes_per_s=rate * size * (spec.nodes + 2),
+        # The old term counts a Ready at its agent's next pass; that pass is late by this much.
+        last_ready_queue_s=(spec.nodes - 1) * write_s if saturated else 0.0,
+        publication_delay_s=passes - control.pass_period_s,
     )
 
 
@@ -569,27 +1060,35 @@ def _explain(
     spec: SwarmSpec,
     run: _Run,
     all_ready: float,
-    passes: float,
     metadata_median: float,
     feasible: bool,
     origin_read: float,
+    status: StatusLoad,
 ) -> tuple[str, tuple[str, ...]]:
     """The resource that held the run up longest, and every other limit worth naming."""
     findings: list[str] = []
     control = spec.control
     size = dataset_object_bytes(spec)
+    control_s = _status_write_delay(status)
+    on_volumes = control.status_writes is StatusWrites.ON_COPY_VOLUMES
     if not feasible:
+        # Queue figures for writes etcd refuses would only mislead; the cost of one is enough.
+        per_target = "one name" if on_volumes else "one status entry and one swarm certificate"
         findings.append(
             f"the Dataset object would be {size / MIB:.1f} MiB at N={spec.nodes}, past etcd's "
-            f"{control.object_limit_bytes / MIB:.1f} MiB request limit: its status (one entry and one "
-            "swarm certificate per target) can no longer be written"
+            f"{control.object_limit_bytes / MIB:.1f} MiB request limit: with {per_target} per "
+            f"target, the Dataset can no longer be written at N={spec.nodes}"
+            + (
+                f" (were it writable, each write would take {status.write_s:.1f} s of the apiserver)"
+                if status.write_s > 0
+                else ""
+            )
         )
-    if passes > control.pass_period_s * 1.01:
-        findings.append(
-            f"controller/API status writes: every agent's pass writes the {size / MIB:.2f} MiB Dataset "
-            f"object and each write goes to {spec.nodes} watches, so a pass comes every {passes:.0f} s, "
-            f"not every {control.pass_period_s:.0f} s; each part's join and the final Ready wait for one"
-        )
+    elif on_volumes and not math.isinf(control.api_bytes_per_s):
+        # The design's own figures, loaded or not: what it asks of the apiserver is the point.
+        findings.append(_copy_volume_finding(spec, status))
+    elif control_s > max(1.0, 0.01 * all_ready) and not math.isinf(control.api_bytes_per_s):
+        findings.append(_status_write_finding(spec, status))
     parts = len(spec.part_bytes)
     metadata_total = metadata_median
     if metadata_total > 0.05 * max(EPSILON, all_ready / parts):
@@ -624,7 +1123,6 @@ def _explain(
         resource, held = "none", 0.0
     if not feasible:
         return "Dataset object size (etcd limit)", tuple(findings)
-    control_s = 2 * (passes - control.pass_period_s)
     if control_s > held:
         return "controller/API status writes", tuple(findings)
     if held < 0.3 * all_ready:
@@ -633,3 +1131,79 @@ def _explain(
         0, f"{resource} was full for {held:.1f} s of {all_ready:.1f} s (origin read {origin_read:.1f} s)"
     )
     return resource, tuple(findings)
+
+
+def _status_write_delay(status: StatusLoad) -> float:
+    """About what the status writes add to the run: per pass, the stretch of the pass each join and
+    the last Ready wait for; paced and on copy volumes, the longest publication's wait and the last
+    Ready write's (on copy volumes, the summary's, the round it waited for included)."""
+    if status.mode is StatusWrites.PER_PASS:
+        return 2 * status.publication_delay_s
+    return status.publication_delay_s + max(0.0, status.last_ready_queue_s - status.write_s)
+
+
+def _status_write_finding(spec: SwarmSpec, status: StatusLoad) -> str:
+    control = spec.control
+    api = control.api_bytes_per_s
+    load = (
+        f"{status.writes_per_s:.2f} writes/s on average to the last Ready, "
+        f"{status.fanout_bytes_per_s / 1e9:.2f} GB/s of PATCH and fan-out against the apiserver's "
+        f"{api / 1e9:g} GB/s ({status.fanout_bytes_per_s / api:.0%})"
+    )
+    head = (
+        f"controller/API status writes ({status.mode.value}): each write PATCHes the whole "
+        f"{status.object_bytes / MIB:.2f} MiB Dataset and is sent to {spec.nodes + 1} watches, "
+        f"{status.write_s:.2f} s of the apiserver each"
+    )
+    if status.mode is StatusWrites.PER_PASS:
+        return (
+            f"{head}; every agent writes every pass and waits for it, so a pass comes every "
+            f"{status.publication_delay_s + control.pass_period_s:.0f} s, not every "
+            f"{control.pass_period_s:.0f} s: {load}; each write, the last Ready one too, queues "
+            f"{status.last_ready_queue_s:.0f} s behind the other agents' (that is the pass), and each "
+            "part's join and each Ready wait for such a pass"
+        )
+    return (
+        f"{head}; {status.phase_writes} phase writes (Downloading, Ready), {status.progress_writes} "
+        f"progress and {status.seeder_writes} from the seeder (progress, publications) make {load}; "
+        f"the last Ready write took {status.last_ready_queue_s:.0f} s to clear the queue, and a "
+        f"publication up to {status.publication_delay_s:.0f} s to reach the agents (each watch delivers "
+        "events in order), so the joins waited as well"
+    )
+
+
+def _copy_volume_finding(spec: SwarmSpec, status: StatusLoad) -> str:
+    control = spec.control
+    api = control.api_bytes_per_s
+    span = status.writes / max(EPSILON, status.writes_per_s)
+    volume_rate = status.volume_writes / span
+    volume_bytes_s = volume_rate * status.volume_bytes * (control.copy_volume_watches + 1)
+    dataset_bytes_s = status.fanout_bytes_per_s - volume_bytes_s
+    largest = largest_writable_nodes(control)
+    text = (
+        f"status on copy volumes: each target reports every pass to its copy's LocalVolume, "
+        f"{status.volume_bytes / 1024:.1f} KiB sent to {control.copy_volume_watches} watches (the "
+        f"controller, its agent), {status.volume_write_s * 1e6:.1f} us of the apiserver each: "
+        f"{volume_rate:.0f} writes/s, {volume_bytes_s / 1e6:.1f} MB/s ({status.volume_share:.2%} of "
+        f"the apiserver); the Dataset, {status.object_bytes / 1024:.0f} KiB (the target list and the "
+        f"aggregates), takes {status.seeder_writes} publications and {status.summary_writes} summary "
+        f"writes (at most one per {control.summary_interval_s:g} s round), each sent to "
+        f"{spec.nodes + 1} watches, {status.write_s * 1e3:.1f} ms of the apiserver: "
+        f"{dataset_bytes_s / 1e6:.1f} MB/s; together {status.writes_per_s:.0f} writes/s and "
+        f"{status.fanout_bytes_per_s / 1e9:.3f} GB/s of PATCH and fan-out against the apiserver's "
+        f"{api / 1e9:g} GB/s ({status.fanout_bytes_per_s / api:.1%}); the last node counted "
+        f"{status.last_ready_queue_s:.2f} s after its Ready report (the controller's reaction aside), a "
+        f"publication reached the agents at most {status.publication_delay_s:.2f} s after it was made"
+    )
+    if status.write_s > control.summary_interval_s:
+        # The controller does not wait for a write's fan-out before its next round.
+        text += (
+            f"; a summary write takes longer than a round, so while the ready count changes the "
+            f"summaries ask {status.write_s / control.summary_interval_s:.0%} of the apiserver and queue"
+        )
+    limit = "whatever N" if math.isinf(largest) else f"up to N = {largest:,.0f}"
+    return (
+        f"{text}; the Dataset stays under etcd's {control.object_limit_bytes / MIB:.1f} MiB {limit} "
+        f"(({control.object_limit_bytes} - {control.dataset_base_bytes}) B / "
+        f"{control.dataset_name_bytes_per_node} B a name)"
+    )
