@@ -11,7 +11,7 @@ import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import grpc
 
@@ -67,12 +67,19 @@ def report(
     return ratio
 
 
+class Stoppable(Protocol):
+    def stop(self) -> None: ...
+
+
+StoppableT = TypeVar("StoppableT", bound=Stoppable)
+
+
 @contextmanager
-def bench_bed(*, with_s3: bool = False) -> Iterator[TestBed]:
-    """A test bed that is torn down, and checked for leaks, however the benchmark ends."""
+def leak_checked(start: Callable[[str], StoppableT], what: str) -> Iterator[StoppableT]:
+    """A bed started under a new run id, stopped and checked for leaks however the benchmark ends."""
     run_id = new_run_id()
     before = SystemSnapshot.take()
-    bed = TestBed(run_id).start(with_s3=with_s3)
+    bed = start(run_id)
     try:
         yield bed
     except BaseException:
@@ -83,7 +90,14 @@ def bench_bed(*, with_s3: bool = False) -> Iterator[TestBed]:
         bed.stop()
         leaks = find_leaks(run_id, before)
         if leaks:
-            raise SystemExit("benchmark leaked:\n  " + "\n  ".join(leaks))
+            raise SystemExit(f"{what} leaked:\n  " + "\n  ".join(leaks))
+
+
+@contextmanager
+def bench_bed(*, with_s3: bool = False) -> Iterator[TestBed]:
+    """A test bed that is torn down, and checked for leaks, however the benchmark ends."""
+    with leak_checked(lambda run_id: TestBed(run_id).start(with_s3=with_s3), "benchmark") as bed:
+        yield bed
 
 
 class CsiClients:

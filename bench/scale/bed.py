@@ -15,7 +15,6 @@ import shutil
 import ssl
 import tempfile
 import time
-import traceback
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -28,10 +27,10 @@ from kubernetes.client.exceptions import ApiException
 
 from tests.testbed import controlplane
 from tests.testbed.controlplane import CAIRN_NAMESPACE, ControlPlane
-from tests.testbed.leaks import SystemSnapshot, find_leaks, new_run_id
 from tests.testbed.process import ManagedProcess
 from tests.testbed.tools import tool_path
 
+from ..common import leak_checked
 from .objects import KWOK_ANNOTATION, KWOK_VALUE, flow_schema_body, node_body, priority_level_body
 
 FAIRNESS_OFF = "--enable-priority-and-fairness=false"
@@ -189,17 +188,5 @@ def wait_for(check: Callable[[], bool], timeout: float, what: str, every: float 
 @contextmanager
 def scale_bed() -> Iterator[ScaleBed]:
     """A scale bed stopped, and checked for leaks, however the benchmark ends."""
-    run_id = new_run_id()
-    before = SystemSnapshot.take()
-    bed = ScaleBed(run_id).start()
-    try:
+    with leak_checked(lambda run_id: ScaleBed(run_id).start(), "scale bench") as bed:
         yield bed
-    except BaseException:
-        # Shown now: a leak found below would otherwise replace the error that caused it.
-        traceback.print_exc()
-        raise
-    finally:
-        bed.stop()
-        leaks = find_leaks(run_id, before)
-        if leaks:
-            raise SystemExit("scale bench leaked:\n  " + "\n  ".join(leaks))
