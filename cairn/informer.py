@@ -29,8 +29,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from kubernetes import client, watch
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+from kubernetes.watch.watch import iter_resp_lines
 
 from cairn import API_GROUP, API_VERSION
 from cairn.kube import API_CONNECT_TIMEOUT, WATCH_READ_MARGIN, R, ResourceClient, Typed
@@ -114,18 +115,29 @@ class WatchedKind(Generic[T]):
         return body.get("items") or [], str((body.get("metadata") or {}).get("resourceVersion", ""))
 
     def watch(self, version: str) -> Iterator[dict[str, Any]]:
-        stream = watch.Watch().stream(
-            self.list_call,
+        """The events of one watch request, ERROR events included, as the apiserver sent them.
+
+        Read line by line here rather than through the client's `Watch`: undeserialized, it fails
+        on the ERROR event that carries 410 Gone (a KeyError, not an ApiException), and a caller
+        that retries the expired version from there never lists again.
+        """
+        response = self.list_call(
             *self.args,
             label_selector=self.label_selector,
             field_selector=self.field_selector,
             resource_version=version,
             allow_watch_bookmarks=True,
             timeout_seconds=self.watch_seconds,
-            deserialize=False,
+            watch=True,
+            _preload_content=False,
             _request_timeout=(API_CONNECT_TIMEOUT, self.watch_seconds + WATCH_READ_MARGIN),
         )
-        yield from stream
+        try:
+            for line in iter_resp_lines(response):
+                yield json.loads(line)
+        finally:
+            response.close()
+            response.release_conn()
 
 
 Handler = Callable[[str, T], None]

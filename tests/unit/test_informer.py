@@ -7,8 +7,10 @@ against a real apiserver is in tests/e2e/test_informers.py.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable, Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -181,3 +183,62 @@ def test_a_write_answered_after_its_objects_deletion_does_not_bring_it_back() ->
     assert informer.get("a", "ns") is None, "a deleted object came back from a late write answer"
     informer.observe(("ns", "a"), "12", obj("a", 12))  # made again, under the same name
     assert informer.get("a", "ns") is not None
+
+
+class StreamedResponse:
+    """What the generated client returns with _preload_content=False: lines of JSON, one an event."""
+
+    def __init__(self, events: list[dict[str, Any]]) -> None:
+        self.body = b"".join(json.dumps(e).encode() + b"\n" for e in events)
+        self.closed = False
+
+    def stream(self, amt: int | None = None, decode_content: bool = False) -> Iterator[bytes]:
+        yield self.body
+
+    def close(self) -> None:
+        self.closed = True
+
+    def release_conn(self) -> None:
+        pass
+
+
+class ApiserverByScript:
+    """A generated list function: a list answer, or a watch whose stream the script gives."""
+
+    def __init__(self, listings: list[list[dict[str, Any]]], watches: list[list[dict[str, Any]]]) -> None:
+        self.listings = listings
+        self.watches = watches
+        self.watched_from: list[str] = []
+        self.done = threading.Event()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("watch"):
+            self.watched_from.append(kwargs["resource_version"])
+            if not self.watches:
+                self.done.set()
+                threading.Event().wait(0.05)
+                return StreamedResponse([])
+            return StreamedResponse(self.watches.pop(0))
+        items = self.listings.pop(0)
+        version = str(max(int(i["metadata"]["resourceVersion"]) for i in items))
+        body = json.dumps({"items": items, "metadata": {"resourceVersion": version}}).encode()
+        return SimpleNamespace(data=body)
+
+
+def test_a_version_expired_mid_watch_lists_again_instead_of_retrying_it_for_ever() -> None:
+    # The apiserver answers an expired version with 200 and an ERROR event in the stream, not 410.
+    gone = {"type": "ERROR", "object": {"kind": "Status", "code": 410, "reason": "Expired", "message": "old"}}
+    api = ApiserverByScript(
+        [[obj("a", 5)], [obj("a", 9), obj("b", 12)]],
+        [[{"type": "MODIFIED", "object": obj("a", 7)}, gone]],
+    )
+    informer = Informer(WatchedKind("things", api, lambda o: o, watch_seconds=1))
+    stop = threading.Event()
+    informer.start(stop)
+    try:
+        assert api.done.wait(10), f"watched from {api.watched_from} and never listed again"
+    finally:
+        stop.set()
+    assert informer.lists == 2
+    assert api.watched_from[:2] == ["5", "12"]
+    assert sorted(o["metadata"]["name"] for o in informer.items()) == ["a", "b"]
