@@ -44,6 +44,8 @@ Key = tuple[str, str]
 WATCH_SECONDS = 60
 """How long one watch request lasts before it is re-opened from the last version seen."""
 RETRY_SECONDS = 1.0
+FAILURES_BEFORE_RELIST = 5
+"""Watches failed in a row from one version before the informer lists afresh instead."""
 DELETIONS_REMEMBERED = 10_000
 """Far more than can be deleted between a write and its answer; bounds the memory they take."""
 HTTP_GONE = 410
@@ -221,19 +223,30 @@ class Informer(Generic[T]):
 
     def run(self, stop: threading.Event) -> None:
         version = ""
+        failures = 0
         while not stop.is_set():
+            if failures >= FAILURES_BEFORE_RELIST:
+                # Whatever keeps failing at this version (one the apiserver no longer serves, in a
+                # way no status says), a fresh list is the way out: never the same failure for ever.
+                log.warning(
+                    "watch on %s failed %d times from %s; listing again", self.kind.name, failures, version
+                )
+                version, failures = "", 0
             try:
                 if not version:
                     version = self._relist()
                 version = self._follow(version, stop)
+                failures = 0
             except ApiException as error:
                 if error.status == HTTP_GONE:
                     log.info("watch on %s: version %s is gone; listing again", self.kind.name, version)
                     version = ""
                     continue
+                failures += 1
                 log.warning("watch on %s failed (%s); retrying", self.kind.name, error.status)
                 stop.wait(RETRY_SECONDS)
             except Exception:  # a dropped connection is routine: resume from the last version
+                failures += 1
                 log.warning("watch on %s failed; retrying", self.kind.name, exc_info=True)
                 stop.wait(RETRY_SECONDS)
 

@@ -12,11 +12,12 @@ import threading
 from collections.abc import Callable, Iterator
 from types import SimpleNamespace
 from typing import Any
+from unittest.mock import patch
 
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from cairn.informer import Informer, Selector, WatchedKind, is_newer, trigger_on
+from cairn.informer import FAILURES_BEFORE_RELIST, Informer, Selector, WatchedKind, is_newer, trigger_on
 from cairn.kube import Typed
 
 
@@ -242,3 +243,18 @@ def test_a_version_expired_mid_watch_lists_again_instead_of_retrying_it_for_ever
     assert informer.lists == 2
     assert api.watched_from[:2] == ["5", "12"]
     assert sorted(o["metadata"]["name"] for o in informer.items()) == ["a", "b"]
+
+
+def test_a_watch_that_keeps_failing_from_one_version_lists_afresh() -> None:
+    # A failure no status explains, again and again at the same version: the informer must not
+    # retry it for ever (that is how an expired version once hid every change from the caches).
+    kind = ScriptedWatchedKind([[obj("a", 5)], [obj("b", 9)]], [500] * FAILURES_BEFORE_RELIST)
+    informer = Informer(kind)
+    stop = threading.Event()
+    with patch("cairn.informer.RETRY_SECONDS", 0.01):
+        informer.start(stop)
+        assert kind.done.wait(10)
+    stop.set()
+    assert informer.lists == 2
+    assert kind.watched_from[:FAILURES_BEFORE_RELIST] == ["5"] * FAILURES_BEFORE_RELIST
+    assert [o["metadata"]["name"] for o in informer.items()] == ["b"]
