@@ -46,6 +46,8 @@ WATCH_SECONDS = 60
 RETRY_SECONDS = 1.0
 FAILURES_BEFORE_RELIST = 5
 """Watches failed in a row from one version before the informer lists afresh instead."""
+RETRY_AS_IS = frozenset({429, 500, 502, 503, 504})
+"""Statuses that say nothing about the version: retried from it however often they come."""
 DELETIONS_REMEMBERED = 10_000
 """Far more than can be deleted between a write and its answer; bounds the memory they take."""
 HTTP_GONE = 410
@@ -242,7 +244,10 @@ class Informer(Generic[T]):
                     log.info("watch on %s: version %s is gone; listing again", self.kind.name, version)
                     version = ""
                     continue
-                failures += 1
+                # Throttled or unavailable is the apiserver's state, not the version's: a list
+                # would only add to the load that refused the watch.
+                if error.status not in RETRY_AS_IS:
+                    failures += 1
                 log.warning("watch on %s failed (%s); retrying", self.kind.name, error.status)
                 stop.wait(RETRY_SECONDS)
             except Exception:  # a dropped connection is routine: resume from the last version
