@@ -245,16 +245,16 @@ def test_a_version_expired_mid_watch_lists_again_instead_of_retrying_it_for_ever
     assert sorted(o["metadata"]["name"] for o in informer.items()) == ["a", "b"]
 
 
+def run_with_quick_retries(kind: ScriptedWatchedKind) -> Informer[dict[str, Any]]:
+    with patch("cairn.informer.RETRY_SECONDS", 0.01):
+        return run_until_done(kind)
+
+
 def test_a_watch_that_keeps_failing_from_one_version_lists_afresh() -> None:
     # A failure no status explains, again and again at the same version: the informer must not
     # retry it for ever (that is how an expired version once hid every change from the caches).
     kind = ScriptedWatchedKind([[obj("a", 5)], [obj("b", 9)]], [400] * FAILURES_BEFORE_RELIST)
-    informer = Informer(kind)
-    stop = threading.Event()
-    with patch("cairn.informer.RETRY_SECONDS", 0.01):
-        informer.start(stop)
-        assert kind.done.wait(10)
-    stop.set()
+    informer = run_with_quick_retries(kind)
     assert informer.lists == 2
     assert kind.watched_from[:FAILURES_BEFORE_RELIST] == ["5"] * FAILURES_BEFORE_RELIST
     assert [o["metadata"]["name"] for o in informer.items()] == ["b"]
@@ -263,11 +263,6 @@ def test_a_watch_that_keeps_failing_from_one_version_lists_afresh() -> None:
 def test_a_throttled_watch_is_retried_from_its_version_however_often() -> None:
     # Listing afresh under Priority and Fairness's 429s would only add to the load that refused it.
     kind = ScriptedWatchedKind([[obj("a", 5)]], [429] * (2 * FAILURES_BEFORE_RELIST))
-    informer = Informer(kind)
-    stop = threading.Event()
-    with patch("cairn.informer.RETRY_SECONDS", 0.01):
-        informer.start(stop)
-        assert kind.done.wait(10)
-    stop.set()
+    informer = run_with_quick_retries(kind)
     assert informer.lists == 1
     assert set(kind.watched_from) == {"5"}
